@@ -1,0 +1,24 @@
+"""gqa_lut: PWL lookup tables for non-linear functions, searched with the quantization in the loop.
+
+    >>> import gqa_lut
+    >>> table = gqa_lut.search("gelu", entries=8)
+    >>> table.error().mean_mse
+"""
+
+__version__ = "0.1.0"
+
+from intsim import PWLDatapath, PWLTable  # noqa: E402  (the table type lives in intsim)
+
+from .functions import FUNCTIONS, Function, get_function  # noqa: E402
+from .gqa_json import load_gqa_json, save_gqa_json  # noqa: E402
+from .search import METHODS, search  # noqa: E402
+
+
+def load(path) -> PWLTable:
+    """Load a table file: gqa-sim JSON, or the GQA-LUT reference layout."""
+    from .io import load_any
+    return load_any(path)
+
+
+__all__ = ["search", "load", "load_gqa_json", "save_gqa_json", "PWLTable", "PWLDatapath", "FUNCTIONS",
+           "Function", "get_function", "METHODS", "__version__"]

@@ -1,0 +1,1 @@
+"""hw_models: area and power of PWL datapaths, and Verilog export (not yet built)."""

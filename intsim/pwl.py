@@ -1,0 +1,142 @@
+"""The PWL unit: integer breakpoints, slopes and intercepts applied to input codes.
+
+Semantics are :mod:`intsim.datapath`'s, exactly:
+
+    i(q) = #{j : q >= P_j(e)}
+    A    = K_i * q * 2**slope_shift(e) + B_i * 2**icpt_shift(e)     (int64, exact)
+    y    = A                                            (full precision, A * 2**-F(e))
+         | saturate(round_shift(A, F(e) - out_frac, out_rounding), s{out_bits}.{out_frac})
+
+Two entry points share those formulas: :func:`pwl_accumulate` for one table over a vector of
+codes (the simulator), and :class:`ScaleBatch` / :func:`pwl_accumulate_population` for a whole
+population of candidate tables over several scales at once (the search's hot path, one numba
+kernel).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .datapath import PWLDatapath
+from .errors import GQAError
+from .fixedpoint import SaturationCounter, round_shift, saturate
+
+
+def _check_shapes(bp_codes, slopes, icpts):
+    if slopes.shape != icpts.shape:
+        raise GQAError("intercepts", f"shape {icpts.shape} differs from slopes' {slopes.shape}")
+    if bp_codes.shape[:-1] != slopes.shape[:-1] or bp_codes.shape[-1] != slopes.shape[-1] - 1:
+        raise GQAError("breakpoints", f"shape {bp_codes.shape} does not fit {slopes.shape[-1]} entries",
+                       "a table of N entries has N-1 breakpoints")
+
+
+def _check_acc_width(dp: PWLDatapath, e: int):
+    if dp.acc_bits(e) > 63:
+        raise GQAError("scale", f"e={e} needs a {dp.acc_bits(e)}-bit accumulator",
+                       "the simulator holds accumulators in int64; narrow the formats or the scale")
+
+
+def pwl_accumulate(codes, e: int, bp_codes, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
+    """Accumulator ``A`` (int64, ``F(e)`` fractional bits) of one table at scale ``e``.
+
+    ``bp_codes`` are the comparator constants ``P_j(e)`` (non-decreasing), ``slopes`` and
+    ``icpts`` the integer codes ``K_i`` and ``B_i``.
+    """
+    q = np.asarray(codes, dtype=np.int64)
+    bp = np.asarray(bp_codes, dtype=np.int64)
+    k = np.asarray(slopes, dtype=np.int64)
+    b = np.asarray(icpts, dtype=np.int64)
+    _check_shapes(bp, k, b)
+    _check_acc_width(dp, e)
+    i = np.searchsorted(bp, q, side="right")  # == #{j : q >= P_j} for sorted P
+    return (k[i] * q << np.int64(dp.slope_shift(e))) + (b[i] << np.int64(dp.icpt_shift(e)))
+
+
+def pwl_output(acc, e: int, dp: PWLDatapath, counter: SaturationCounter | None = None,
+               name: str = "pwl.out") -> np.ndarray:
+    """The unit's output code: ``A`` itself at full precision, else rounded and saturated."""
+    if dp.out_bits is None:
+        return np.asarray(acc, dtype=np.int64)
+    y = round_shift(acc, dp.acc_frac(e) - dp.out_frac, dp.out_rounding)
+    return saturate(y, dp.out_format, counter, name)
+
+
+def output_frac(e: int, dp: PWLDatapath) -> int:
+    """Fractional bits of :func:`pwl_output`'s codes at scale ``e``."""
+    return dp.acc_frac(e) if dp.out_bits is None else dp.out_frac
+
+
+@numba.njit(cache=True, nogil=True)
+def _population_kernel(q, bounds, bp, k, b, s_k, s_b, ascending, out):
+    pop, n_scales, nb = bp.shape
+    for p in range(pop):
+        for s in range(n_scales):
+            i = 0
+            for t in range(bounds[s], bounds[s + 1]):
+                x = q[t]
+                if ascending:
+                    # codes ascend within a scale: the segment index only moves forward
+                    while i < nb and x >= bp[p, s, i]:
+                        i += 1
+                else:
+                    i = 0
+                    for j in range(nb):
+                        if x >= bp[p, s, j]:
+                            i += 1
+                out[p, t] = ((k[p, i] * x) << s_k[s]) + (b[p, i] << s_b[s])
+
+
+class ScaleBatch:
+    """Input codes of several scales, validated once and evaluated for many populations.
+
+    ``codes[bounds[s]:bounds[s+1]]`` are the codes evaluated at scale ``scales[s]``. The
+    search calls :meth:`accumulate` once per generation, so everything that does not depend on
+    the tables (shifts, widths, ordering) is settled here.
+    """
+
+    def __init__(self, codes, bounds, scales, dp: PWLDatapath):
+        self.codes = np.ascontiguousarray(codes, dtype=np.int64)
+        self.bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+        self.scales = tuple(int(e) for e in scales)
+        self.dp = dp
+        if self.bounds.shape != (len(self.scales) + 1,) or self.bounds[0] != 0 or \
+                self.bounds[-1] != self.codes.shape[0] or np.any(np.diff(self.bounds) < 0):
+            raise GQAError("bounds", f"must split {self.codes.shape[0]} codes into {len(self.scales)} scales")
+        if np.any(self.codes < dp.code_min) or np.any(self.codes > dp.code_max):
+            raise GQAError("codes", f"leave the s{dp.in_bits} range [{dp.code_min}, {dp.code_max}]")
+        for e in self.scales:
+            _check_acc_width(dp, e)
+        self.s_k = np.array([dp.slope_shift(e) for e in self.scales], dtype=np.int64)
+        self.s_b = np.array([dp.icpt_shift(e) for e in self.scales], dtype=np.int64)
+        self.ascending = all(np.all(np.diff(self.codes[a:z]) >= 0) for a, z in zip(self.bounds[:-1], self.bounds[1:]))
+
+    def accumulate(self, bp_codes, slopes, icpts) -> np.ndarray:
+        """``(pop, S, N-1)`` comparator constants, ``(pop, N)`` codes -> ``(pop, n)`` accumulators.
+
+        Each element is what :func:`pwl_accumulate` computes for that table, scale and code.
+        Comparator constants must be non-decreasing along each table (checked).
+        """
+        bp = np.ascontiguousarray(bp_codes, dtype=np.int64)
+        k = np.ascontiguousarray(slopes, dtype=np.int64)
+        b = np.ascontiguousarray(icpts, dtype=np.int64)
+        if bp.ndim != 3 or bp.shape[1] != len(self.scales):
+            raise GQAError("breakpoints", f"expected (pop, {len(self.scales)}, N-1) codes, got {bp.shape}")
+        _check_shapes(bp[:, 0], k, b)
+        if bp.shape[2] > 1 and np.any(bp[:, :, 1:] < bp[:, :, :-1]):
+            raise GQAError("breakpoints", "comparator constants must be non-decreasing in every table")
+        out = np.empty((bp.shape[0], self.codes.shape[0]), dtype=np.int64)
+        _population_kernel(self.codes, self.bounds, bp, k, b, self.s_k, self.s_b, self.ascending, out)
+        return out
+
+
+def pwl_accumulate_population(codes, e: int, bp_codes, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
+    """Accumulators of ``pop`` tables at once: ``(pop, N-1)``, ``(pop, N)`` -> ``(pop, n)``.
+
+    Row ``r`` equals ``pwl_accumulate(codes, e, bp_codes[r], slopes[r], icpts[r], dp)``.
+    """
+    bp = np.asarray(bp_codes)
+    if bp.ndim != 2:
+        raise GQAError("breakpoints", f"a population is 2-D (pop, N-1), got shape {bp.shape}")
+    q = np.asarray(codes)
+    return ScaleBatch(q, [0, q.shape[0]], [e], dp).accumulate(bp[:, None, :], slopes, icpts)
