@@ -1,1 +1,157 @@
-def main(): pass
+"""``gqa``: search, evaluate and plot PWL tables.
+
+    gqa search gelu --entries 8 -o gelu8.json
+    gqa eval gelu8.json
+    gqa plot gelu8.json -o gelu8.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from intsim import GQAError, PWLDatapath
+from intsim.fileio import check_writable
+from intsim.table import parse_scales
+
+
+def _add_datapath_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("datapath (defaults: the GQA-LUT reference's)")
+    g.add_argument("--in-bits", type=int, default=8, help="signed input code width (8)")
+    g.add_argument("--slope-bits", type=int, default=8)
+    g.add_argument("--slope-frac", type=int, default=6)
+    g.add_argument("--icpt-bits", type=int, default=8)
+    g.add_argument("--icpt-frac", type=int, default=6)
+    g.add_argument("--out-bits", type=int, default=None, help="round the output to this width (default: full precision)")
+    g.add_argument("--out-frac", type=int, default=None)
+    g.add_argument("--out-rounding", default="half_even", help="half_even | half_up | half_away | floor")
+
+
+def _datapath(a) -> PWLDatapath:
+    return PWLDatapath(in_bits=a.in_bits, slope_bits=a.slope_bits, slope_frac=a.slope_frac, icpt_bits=a.icpt_bits,
+                       icpt_frac=a.icpt_frac, out_bits=a.out_bits, out_frac=a.out_frac, out_rounding=a.out_rounding)
+
+
+def _summary(table) -> str:
+    prov = table.provenance
+    lines = [f"table: {table.function} on [{table.domain[0]:g}, {table.domain[1]:g}], {table.entries} entries, "
+             f"scales {list(table.scales)}",
+             f"datapath: {table.datapath.describe()}",
+             f"method: {prov.get('method', '?')}" + (f", seed {prov['seed']}" if "seed" in prov else "")]
+    if prov.get("note"):
+        lines.append(f"note: {prov['note']}")
+    lines.append("breakpoints: " + ", ".join(f"{p:g}" for p in table.breakpoints))
+    lines.append("slopes:      " + ", ".join(f"{k:g}" for k in table.slopes_real))
+    lines.append("intercepts:  " + ", ".join(f"{b:g}" for b in table.intercepts_real))
+    return "\n".join(lines)
+
+
+def cmd_search(a) -> int:
+    import gqa_lut
+    from gqa_lut.gqa_json import save_gqa_json
+
+    for path, name in ((a.output, "--output"), (a.gqa_json, "--gqa-json")):
+        if path:
+            check_writable(path, name)
+    domain = tuple(a.domain) if a.domain else None
+    ga_options = {}
+    t0 = time.perf_counter()
+    table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=_datapath(a),
+                           scales=parse_scales(a.scales), domain=domain, metric=a.metric, coeffs=a.coeffs,
+                           refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
+                           dp_seed=not a.no_dp_seed, progress=None if not a.quiet else False,
+                           ga_options=ga_options or None)
+    elapsed = time.perf_counter() - t0
+    print(_summary(table))
+    print(table.error().report())
+    print(f"search time: {elapsed:.2f} s")
+    if a.output:
+        table.save(a.output)
+        print(f"wrote {a.output}")
+    if a.gqa_json:
+        save_gqa_json(table, a.gqa_json)
+        print(f"wrote {a.gqa_json} (GQA-LUT layout)")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    import gqa_lut
+
+    table = gqa_lut.load(a.table)
+    err = table.error()
+    if a.json:
+        print(json.dumps({"function": table.function, "entries": table.entries, **err.to_dict()}, indent=2))
+    else:
+        print(_summary(table))
+        print(err.report())
+    return 0
+
+
+def cmd_plot(a) -> int:
+    import gqa_lut
+    from .plot import plot_table
+
+    check_writable(a.output, "--output")
+    table = gqa_lut.load(a.table)
+    plot_table(table, a.output)
+    print(f"wrote {a.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gqa_lut import METHODS, __version__
+    from gqa_lut.objective import METRICS
+    from gqa_lut.fitting import COEFF_METHODS
+
+    p = argparse.ArgumentParser(prog="gqa", description="gqa-sim: PWL LUT search and integer datapath tools")
+    p.add_argument("--version", action="version", version=f"gqa-sim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a PWL table for a function")
+    s.add_argument("function", help="gelu, gelu_tanh, hswish, sigmoid, tanh, silu, exp, reciprocal, rsqrt, softplus")
+    s.add_argument("--entries", "-n", type=int, required=True, help="LUT entries (segments)")
+    s.add_argument("--method", default="ga", choices=METHODS)
+    _add_datapath_args(s)
+    s.add_argument("--scales", default="0:6", help="power-of-two input scale exponents: A:B (inclusive) or A,B,C")
+    s.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="override the function's domain")
+    s.add_argument("--metric", default="mse", choices=METRICS)
+    s.add_argument("--coeffs", default="lsq", choices=COEFF_METHODS, help="slope/intercept fit per segment")
+    s.add_argument("--no-refine", action="store_true", help="round the fitted lines instead of the exact integer refit")
+    s.add_argument("--population", type=int, default=50)
+    s.add_argument("--generations", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-dp-seed", action="store_true", help="start the GA from random breakpoints only")
+    s.add_argument("-o", "--output", help="write the table (gqa-sim JSON)")
+    s.add_argument("--gqa-json", help="also write the GQA-LUT JSON layout")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_search)
+
+    e = sub.add_parser("eval", help="error report of a table file (gqa-sim or GQA-LUT JSON)")
+    e.add_argument("table")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(run=cmd_eval)
+
+    pl = sub.add_parser("plot", help="plot function, approximation and error per scale")
+    pl.add_argument("table")
+    pl.add_argument("-o", "--output", required=True, help="PNG file")
+    pl.set_defaults(run=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except GQAError as exc:
+        print(f"gqa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gqa {args.command}: interrupted; no output file was changed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

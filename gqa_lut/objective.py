@@ -156,9 +156,15 @@ class Objective:
         return mse, mx
 
     # --- the fitness ---------------------------------------------------------------------
+    def snap(self, bp: np.ndarray) -> np.ndarray:
+        """Breakpoints sorted and on the finest scale's grid ``2**-max(e)``: the dyadic reals a
+        table stores (coarser scales round them again, by the canonical rule)."""
+        g = 2.0 ** max(self.scales)
+        return np.sort(np.rint(np.asarray(bp, dtype=np.float64) * g) / g, axis=-1)
+
     def __call__(self, bp: np.ndarray) -> np.ndarray:
         """Fitness (lower is better) of every breakpoint vector in ``bp`` ``(pop, N-1)``."""
-        bp = np.sort(np.asarray(bp, dtype=np.float64), axis=1)
+        bp = self.snap(bp)
         P = self.breakpoint_codes(bp)
         K, B, _ = self.coefficients(bp, P)
         mse, mx = self.per_scale_errors(P, K, B)
@@ -166,7 +172,7 @@ class Objective:
 
     def table(self, bp, provenance: dict | None = None) -> PWLTable:
         """The finished table for one breakpoint vector."""
-        bp = np.sort(np.asarray(bp, dtype=np.float64))[None, :]
+        bp = self.snap(bp)[None, :]
         K, B, clipped = self.coefficients(bp, final=True)
         prov = dict(provenance or {})
         prov["coefficients"] = {"method": self.coeffs,

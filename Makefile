@@ -1,0 +1,24 @@
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install demo test bench clean
+
+install:
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+
+# the main job: search a GELU table on the embedded defaults and print its error report
+demo: install
+	mkdir -p out
+	gqa search gelu --entries 8 -o out/gelu8.json --gqa-json out/gelu8_gqa.json
+	gqa eval out/gelu8.json
+	gqa plot out/gelu8.json -o out/gelu8.png
+
+test: install
+	$(PYTHON) -m pytest tests
+
+bench: install
+	$(PYTHON) benchmarks/bench_search_speed.py
+	$(PYTHON) benchmarks/bench_quality.py
+
+clean:
+	rm -rf out .pytest_cache .hypothesis build *.egg-info
