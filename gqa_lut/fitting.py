@@ -77,12 +77,29 @@ def _best_integer_line(s1, sx, sxx, sy, sxy, syy, ks, bs, kmin, kmax, bmin, bmax
     if s1 <= 0.0:
         return 0, 0, 0.0
     det = s1 * sxx - sx * sx
-    if det > 1e-12 * max(s1 * sxx, 1e-300):
-        k_star = (s1 * sxy - sx * sy) / det / ks
-    else:
-        k_star = k_fallback
-        # one distinct x: every slope fits equally well, keep the fallback's
-        kmin = kmax = min(max(int(np.rint(k_fallback)), kmin), kmax)
+    if not det > 1e-12 * max(s1 * sxx, 1e-300):
+        # one distinct x0: the error depends on K*x0*ks + B*bs only, and K*x0 reaches a finer
+        # grid than B alone, so every K is tried (best B for each); ties go to the K nearest
+        # the fallback slope
+        x0 = sx / s1
+        kf = min(max(int(np.rint(k_fallback)), kmin), kmax)
+        best_cost = np.inf
+        best_k, best_b = kf, 0
+        span = max(kf - kmin, kmax - kf)
+        for d in range(span + 1):
+            for K in (kf - d, kf + d):
+                if K < kmin or K > kmax or (d == 0 and K != kf) or (d > 0 and K == kf):
+                    continue
+                a = K * ks
+                B = min(max(int(np.rint((sy / s1 - a * x0) / bs)), bmin), bmax)
+                b = B * bs
+                cost = a * a * sxx + 2 * a * b * sx + b * b * s1 - 2 * a * sxy - 2 * b * sy + syy
+                if cost < best_cost:
+                    best_cost, best_k, best_b = cost, K, B
+            if x0 == 0.0:
+                break
+        return best_k, best_b, best_cost
+    k_star = (s1 * sxy - sx * sy) / det / ks
     k0 = min(max(int(np.rint(k_star)), kmin), kmax)
     best_cost = np.inf
     best_k = k0

@@ -114,8 +114,10 @@ def evolve(tb: base.Toolbox, population: int, generations: int, seeds: np.ndarra
         raise GQAError("generations", f"must be a non-negative integer, got {generations!r}")
     pop = tb.population(population)
     if seeds is not None and len(seeds):
+        seeds = np.sort(np.asarray(seeds, dtype=np.float64), axis=1)
+        seeds = seeds[np.argsort(tb.evaluate(seeds), kind="stable")]  # the best seeds survive a small population
         m = min(len(seeds), population)
-        pop[:m] = np.sort(seeds[:m], axis=1)
+        pop[:m] = seeds[:m]
     fit = tb.evaluate(pop)
     best = int(np.argmin(fit))
     hof, hof_fit = pop[best].copy(), float(fit[best])

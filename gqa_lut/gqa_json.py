@@ -105,7 +105,7 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
         if not np.all(codes == np.round(codes)):
             i = int(np.flatnonzero(codes != np.round(codes))[0])
             frac = base.slope_frac if name == "slopes" else base.icpt_frac
-            raise GQAError(f"{fname}.{scales[0]}.{name}[{i}]", f"{ref[name][i]!r} is not a multiple of 2**-{frac}",
+            raise GQAError(f"{fname}.{scales[0]}.{name}[{i}]", f"{float(ref[name][i])!r} is not a multiple of 2**-{frac}",
                            "give a datapath with more fractional bits")
     if datapath is None:
         base = PWLDatapath(in_bits=base.in_bits,

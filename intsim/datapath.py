@@ -121,7 +121,8 @@ class PWLDatapath:
     def breakpoint_codes(self, breakpoints, e: int) -> np.ndarray:
         """``P_j(e)``: real breakpoints -> integer comparator constants at scale ``e``."""
         p = np.asarray(breakpoints, dtype=np.float64)
-        codes = round_real(p * 2.0**e, "half_even")
+        # clip before rounding: far-away breakpoints must not overflow int64 on the way
+        codes = round_real(np.clip(p * 2.0**e, self.code_min - 1, self.code_max + 2), "half_even")
         return np.clip(codes, self.code_min, self.code_max + 1)
 
     # files ---------------------------------------------------------------------------------

@@ -102,14 +102,19 @@ def round_real(values, mode: str = "half_even") -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(v)):
         raise GQAError("values", "contain NaN or infinity", "only finite reals can be rounded to a code")
+    if np.any(np.abs(v) >= 2.0**63):
+        raise GQAError("values", "exceed the int64 range", "scale the values down before rounding them to codes")
     if mode == "half_even":
         r = np.rint(v)
-    elif mode == "half_up":
-        r = np.floor(v + 0.5)
-    elif mode == "half_away":
-        r = np.sign(v) * np.floor(np.abs(v) + 0.5)
-    else:
+    elif mode == "floor":
         r = np.floor(v)
+    else:
+        # floor plus an exact comparison of the fraction: v + 0.5 would itself round in float
+        a = v if mode == "half_up" else np.abs(v)
+        fl = np.floor(a)
+        r = fl + (a - fl >= 0.5)
+        if mode == "half_away":
+            r = np.sign(v) * r
     return r.astype(np.int64)
 
 
@@ -216,8 +221,11 @@ def requantize(acc, multiplier: int, shift: int, out: QFormat | None = None,
     if not INT32_MIN <= int(multiplier) <= INT32_MAX:
         raise GQAError("multiplier", f"M0={multiplier} does not fit int32")
     acc = np.asarray(acc, dtype=np.int64)
+    if np.any(acc < INT32_MIN) or np.any(acc > INT32_MAX):
+        raise GQAError("acc", "holds values outside int32", "requantize takes int32 accumulators; saturate them first")
     if shift < 0:
-        acc = saturate(acc << np.int64(-shift), QFormat(32), counter, name + ".left_shift")
+        # every non-zero value saturates once shifted by 31 or more: cap the shift, no int64 overflow
+        acc = saturate(acc << np.int64(min(-shift, 31)), QFormat(32), counter, name + ".left_shift")
         shift = 0
     y = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, multiplier), shift)
     return saturate(y, out, counter, name) if out is not None else y

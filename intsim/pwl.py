@@ -58,7 +58,16 @@ def pwl_output(acc, e: int, dp: PWLDatapath, counter: SaturationCounter | None =
     """The unit's output code: ``A`` itself at full precision, else rounded and saturated."""
     if dp.out_bits is None:
         return np.asarray(acc, dtype=np.int64)
-    y = round_shift(acc, dp.acc_frac(e) - dp.out_frac, dp.out_rounding)
+    shift = dp.acc_frac(e) - dp.out_frac
+    acc = np.asarray(acc, dtype=np.int64)
+    if shift < 0:
+        if -shift > 61:
+            raise GQAError("out_frac", f"{dp.out_frac} is {-shift} bits finer than the accumulator at e={e}",
+                           "the simulator shifts left by at most 61 bits")
+        # values beyond the output range saturate anyway: clip first so the left shift cannot overflow
+        lim = ((1 << (dp.out_bits - 1)) >> -shift) + 1
+        acc = np.clip(acc, -lim, lim)
+    y = round_shift(acc, shift, dp.out_rounding)
     return saturate(y, dp.out_format, counter, name)
 
 

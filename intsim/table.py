@@ -309,6 +309,19 @@ class PWLTable:
         for name, v in (("slopes", slopes), ("intercepts", icpts)):
             if not isinstance(v, dict) or "int" not in v:
                 raise GQAError(f"{name}.int", "is missing", "coefficients are stored as integer codes")
+            if not isinstance(v["int"], list):
+                raise GQAError(f"{name}.int", "must be a list of integer codes")
+        if "entries" in d:
+            n = d["entries"]
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise GQAError("entries", f"must be an integer, got {n!r}")
+            # slopes define the entries; breakpoints and intercepts are checked against them below
+            if len(slopes["int"]) != n:
+                raise GQAError("entries", f"is {n} but slopes.int holds {len(slopes['int'])}",
+                               "the arrays and entries must agree")
+        for key in ("provenance", "breakpoint_codes"):
+            if key in d and not isinstance(d[key], dict):
+                raise GQAError(key, "must be a JSON object")
         explicit = None
         if d.get("breakpoint_codes_explicit"):
             bc = d.get("breakpoint_codes")
@@ -322,8 +335,13 @@ class PWLTable:
                     breakpoints=d["breakpoints"], slopes=slopes["int"], intercepts=icpts["int"],
                     explicit_codes=explicit, provenance=dict(d.get("provenance", {})))
         for name, v, fmt in (("slopes", slopes, dp.slope_format), ("intercepts", icpts, dp.icpt_format)):
-            if "real" in v and not np.array_equal(np.asarray(v["real"], dtype=np.float64),
-                                                  getattr(table, name) * fmt.resolution):
+            if "real" not in v:
+                continue
+            try:
+                real = np.asarray(v["real"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise GQAError(f"{name}.real", "must be a list of numbers") from None
+            if not np.array_equal(real, getattr(table, name) * fmt.resolution):
                 raise GQAError(f"{name}.real", "disagrees with the integer codes", "the file was edited by hand?")
         if not explicit and "breakpoint_codes" in d:
             for e in table.scales:

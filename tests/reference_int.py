@@ -1,0 +1,320 @@
+"""Slow, obviously-correct references for intsim's integer arithmetic.
+
+Everything here is plain Python integers and :class:`fractions.Fraction` -- no numpy
+arithmetic -- written from the specifications (DESIGN.md "Canonical PWL semantics" and the
+module docstring of :mod:`intsim.fixedpoint`), not from intsim's code. Tests convert
+intsim's numpy results with ``int()`` and compare element by element.
+
+The second half holds hypothesis strategies that build random datapaths and tables (kept
+here rather than in a conftest so that every test module imports them explicitly).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from hypothesis import strategies as st
+
+MODES = ("half_even", "half_up", "half_away", "floor")
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+HALF = Fraction(1, 2)
+
+
+# --- rounding -------------------------------------------------------------------------------
+
+def round_fraction(v, mode: str) -> int:
+    """Round an exact rational (int, float or Fraction) to an integer by ``mode``."""
+    v = Fraction(v)
+    fl = v.numerator // v.denominator          # floor, exact
+    rem = v - fl                               # in [0, 1)
+    if mode == "floor":
+        return fl
+    if mode not in MODES:
+        raise ValueError(mode)
+    if rem < HALF:
+        return fl
+    if rem > HALF:
+        return fl + 1
+    # an exact tie: v = fl + 1/2
+    if mode == "half_up":
+        return fl + 1
+    if mode == "half_away":
+        return fl + 1 if v > 0 else fl
+    return fl if fl % 2 == 0 else fl + 1      # half_even
+
+
+def round_shift(x: int, shift: int, mode: str) -> int:
+    """``x / 2**shift`` rounded by ``mode`` (``shift <= 0``: exact left shift), via divmod."""
+    x = int(x)
+    if shift <= 0:
+        return x * 2 ** (-shift)
+    d = 2**shift
+    q, r = divmod(x, d)                        # q = floor(x / d), 0 <= r < d
+    if mode == "floor":
+        return q
+    twice = 2 * r
+    if twice < d:
+        return q
+    if twice > d:
+        return q + 1
+    if mode == "half_up":
+        return q + 1
+    if mode == "half_away":
+        return q + 1 if x > 0 else q
+    if mode == "half_even":
+        return q + (q % 2)
+    raise ValueError(mode)
+
+
+def fmt_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def saturate(x: int, bits: int, signed: bool = True) -> tuple[int, bool]:
+    """``(clipped value, whether it was clipped)``."""
+    lo, hi = fmt_range(bits, signed)
+    x = int(x)
+    if x < lo:
+        return lo, True
+    if x > hi:
+        return hi, True
+    return x, False
+
+
+# --- gemmlowp dyadic requantization -------------------------------------------------------
+
+def srdhm(a: int, b: int) -> int:
+    """SaturatingRoundingDoublingHighMul on int32 values."""
+    a, b = int(a), int(b)
+    if a == INT32_MIN and b == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    nudge = 2**30 if ab >= 0 else 1 - 2**30
+    s = ab + nudge
+    q = abs(s) // 2**31                        # C division truncates toward zero
+    return q if s >= 0 else -q
+
+
+def rdbpot(x: int, n: int) -> int:
+    """RoundingDivideByPOT, literally: ``(x >> n) + (r > t)``."""
+    x = int(x)
+    mask = 2**n - 1
+    r = x & mask                               # Python's & is two's complement on negatives
+    t = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> n) + (1 if r > t else 0)
+
+
+def rdbpot_exact(x: int, n: int) -> int:
+    """The same value by its meaning: ``x / 2**n`` rounded half away from zero."""
+    return round_fraction(Fraction(int(x), 2**n), "half_away")
+
+
+def requantize(acc: int, m0: int, shift: int, out_bits: int | None = None) -> tuple[int, int]:
+    """``(value, number of saturations)`` of gemmlowp requantization of one int32 ``acc``."""
+    sats = 0
+    acc = int(acc)
+    if shift < 0:
+        acc, hit = saturate(acc * 2 ** (-shift), 32)
+        sats += hit
+        shift = 0
+    y = rdbpot(srdhm(acc, m0), shift)
+    if out_bits is not None:
+        y, hit = saturate(y, out_bits)
+        sats += hit
+    return y, sats
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """``(M0, n)``: ``m = frac * 2**-n`` with ``frac in [1/2, 1)``, ``M0 = round_half_away(frac * 2**31)``."""
+    v = Fraction(m)
+    assert 0 < v < 1
+    n = 0
+    while v * 2**n < HALF:
+        n += 1
+    m0 = round_fraction(v * 2**n * 2**31, "half_away")
+    if m0 == 2**31:
+        m0 //= 2
+        n -= 1
+    return m0, n
+
+
+def dyadic_value(m0: int, n: int) -> Fraction:
+    """The real ``M0 * 2**-31 * 2**-n``."""
+    return Fraction(m0) / Fraction(2) ** (31 + n)
+
+
+# --- the PWL unit -------------------------------------------------------------------------
+# ``dp`` is anything with the datapath's fields as attributes (an intsim.PWLDatapath or a
+# SimpleNamespace); only the fields are read, never intsim's methods.
+
+def code_range(in_bits: int) -> tuple[int, int]:
+    return -(2 ** (in_bits - 1)), 2 ** (in_bits - 1) - 1
+
+
+def breakpoint_codes(breakpoints, e: int, in_bits: int) -> list[int]:
+    """``P_j(e) = round_half_even(p_j * 2**e)`` (Python's round on a Fraction), clamped to
+    ``[qmin, qmax + 1]``."""
+    lo, hi = code_range(in_bits)
+    out = []
+    for p in breakpoints:
+        c = round(Fraction(p) * Fraction(2) ** e)
+        out.append(min(max(c, lo), hi + 1))
+    return out
+
+
+def segment(q: int, bp_codes) -> int:
+    """``i(q) = #{j : q >= P_j}``."""
+    n = 0
+    for c in bp_codes:
+        if q >= c:
+            n += 1
+    return n
+
+
+def acc_frac(e: int, dp) -> int:
+    return max(e + dp.slope_frac, dp.icpt_frac)
+
+
+def accumulate(q: int, e: int, bp_codes, slopes, icpts, dp) -> int:
+    """``A = K_i*q*2**(F-e-slope_frac) + B_i*2**(F-icpt_frac)``, ``F = max(e+slope_frac, icpt_frac)``."""
+    F = acc_frac(e, dp)
+    i = segment(q, bp_codes)
+    return int(slopes[i]) * q * 2 ** (F - e - dp.slope_frac) + int(icpts[i]) * 2 ** (F - dp.icpt_frac)
+
+
+def output(acc: int, e: int, dp) -> tuple[int, bool]:
+    """The unit's output code and whether it saturated (full precision: ``A`` itself)."""
+    if dp.out_bits is None:
+        return acc, False
+    y = round_shift(acc, acc_frac(e, dp) - dp.out_frac, dp.out_rounding)
+    return saturate(y, dp.out_bits)
+
+
+def output_frac(e: int, dp) -> int:
+    return acc_frac(e, dp) if dp.out_bits is None else dp.out_frac
+
+
+def output_real(code: int, e: int, dp) -> Fraction:
+    return Fraction(code) / Fraction(2) ** output_frac(e, dp)
+
+
+def unit(codes, e: int, breakpoints, slopes, icpts, dp, bp_codes=None):
+    """Everything for a list of codes: ``(P, accumulators, outputs, saturation count)``."""
+    P = list(bp_codes) if bp_codes is not None else breakpoint_codes(breakpoints, e, dp.in_bits)
+    accs, outs, sats = [], [], 0
+    for q in codes:
+        a = accumulate(int(q), e, P, slopes, icpts, dp)
+        y, hit = output(a, e, dp)
+        accs.append(a)
+        outs.append(y)
+        sats += hit
+    return P, accs, outs, sats
+
+
+def domain_codes(domain, e: int, in_bits: int) -> list[int]:
+    """Codes ``q`` of the input range with ``lo <= q * 2**-e <= hi`` (exact)."""
+    lo, hi = Fraction(domain[0]), Fraction(domain[1])
+    qmin, qmax = code_range(in_bits)
+    s = Fraction(2) ** e
+    return [q for q in range(qmin, qmax + 1) if lo <= q / s <= hi]
+
+
+# --- self-checks of the reference (cheap; run by test_fixedpoint) ---------------------------
+
+def self_check() -> None:
+    assert [round_fraction(Fraction(v, 2), "half_even") for v in (-5, -3, -1, 1, 3, 5)] == [-2, -2, 0, 0, 2, 2]
+    assert [round_fraction(Fraction(v, 2), "half_up") for v in (-5, -3, -1, 1, 3, 5)] == [-2, -1, 0, 1, 2, 3]
+    assert [round_fraction(Fraction(v, 2), "half_away") for v in (-5, -3, -1, 1, 3, 5)] == [-3, -2, -1, 1, 2, 3]
+    assert [round_fraction(Fraction(v, 2), "floor") for v in (-5, -3, -1, 1, 3, 5)] == [-3, -2, -1, 0, 1, 2]
+    for mode in MODES:
+        for x in range(-70, 71):
+            for s in range(-3, 7):
+                assert round_shift(x, s, mode) == round_fraction(Fraction(x) / Fraction(2) ** s, mode)
+    for x in range(-300, 301):
+        for n in range(0, 9):
+            assert rdbpot(x, n) == rdbpot_exact(x, n)
+    assert srdhm(INT32_MIN, INT32_MIN) == INT32_MAX
+    assert srdhm(2**30, 2**30) == 2**29
+    assert srdhm(-(2**30), 2**30) == -(2**29)
+    assert quantize_multiplier(0.5) == (2**30, 0)
+    assert quantize_multiplier(0.75) == (3 * 2**29, 0)
+    assert saturate(200, 8) == (127, True) and saturate(-129, 8) == (-128, True) and saturate(5, 8) == (5, False)
+    assert saturate(-1, 8, signed=False) == (0, True) and saturate(256, 8, signed=False) == (255, True)
+    assert breakpoint_codes([Fraction(1, 2), Fraction(3, 2), 1000, -1000], 0, 8) == [0, 2, 128, -128]
+
+
+# --- hypothesis strategies ------------------------------------------------------------------
+
+SCALE_MIN, SCALE_MAX = -2, 10
+
+
+@st.composite
+def datapath_fields(draw, out=None, in_bits=None):
+    """Keyword arguments of a random PWLDatapath in the tested ranges.
+
+    ``out``: True forces a rounded output, False full precision, None either.
+    """
+    kw = dict(
+        in_bits=draw(st.integers(2, 12)) if in_bits is None else in_bits,
+        slope_bits=draw(st.integers(2, 12)),
+        slope_frac=draw(st.integers(0, 10)),
+        icpt_bits=draw(st.integers(2, 12)),
+        icpt_frac=draw(st.integers(0, 10)),
+    )
+    rounded = draw(st.booleans()) if out is None else out
+    if rounded:
+        kw.update(out_bits=draw(st.integers(2, 24)), out_frac=draw(st.integers(-4, 20)),
+                  out_rounding=draw(st.sampled_from(MODES)))
+    return kw
+
+
+@st.composite
+def dyadic_reals(draw, in_bits: int):
+    """Dyadic reals ``±m * 2**t`` from far below one code step at e=10 to beyond the code range
+    at e=-2 (so some breakpoints clamp), exact as floats; many produce rounding ties."""
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return Fraction(0)
+    sign = draw(st.sampled_from((-1, 1)))
+    if kind == 1:  # far outside the code range at every tested scale
+        return sign * Fraction(2) ** draw(st.integers(in_bits + 3, in_bits + 20))
+    m = draw(st.integers(1, 255))
+    t = draw(st.integers(-14, in_bits + 3))
+    return sign * m * Fraction(2) ** t
+
+
+@st.composite
+def table_parts(draw, dp_kw: dict, entries=None):
+    """``(breakpoints as sorted Fractions, slope codes, intercept codes)`` for ``dp_kw``."""
+    n = draw(st.integers(2, min(20, 2 ** dp_kw["in_bits"]))) if entries is None else entries
+    bps = sorted(draw(st.lists(dyadic_reals(dp_kw["in_bits"]), min_size=n - 1, max_size=n - 1)))
+    klo, khi = fmt_range(dp_kw["slope_bits"])
+    blo, bhi = fmt_range(dp_kw["icpt_bits"])
+    slopes = draw(st.lists(st.integers(klo, khi), min_size=n, max_size=n))
+    icpts = draw(st.lists(st.integers(blo, bhi), min_size=n, max_size=n))
+    return bps, slopes, icpts
+
+
+@st.composite
+def comparator_codes(draw, in_bits: int, count: int):
+    """Explicit non-decreasing comparator constants in ``[qmin, qmax + 1]``."""
+    lo, hi = code_range(in_bits)
+    return sorted(draw(st.lists(st.integers(lo, hi + 1), min_size=count, max_size=count)))
+
+
+@st.composite
+def input_codes(draw, in_bits: int, bp_codes=(), max_size: int = 48):
+    """Random codes plus every code next to a comparator constant and both range ends."""
+    lo, hi = code_range(in_bits)
+    codes = draw(st.lists(st.integers(lo, hi), max_size=max_size))
+    extra = {lo, hi, 0}
+    for c in bp_codes:
+        extra.update(v for v in (c - 1, c, c + 1) if lo <= v <= hi)
+    return codes + sorted(extra)

@@ -1,0 +1,174 @@
+"""gqa_lut.objective: the search's fitness is the error of the table it returns.
+
+The population-wide fitness is compared, individual by individual, with the error report of
+``Objective.table(bp)`` (intsim's PWLTable, the simulator's path), for MSE, max |error| and
+histogram-weighted MSE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gqa_lut.objective import Objective
+from intsim import PWLDatapath, get_function, scale_points
+
+SINGLE_X_BUG = ("library bug: for a segment whose points share one x, the fitness fits K = 0 (fallback 0) "
+                "and Objective.table fits K = round(chord slope) (final=True); _best_integer_line searches "
+                "only that one K, so the two errors differ")
+
+CONFIGS = {
+    "gelu-8-default": ("gelu", 8, PWLDatapath(), tuple(range(7)), {}),
+    "hswish-16-default": ("hswish", 16, PWLDatapath(), tuple(range(7)), {}),
+    "exp-4-narrow": ("exp", 4, PWLDatapath(slope_bits=6, slope_frac=4, icpt_bits=7, icpt_frac=5), (1, 3, 5), {}),
+    "silu-6-out8": ("silu", 6, PWLDatapath(out_bits=8, out_frac=5), (0, 2, 4, 6), {}),
+    "gelu-8-norefine": ("gelu", 8, PWLDatapath(), tuple(range(7)), {"refine": False}),
+    "gelu-8-chord": ("gelu", 8, PWLDatapath(), tuple(range(7)), {"coeffs": "chord"}),
+    "rsqrt-8-wide": ("rsqrt", 8, PWLDatapath(slope_bits=9, icpt_bits=9), tuple(range(6)), {}),
+}
+
+
+def population(fn, entries, n, seed):
+    lo, hi = fn.domain
+    rng = np.random.default_rng(seed)
+    pop = rng.uniform(lo, hi, (n, entries - 1))
+    # a few individuals with breakpoints outside the domain or repeated
+    pop[0, 0] = lo - 1.0
+    pop[1, -1] = hi + 1.0
+    pop[2, 1:3] = pop[2, 1]
+    return pop
+
+
+def has_single_x_segment(table) -> bool:
+    """Whether some segment serves points (over all scales) that all share one real x."""
+    xs = [set() for _ in range(table.entries)]
+    for e in table.scales:
+        q = scale_points(table.domain, e, table.datapath)
+        seg = np.searchsorted(table.breakpoint_codes(e), q, side="right")
+        for i, x in zip(seg, q * 2.0**-e):
+            xs[i].add(float(x))
+    return any(len(s) == 1 for s in xs)
+
+
+def direct_weighted_mse(table, fn, weights) -> float:
+    """Mean over scales of sum(h * err**2) / sum(h), unweighted where a scale has no histogram."""
+    per_scale = []
+    for e in table.scales:
+        q = scale_points(table.domain, e, table.datapath)
+        err = table.evaluate(q, e) - fn(q * 2.0**-e)
+        h = np.asarray(weights[e], dtype=np.float64)[q - table.datapath.code_min] if e in weights else np.ones(q.size)
+        per_scale.append(np.sum(h * err**2) / np.sum(h))
+    return float(np.mean(per_scale))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fitness_equals_table_mean_mse(name):
+    func, entries, dp, scales, opts = CONFIGS[name]
+    fn = get_function(func)
+    obj = Objective(fn, entries, dp, scales, **opts)
+    pop = population(fn, entries, 80, seed=11)
+    fit = obj(pop)
+    assert fit.shape == (pop.shape[0],)
+    checked = 0
+    for bp, f in zip(pop, fit):
+        table = obj.table(bp)
+        # a single-x segment triggers the known fallback bug (tested below); chord lines have no fallback
+        if opts.get("coeffs") != "chord" and has_single_x_segment(table):
+            continue
+        assert f == pytest.approx(table.error().mean_mse, rel=1e-12, abs=0), bp
+        checked += 1
+    assert checked >= 0.5 * pop.shape[0]
+
+
+@pytest.mark.parametrize("name", ["gelu-8-default", "exp-4-narrow", "silu-6-out8"])
+def test_max_abs_metric_equals_table_max_over_scales(name):
+    func, entries, dp, scales, opts = CONFIGS[name]
+    fn = get_function(func)
+    obj = Objective(fn, entries, dp, scales, metric="max_abs", **opts)
+    pop = population(fn, entries, 60, seed=5)
+    fit = obj(pop)
+    checked = 0
+    for bp, f in zip(pop, fit):
+        table = obj.table(bp)
+        if has_single_x_segment(table):
+            continue
+        err = table.error()
+        assert f == pytest.approx(np.max(err.max_abs), rel=1e-12, abs=0)
+        assert f == pytest.approx(err.max_max_abs, rel=1e-12, abs=0)
+        checked += 1
+    assert checked >= 0.75 * pop.shape[0]
+
+
+def test_max_abs_and_mse_objectives_share_coefficients():
+    fn = get_function("gelu")
+    pop = population(fn, 8, 10, seed=2)
+    a = Objective(fn, 8, PWLDatapath(), range(7))
+    b = Objective(fn, 8, PWLDatapath(), range(7), metric="max_abs")
+    for bp in pop:
+        ta, tb = a.table(bp), b.table(bp)
+        assert np.array_equal(ta.slopes, tb.slopes) and np.array_equal(ta.intercepts, tb.intercepts)
+
+
+def test_histogram_weights_change_the_mse_as_computed_directly():
+    fn = get_function("gelu")
+    dp = PWLDatapath()
+    scales = tuple(range(7))
+    rng = np.random.default_rng(4)
+    codes = dp.codes()
+    # histograms of a model's codes for some scales (peaked around 0, every code seen at least once)
+    weights = {e: np.round(1 + 500 * np.exp(-0.5 * (codes / (4.0 * 2**e)) ** 2) * rng.uniform(0.5, 1.5, codes.size))
+               for e in (0, 2, 3, 6)}
+    weighted = Objective(fn, 8, dp, scales, weights=weights)
+    plain = Objective(fn, 8, dp, scales)
+    pop = population(fn, 8, 60, seed=9)
+    fw, fp = weighted(pop), plain(pop)
+    checked = 0
+    for bp, f in zip(pop, fw):
+        table = weighted.table(bp)
+        if has_single_x_segment(table):
+            continue
+        assert f == pytest.approx(direct_weighted_mse(table, fn, weights), rel=1e-12, abs=0)
+        assert f == pytest.approx(table.error(weights=weights).mean_mse, rel=1e-12, abs=0)
+        checked += 1
+    assert checked >= 0.75 * pop.shape[0]
+    # the weights do change the error
+    assert not np.allclose(fw, fp, rtol=1e-3)
+
+
+def test_histogram_on_two_codes_measures_those_codes():
+    fn = get_function("exp")
+    dp = PWLDatapath()
+    e, codes = 3, np.array([-13, -10])  # both in the segment [-3, -1)
+    hist = np.zeros(2**dp.in_bits)
+    hist[codes - dp.code_min] = [7.0, 2.0]
+    obj = Objective(fn, 4, dp, [e], weights={e: hist})
+    bp = np.array([-6.0, -3.0, -1.0])
+    table = obj.table(bp)
+    err = table.evaluate(codes, e) - fn(codes * 2.0**-e)
+    expected = (7.0 * err[0] ** 2 + 2.0 * err[1] ** 2) / 9.0
+    assert obj(bp[None])[0] == pytest.approx(expected, rel=1e-12, abs=1e-30)
+    # two points fit by a line: the integer optimum is close to exact
+    assert expected < (2.0**-6) ** 2
+
+
+def test_weights_fit_the_coefficients_too():
+    # with all weight on the right half, the weighted fit of one segment hugs that half
+    fn = get_function("gelu")
+    dp = PWLDatapath()
+    hist = np.where(dp.codes() >= 0, 1.0, 0.0)
+    obj_w = Objective(fn, 2, dp, [4], weights={4: hist})
+    obj = Objective(fn, 2, dp, [4])
+    bp = np.array([3.5])
+    tw, t = obj_w.table(bp), obj.table(bp)
+    assert tw.error(weights={4: hist}).mean_mse < t.error(weights={4: hist}).mean_mse
+
+
+def test_fitness_equals_table_error_with_a_single_x_segment():
+    # the last segment [255/64, 4] holds only x = 4.0 (codes at e = 0..4; empty at e = 5, 6):
+    # fitness 0.13 (K = 0, B saturates at 127) against the table's 0.0029 (K = 64)
+    fn = get_function("gelu")
+    obj = Objective(fn, 8, PWLDatapath(), range(7))
+    bp = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 255 / 64])
+    table = obj.table(bp)
+    assert has_single_x_segment(table)
+    assert obj(bp[None])[0] == pytest.approx(table.error().mean_mse, rel=1e-12)
