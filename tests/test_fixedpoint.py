@@ -201,9 +201,12 @@ def test_qformat_bad_frac(frac):
     assert_field(ei, "frac")
 
 
+# values * 2**frac is exact for these (no subnormal results), so the exact reference applies
+normal_floats = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) > 1e-300)
+
+
 @FAST
-@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=10), st.integers(1, 24),
-       st.integers(-8, 16), st.booleans(), modes)
+@given(st.lists(normal_floats, min_size=1, max_size=10), st.integers(1, 24), st.integers(-8, 16), st.booleans(), modes)
 def test_qformat_quantize(values, bits, frac, signed, mode):
     f = QFormat(bits, frac, signed)
     counter = SaturationCounter()
