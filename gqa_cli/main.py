@@ -56,13 +56,11 @@ def cmd_search(a) -> int:
         if path:
             check_writable(path, name)
     domain = tuple(a.domain) if a.domain else None
-    ga_options = {}
     t0 = time.perf_counter()
     table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=_datapath(a),
                            scales=parse_scales(a.scales), domain=domain, metric=a.metric, coeffs=a.coeffs,
                            refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
-                           dp_seed=not a.no_dp_seed, progress=None if not a.quiet else False,
-                           ga_options=ga_options or None)
+                           dp_seed=not a.no_dp_seed, progress=None if not a.quiet else False)
     elapsed = time.perf_counter() - t0
     print(_summary(table))
     print(table.error().report())

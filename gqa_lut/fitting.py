@@ -33,27 +33,6 @@ def point_stats(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.stack([w, w * x, w * x * x, w * y, w * x * y, w * y * y], axis=-1)
 
 
-def solve_lines(stats: np.ndarray, fallback_slope: np.ndarray):
-    """Weighted least-squares line per segment from summed statistics ``(..., 6)``.
-
-    A segment whose points share one ``x`` (or that has none) takes ``fallback_slope`` and the
-    best intercept for it (0 when empty).
-    """
-    s1, sx, sxx, sy, sxy = (stats[..., c] for c in (W, WX, WXX, WY, WXY))
-    det = s1 * sxx - sx * sx
-    ok = det > 1e-12 * np.maximum(s1 * sxx, 1e-300)
-    safe = np.where(ok, det, 1.0)
-    k = np.where(ok, (s1 * sxy - sx * sy) / safe, fallback_slope)
-    b = np.where(s1 > 0, (sy - k * sx) / np.where(s1 > 0, s1, 1.0), 0.0)
-    return k, b
-
-
-def sse(stats: np.ndarray, a, b):
-    """Weighted squared error of line ``a*x + b`` from statistics (exact algebraic expansion)."""
-    return (a * a * stats[..., WXX] + 2 * a * b * stats[..., WX] + b * b * stats[..., W]
-            - 2 * a * stats[..., WXY] - 2 * b * stats[..., WY] + stats[..., WYY])
-
-
 def round_coefficients(k, b, dp: PWLDatapath):
     """Real lines -> saturated codes (half-even); returns codes and the count of clipped ones."""
     kf, bf = dp.slope_format, dp.icpt_format

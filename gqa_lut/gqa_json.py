@@ -71,7 +71,6 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
     except ValueError:
         raise GQAError(f"{fname}", "scale keys must be integers like \"0\"") from None
 
-    first = per_scale[str(scales[0])] if str(scales[0]) in per_scale else per_scale[scales[0]]
     entries = {}
     used_keys = set()
     for e in scales:
@@ -96,7 +95,6 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
                            "one GQA-LUT table shares its coefficients across scales")
         if np.any(np.diff(parts["breakpoints"]) < 0):
             raise GQAError(f"{where}.breakpoints", "are not sorted")
-    del first
 
     base = datapath or PWLDatapath()
     k_codes = ref["slopes"] * 2.0**base.slope_frac

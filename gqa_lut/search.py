@@ -12,8 +12,6 @@ Every table's provenance records the method, seed, budget and its error per scal
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -40,7 +38,7 @@ def _datapath(datapath, overrides: dict) -> PWLDatapath:
 
 
 def _finish(table: PWLTable, objective: Objective) -> PWLTable:
-    err = table.error(objective.fn) if objective.metric else None
+    err = table.error(objective.fn)
     table.provenance.update({"error": err.to_dict(), "metric": objective.metric, "tool": f"gqa-sim {__version__}"})
     return table
 
@@ -94,12 +92,9 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
     seeds = np.vstack([candidates, uniform_breakpoints(objective.entries, fn.domain)[None, :]]) if dp_seed else None
     rng = np.random.default_rng(int(seed))
     tb = make_toolbox(objective, rng, **(ga_options or {}))
-    show = progress if progress is not None else None
-    bar = tqdm(total=generations, desc=f"ga {fn.name} N={objective.entries}", unit="gen", leave=False,
-               delay=1.0, disable=(show is False)) if show is not False else nullcontext()
-    with bar:
-        best_bp, _, logbook = evolve(tb, population, generations, seeds,
-                                     progress=bar.update if show is not False else None)
+    with tqdm(total=generations, desc=f"ga {fn.name} N={objective.entries}", unit="gen", leave=False,
+              delay=1.0, disable=progress is False) as bar:
+        best_bp, _, _ = evolve(tb, population, generations, seeds, progress=bar.update)
     prov = dict(base, budget={"population": population, "generations": generations, "dp_seed": bool(dp_seed),
                               **(ga_options or {})})
     if optima:
