@@ -3,7 +3,9 @@ PIP ?= $(PYTHON) -m pip
 
 .PHONY: install demo test bench clean
 
+# torch first, pinned: it is the CPU build on disk; an unpinned torch pulls gigabytes of CUDA packages
 install:
+	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
 
 # the main job: search a GELU table on the embedded defaults and print its error report

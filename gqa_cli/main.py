@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("table")
     pl.add_argument("-o", "--output", required=True, help="PNG file")
     pl.set_defaults(run=cmd_plot)
+    from . import hw as _hw, sim as _sim
+    _hw.register(sub)
+    _sim.register(sub)
     return p
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .errors import GQAError
@@ -186,6 +187,25 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
     return q, n
 
 
+def dyadic_multiplier(real_multiplier: float) -> tuple[int, int]:
+    """Any positive real multiplier -> ``(M0, n)``; ``n < 0`` for multipliers >= 1.
+
+    As :func:`quantize_multiplier`, extended by gemmlowp's convention for multipliers >= 1:
+    a negative ``n`` is a left shift by ``-n`` applied before the SRDHM (see :func:`requantize`).
+    """
+    m = float(real_multiplier)
+    if not np.isfinite(m) or m <= 0.0:
+        raise GQAError("multiplier", f"{real_multiplier!r} is not a positive real", "scales must be positive")
+    if m < 1.0:
+        return quantize_multiplier(m)
+    frac, exp = np.frexp(m)
+    if exp > 31:
+        raise GQAError("multiplier", f"{real_multiplier!r} needs a left shift beyond 31 bits",
+                       "the output scale is far too fine for this accumulator")
+    m0, n = quantize_multiplier(float(frac))  # frac in [0.5, 1): n == 1 or 0
+    return m0, n - int(exp)
+
+
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp's SRDHM on int32 values held in int64 arrays."""
     a = np.asarray(a, dtype=np.int64)
@@ -229,3 +249,146 @@ def requantize(acc, multiplier: int, shift: int, out: QFormat | None = None,
         shift = 0
     y = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, multiplier), shift)
     return saturate(y, out, counter, name) if out is not None else y
+
+
+# --- the same requantizer as a fused numba kernel (the simulator's hot path) ----------------
+
+@numba.njit(cache=True, inline="always")
+def _srdhm1(a, b):
+    if a == INT32_MIN and b == INT32_MIN:
+        return INT32_MAX
+    s = a * b
+    s += (1 << 30) if s >= 0 else 1 - (1 << 30)
+    return s >> 31 if s >= 0 else -((-s) >> 31)
+
+
+@numba.njit(cache=True, inline="always")
+def _rdbpot1(x, n):
+    mask = (1 << n) - 1
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> n) + (1 if (x & mask) > threshold else 0)
+
+
+@numba.njit(cache=True, inline="always")
+def requantize1(acc, m0, n):
+    """Scalar :func:`requantize` (no output saturation): ``n < 0`` shifts left first, int32-saturated."""
+    if n < 0:
+        acc = acc << min(-n, 31)
+        acc = min(max(acc, INT32_MIN), INT32_MAX)
+        n = 0
+    return _rdbpot1(_srdhm1(acc, m0), n)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, out):
+    rows, cols = acc.shape
+    sat = np.zeros(rows, np.int64)
+    ovf = np.zeros(rows, np.int64)
+    peak = np.zeros(rows, np.int64)
+    for r in numba.prange(rows):
+        t = row_shift[r]
+        for c in range(cols):
+            b = bias[c]
+            if t > 0:  # the bias at the row's coarser scale: RDBPOT(bias, t)
+                b = _rdbpot1(b, t)
+            a = np.int64(acc[r, c]) + b
+            peak[r] = max(peak[r], abs(a))
+            if a > INT32_MAX or a < INT32_MIN:
+                ovf[r] += 1
+                a = min(max(a, INT32_MIN), INT32_MAX)
+            nc = n[c] - t
+            if nc < 0 and abs(a) > (INT32_MAX >> min(-nc, 31)):
+                ovf[r] += 1      # the left shift saturates int32 (requantize1 clamps; counted here)
+            y = requantize1(a, m0[c], nc) + residual[r, c]
+            if y < lo or y > hi:
+                sat[r] += 1
+                y = min(max(y, lo), hi)
+            out[r, c] = y
+    return sat.sum(), ovf.sum(), peak.max() if rows else 0
+
+
+def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=None, out_dtype=None,
+                        row_shift=None):
+    """Per-column requantization of a GEMM accumulator, optionally followed by a residual add.
+
+    Formats: ``acc`` int32 (..., N); ``bias`` int32 per column at the accumulator's scale;
+    ``multipliers`` (int32 ``M0``) and ``shifts`` (``n``) per column as for :func:`requantize`;
+    ``residual`` (optional) integer codes already at the output scale. Per element:
+
+        a = acc + bias                      (int64; outside int32 -> counted overflow, saturated)
+        y = RDBPOT(SRDHM(a, M0_c), n_c) + residual
+        y = saturate(y, s{out_bits})        (counted)
+
+    ``row_shift`` (optional, per row of the flattened accumulator): the operand of row ``r`` had
+    the scale ``2**row_shift[r]`` times the nominal one (per-token dynamic scaling), so row ``r``
+    uses ``n_c - row_shift[r]`` (negative: a left shift before the multiply, int32-saturated and
+    counted as overflow) and the bias ``RDBPOT(bias_c, row_shift[r])`` (row shifts are >= 0).
+
+    Returns ``(y, saturated, overflowed, peak)``, ``peak`` the largest ``|acc + bias|`` (the
+    accumulator's width report).
+    """
+    acc = np.asarray(acc)
+    shape = acc.shape
+    a2 = np.ascontiguousarray(acc.reshape(-1, shape[-1]))
+    cols = shape[-1]
+    bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (cols,)).copy()
+    m0 = np.broadcast_to(np.asarray(multipliers, np.int64), (cols,)).copy()
+    n = np.broadcast_to(np.asarray(shifts, np.int64), (cols,)).copy()
+    if np.any(n > 62):
+        raise GQAError("shifts", "exceed 62", "the multiplier is too small for this accumulator")
+    res = (np.zeros((1, 1), np.int64) if residual is None else None)
+    if residual is None:
+        res = np.broadcast_to(res, a2.shape)
+    else:
+        res = np.ascontiguousarray(np.asarray(residual).reshape(a2.shape))
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
+    if out_dtype is None:
+        out_dtype = np.int8 if out_bits <= 8 else np.int16 if out_bits <= 16 else np.int32
+    out = np.empty(a2.shape, out_dtype)
+    rs = np.zeros(a2.shape[0], np.int64) if row_shift is None else np.asarray(row_shift, np.int64).reshape(-1)
+    if rs.shape[0] != a2.shape[0]:
+        raise GQAError("row_shift", f"has {rs.shape[0]} entries for {a2.shape[0]} rows")
+    sat, ovf, peak = _requantize_channels(a2, bias, m0, n, rs, lo, hi, res, out)
+    return out.reshape(shape), int(sat), int(ovf), int(peak)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_dynamic(acc, m0, n, bits, out, shifts):
+    rows, cols = acc.shape
+    hi = (1 << (bits - 1)) - 1
+    for r in numba.prange(rows):
+        v = np.empty(cols, np.int64)
+        mx = np.int64(0)
+        for c in range(cols):
+            v[c] = requantize1(np.int64(acc[r, c]), m0[c], n[c])
+            mx = max(mx, abs(v[c]))
+        t = 0
+        while (mx >> t) > hi:        # the smallest shift that fits the row (a leading-one detector)
+            t += 1
+        shifts[r] = t
+        for c in range(cols):
+            y = v[c]
+            if t > 0:                 # round half away from zero, as RDBPOT
+                mask = (np.int64(1) << t) - 1
+                y = (y >> t) + (1 if (y & mask) > ((mask >> 1) + (1 if y < 0 else 0)) else 0)
+            out[r, c] = min(max(y, -hi - 1), hi)
+
+
+def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
+    """Per-token (per-row) dynamic power-of-two scaling after a static requantization.
+
+    ``v = RDBPOT(SRDHM(acc, M0_c), n_c)`` at the nominal scale ``s``; per row the smallest ``t >= 0``
+    with ``max|v| >> t <= 2**(bits-1) - 1``; ``y = RDBPOT(v, t)`` (signed ``bits``, saturated;
+    rounding can still reach ``2**(bits-1)``: clipped). Row ``r``'s real scale is ``s * 2**t_r``.
+    Returns ``(y, t)`` with ``y`` int8 (bits <= 8) and ``t`` int64 per row.
+    """
+    acc = np.asarray(acc)
+    shape = acc.shape
+    a2 = np.ascontiguousarray(acc.reshape(-1, shape[-1]))
+    cols = shape[-1]
+    m0 = np.broadcast_to(np.asarray(multipliers, np.int64), (cols,)).copy()
+    n = np.broadcast_to(np.asarray(shifts, np.int64), (cols,)).copy()
+    out = np.empty(a2.shape, np.int8 if bits <= 8 else np.int16)
+    t = np.empty(a2.shape[0], np.int64)
+    _requantize_dynamic(a2, m0, n, bits, out, t)
+    return out.reshape(shape), t.reshape(shape[:-1])

@@ -149,3 +149,76 @@ def pwl_accumulate_population(codes, e: int, bp_codes, slopes, icpts, dp: PWLDat
         raise GQAError("breakpoints", f"a population is 2-D (pop, N-1), got shape {bp.shape}")
     q = np.asarray(codes)
     return ScaleBatch(q, [0, q.shape[0]], [e], dp).accumulate(bp[:, None, :], slopes, icpts)
+
+
+# --- scalar unit for the simulator's fused kernels -----------------------------------------
+
+ROUNDING_IDS = {"half_even": 0, "half_up": 1, "half_away": 2, "floor": 3}
+
+
+@numba.njit(cache=True, inline="always")
+def round_shift1(x, s, mode):
+    """Scalar :func:`intsim.fixedpoint.round_shift` (``mode`` an index into ROUNDING_IDS)."""
+    if s <= 0:
+        return x << -s
+    q = x >> s
+    if mode == 3:
+        return q
+    half = 1 << (s - 1)
+    rem = x & ((1 << s) - 1)
+    if mode == 1:
+        return q + (1 if rem >= half else 0)
+    if mode == 2:
+        return q + (1 if rem > half or (rem == half and x >= 0) else 0)
+    return q + (1 if rem > half or (rem == half and (q & 1) == 1) else 0)
+
+
+@numba.njit(cache=True, inline="always")
+def pwl1(q, u):
+    """One evaluation of the unit packed by :func:`unit_constants` (its output code)."""
+    bp, k, b, p = u
+    i = 0
+    for j in range(bp.shape[0]):
+        if q >= bp[j]:
+            i += 1
+    a = ((k[i] * q) << p[0]) + (b[i] << p[1])
+    if p[2] == 0:
+        return a
+    y = round_shift1(a, p[3], p[4])
+    return min(max(y, p[5]), p[6])
+
+
+def unit_constants(table, e: int) -> tuple:
+    """The table at scale ``e`` as numba-friendly constants ``(P, K, B, params)``.
+
+    ``params = (slope_shift, icpt_shift, has_out, out_shift, rounding_id, out_min, out_max)``;
+    with ``has_out == 0`` the output is the accumulator itself.
+    """
+    dp = table.datapath
+    _check_acc_width(dp, e)
+    has_out = dp.out_bits is not None
+    params = np.array([dp.slope_shift(e), dp.icpt_shift(e), int(has_out),
+                       dp.acc_frac(e) - dp.out_frac if has_out else 0, ROUNDING_IDS[dp.out_rounding],
+                       dp.out_format.min_int if has_out else 0, dp.out_format.max_int if has_out else 0], np.int64)
+    if has_out and params[3] < 0:
+        raise GQAError("out_frac", "finer than the accumulator", "the fused kernels shift the output right only")
+    return (np.ascontiguousarray(table.breakpoint_codes(e), np.int64), np.asarray(table.slopes, np.int64),
+            np.asarray(table.intercepts, np.int64), params)
+
+
+@numba.njit(cache=True, parallel=True)
+def _pwl_map(q, u, out):
+    flat_q = q.ravel()
+    flat_o = out.ravel()
+    for t in numba.prange(flat_q.shape[0]):
+        flat_o[t] = pwl1(np.int64(flat_q[t]), u)
+
+
+def pwl_map(codes, table, e: int, out_dtype=np.int32) -> np.ndarray:
+    """The table's output codes for an array of input codes (any shape), one fused pass."""
+    q = np.ascontiguousarray(codes)
+    if q.dtype.kind not in "iu":
+        raise GQAError("codes", f"input codes must be integers, got {q.dtype}", "quantize inputs first")
+    out = np.empty(q.shape, out_dtype)
+    _pwl_map(q, unit_constants(table, e), out)
+    return out

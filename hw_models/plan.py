@@ -1,0 +1,208 @@
+"""The integer PWL unit's structure for one scale or a scale set, from intsim's datapath.
+
+Shared by the cost model (:mod:`hw_models.pwl_unit`) and the Verilog generator
+(:mod:`hw_models.verilog`) so that what is priced is what is emitted. Every number comes from
+intsim's canonical definitions (:class:`intsim.PWLDatapath`): comparator constants
+``table.breakpoint_codes(e)``, shifts ``slope_shift(e)``/``icpt_shift(e)``, accumulator
+``acc_frac(e)``/``acc_bits(e)``, output ``out_bits``/``out_frac``/``out_rounding``.
+
+Per scale ``e`` the unit computes, with ``i = #{j : x >= P_j(e)}`` (``x`` signed ``in_bits``):
+
+    prod = K_i * x                                  (signed, slope_bits + in_bits bits)
+    acc  = prod << sk(e) + B_i << sb(e)             (signed, acc_bits bits, exact)
+    y    = acc                                      (full precision)
+         | saturate(round_shift(acc, t(e)))         (out_bits, t(e) = F(e) - out_frac)
+
+Output alignment: a single-scale unit outputs ``A`` with ``F(e)`` fractional bits, exactly
+``table.output_codes``. A unit serving a whole scale set at full precision aligns every scale
+to the common ``Fc = max_e F(e)`` by folding ``Fc - F(e)`` into both shifts, so ``y`` always
+has ``Fc`` fractional bits (``y = output_codes << (Fc - F(e))``); with ``out_bits`` the output
+format is ``s{out_bits}.{out_frac}`` at every scale already.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from intsim import GQAError, PWLDatapath
+
+
+def acc_width(in_bits: int, slope_bits: int, icpt_bits: int, sk: int, sb: int) -> int:
+    """Worst-case signed accumulator width: :meth:`PWLDatapath.acc_bits`'s rule for given shifts.
+
+    Used for units intsim does not simulate (the INT32 counterpart); for every datapath intsim
+    accepts it equals ``dp.acc_bits(e)`` (tested).
+    """
+    kq = (1 << (slope_bits - 1)) * (1 << (in_bits - 1)) << sk
+    b = (1 << (icpt_bits - 1)) << sb
+    return int(kq + b).bit_length() + 1
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """One scale's constants: comparator codes, shifts, widths."""
+
+    e: int
+    sk: int                 # left shift of K*x
+    sb: int                 # left shift of B
+    acc_bits: int           # worst-case accumulator width at this scale
+    acc_frac: int           # fractional bits of acc (F(e), or Fc when aligned)
+    t: int | None           # output rounding shift (None: full precision)
+    y_shift: int            # y = output_codes(e) << y_shift
+    bp: tuple[int, ...] | None = None  # comparator constants P_j(e) (None: not known, cost only)
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """Widths and per-scale constants of one integer PWL unit."""
+
+    entries: int
+    in_bits: int
+    slope_bits: int
+    icpt_bits: int
+    out_bits: int | None
+    out_frac: int | None
+    rounding: str
+    scales: tuple[ScalePlan, ...]
+    aligned: bool
+
+    # widths -------------------------------------------------------------------------------
+    @property
+    def prod_bits(self) -> int:
+        return self.slope_bits + self.in_bits
+
+    @property
+    def bp_bits(self) -> int:
+        """Comparator width: one past the largest code needs ``in_bits + 1`` bits."""
+        return self.in_bits + 1
+
+    @property
+    def acc_bits(self) -> int:
+        return max(s.acc_bits for s in self.scales)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.scales) > 1
+
+    @property
+    def e_bits(self) -> int:
+        """Width of the scale-index input ``e`` of a multi-scale unit (0 for a single scale)."""
+        return max(1, math.ceil(math.log2(len(self.scales)))) if self.multi else 0
+
+    @property
+    def idx_bits(self) -> int:
+        return max(1, math.ceil(math.log2(self.entries)))
+
+    @property
+    def y_bits(self) -> int:
+        return self.acc_bits if self.out_bits is None else self.out_bits
+
+    @property
+    def y_frac(self) -> int:
+        return self.scales[0].acc_frac if self.out_bits is None else self.out_frac
+
+    def shift_range(self, which: str) -> tuple[int, int]:
+        vals = [getattr(s, which) for s in self.scales]
+        return min(vals), max(vals)
+
+    # the output rounding stage ----------------------------------------------------------------
+    @property
+    def round_pre_shift(self) -> int:
+        """``L``: a constant left shift making every scale's rounding shift ``t + L >= 0``."""
+        if self.out_bits is None:
+            return 0
+        return max(0, -min(s.t for s in self.scales))
+
+    @property
+    def round_shift_max(self) -> int:
+        return 0 if self.out_bits is None else max(s.t for s in self.scales) + self.round_pre_shift
+
+    @property
+    def round_width(self) -> int:
+        """Signed width of ``acc << L`` with room for every right shift (at least ``t + 2`` bits)."""
+        return max(self.acc_bits + self.round_pre_shift, self.round_shift_max + 2)
+
+    @property
+    def rounded_bits(self) -> int:
+        """Width of the rounded value before saturation (floor quotient plus the increment)."""
+        return self.round_width - (min(s.t for s in self.scales) + self.round_pre_shift) + 1
+
+    # counterparts ----------------------------------------------------------------------------------
+    def widened(self, bits: int) -> "UnitPlan":
+        """The same unit with input, coefficients (and a rounded output) ``bits`` wide (INT32)."""
+        scales = tuple(replace(s, bp=None, acc_bits=acc_width(bits, bits, bits, s.sk, s.sb)) for s in self.scales)
+        return replace(self, in_bits=bits, slope_bits=bits, icpt_bits=bits, scales=scales,
+                       out_bits=None if self.out_bits is None else bits)
+
+
+def check_entries(entries) -> int:
+    if isinstance(entries, bool) or not isinstance(entries, (int, np.integer)):
+        raise GQAError("entries", f"must be an integer, got {entries!r}")
+    if entries < 2:
+        raise GQAError("entries", f"{entries} is too few", "a PWL unit has at least 2 entries (1 breakpoint)")
+    if entries > 4096:
+        raise GQAError("entries", f"{entries} is too many for a comparator-bank unit", "use at most 4096")
+    return int(entries)
+
+
+def _scale_plans(dp: PWLDatapath, scales, align: bool, bps: dict | None) -> tuple[ScalePlan, ...]:
+    fc = max(dp.acc_frac(e) for e in scales)
+    plans = []
+    for e in scales:
+        f = dp.acc_frac(e)
+        d = fc - f if (align and dp.out_bits is None) else 0
+        t = None if dp.out_bits is None else f - dp.out_frac
+        plans.append(ScalePlan(e=e, sk=dp.slope_shift(e) + d, sb=dp.icpt_shift(e) + d, acc_bits=dp.acc_bits(e) + d,
+                               acc_frac=f + d, t=t, y_shift=d, bp=None if bps is None else bps[e]))
+    return tuple(plans)
+
+
+def plan_datapath(dp: PWLDatapath, entries: int, scales, align: bool = False) -> UnitPlan:
+    """The unit for a datapath, entry count and scale set (no comparator constants: cost only)."""
+    if not isinstance(dp, PWLDatapath):
+        raise GQAError("datapath", f"must be a PWLDatapath, got {type(dp).__name__}")
+    entries = check_entries(entries)
+    scales = tuple(sorted({dp.check_scale(e) for e in scales}))
+    if not scales:
+        raise GQAError("scales", "is empty", "give at least one scale exponent")
+    return UnitPlan(entries=entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
+                    out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
+                    scales=_scale_plans(dp, scales, align, None), aligned=align and len(scales) > 1)
+
+
+def check_table_fits(table) -> None:
+    """Refuse a table whose codes do not fit its declared widths (a hand-edited or mutated one)."""
+    dp = table.datapath
+    for name, codes, fmt in (("slopes", table.slopes, dp.slope_format), ("intercepts", table.intercepts, dp.icpt_format)):
+        codes = np.asarray(codes)
+        bad = np.flatnonzero(~fmt.fits(codes))
+        if bad.size:
+            i = int(bad[0])
+            need = int(abs(int(codes[i])) if codes[i] < 0 else int(codes[i]) + 1).bit_length() + 1
+            raise GQAError(f"{name}[{i}]", f"code {int(codes[i])} does not fit the declared {fmt.bits}-bit width",
+                           f"declare at least {need} bits or refit the table")
+
+
+def plan_table(table, scale=None, align: bool = True) -> UnitPlan:
+    """The unit of a table: one scale ``scale``, or (``None``) every scale of the table's set."""
+    check_table_fits(table)
+    dp = table.datapath
+    if scale is None:
+        scales = tuple(table.scales)
+    else:
+        e = dp.check_scale(scale, "scale")
+        if e not in table.scales:
+            raise GQAError("scale", f"e={e} is not among the table's scales {list(table.scales)}",
+                           "pick one of them, or leave --scale out for the unit serving the whole set")
+        scales = (e,)
+    bps = {e: tuple(int(c) for c in table.breakpoint_codes(e)) for e in scales}
+    for e in scales:
+        if dp.acc_bits(e) > 62:
+            raise GQAError("scale", f"e={e} needs a {dp.acc_bits(e)}-bit accumulator",
+                           "intsim and the testbench hold values in int64; narrow the formats or the scale")
+    return UnitPlan(entries=table.entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
+                    out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
+                    scales=_scale_plans(dp, scales, align, bps), aligned=align and len(scales) > 1)

@@ -1,0 +1,172 @@
+"""Calibration: run the FP32 model on sentences, collect per-tensor ranges, histograms and
+per-channel maxima, choose scales, and report outlier channels.
+
+Every tensor the integer encoder quantizes is observed at the matching point of the FP32 model
+(forward hooks), on real tokens only (padding is computed by the hardware but never read):
+
+    emb.ln_out                         embeddings after LayerNorm (the residual stream's start)
+    blocks.{i}.{q,k,v}                 attention projections
+    blocks.{i}.ctx                     attention context (softmax @ V)
+    blocks.{i}.{attn_out,ffn_out}      output projections (added to the residual stream)
+    blocks.{i}.{ln1,ln2}_{in,out}      LayerNorm inputs (residual sums) and outputs (residual copies)
+    blocks.{i}.gelu_{in,out}           the FFN non-linearity
+
+Outliers (LLM.int8, SmoothQuant, Outlier Suppression+): for each residual-stream tensor the
+per-channel max |x|, its ratio to the median channel max, the kurtosis of all values, and the
+tokens responsible for the largest values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .bert import SentenceBert, Tokenizer
+
+HIST_BINS = 48  # log2-spaced bins of |x| from 2**-16 to 2**8
+
+
+@dataclass
+class TensorStats:
+    absmax: float
+    percentiles: dict
+    channel_max: np.ndarray          # (C,) max |x| per channel
+    hist: np.ndarray                 # counts of |x| per log2 bin (HIST_BINS)
+    kurtosis: float
+    token_max_p50: float              # median over tokens of the per-token max |x|
+    top: list = field(default_factory=list)   # [(value, channel, sentence, position, token)]
+
+    def range(self, percentile: float = 100.0) -> float:
+        if percentile >= 100.0:
+            return self.absmax
+        return float(self.percentiles.get(percentile) or self.absmax)
+
+
+PERCENTILES = (99.0, 99.9, 99.99)
+
+
+def _kurtosis(x: np.ndarray) -> float:
+    x = x.ravel()
+    d = x - x.mean(dtype=np.float64)
+    d2 = (d * d).astype(np.float64)
+    var = d2.mean()
+    return float((d2 * d2).mean() / var**2) if var > 0 else 0.0
+
+
+def _hist(x: np.ndarray) -> np.ndarray:
+    """Counts of |x| in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
+    a = np.abs(x.ravel()).astype(np.float32)
+    pos = (np.log2(np.maximum(a, 2.0**-16)) + 16.0) * (HIST_BINS / 24.0)
+    idx = np.clip(pos.astype(np.int64), 0, HIST_BINS - 1)
+    return np.bincount(idx, minlength=HIST_BINS)
+
+
+class Calibration:
+    """Per-tensor statistics of the FP32 model over calibration sentences."""
+
+    def __init__(self, stats: dict, sentences: int, tokens: int):
+        self.stats: dict[str, TensorStats] = stats
+        self.sentences, self.tokens = sentences, tokens
+
+    def absmax(self, name: str, percentile: float = 100.0) -> float:
+        return self.stats[name].range(percentile)
+
+    def token_max(self, name: str) -> float:
+        return self.stats[name].token_max_p50
+
+    def channel_max(self, name: str) -> np.ndarray:
+        return self.stats[name].channel_max
+
+    def outlier_report(self, top: int = 5) -> list[dict]:
+        """Residual-stream tensors: outlier channels, their ratio to the median, kurtosis, tokens."""
+        out = []
+        for name, s in self.stats.items():
+            if not (name.endswith("ln_out") or name.endswith("_in") and "ln" in name):
+                continue
+            med = float(np.median(s.channel_max))
+            order = np.argsort(s.channel_max)[::-1][:top]
+            out.append({
+                "tensor": name, "absmax": s.absmax, "median_channel_max": med,
+                "kurtosis": s.kurtosis,
+                "channels": [{"channel": int(c), "max": float(s.channel_max[c]),
+                              "ratio_to_median": float(s.channel_max[c] / med) if med > 0 else math.inf}
+                             for c in order],
+                "top_values": [{"value": v, "channel": c, "sentence": si, "position": p, "token": tok}
+                               for v, c, si, p, tok in s.top],
+            })
+        return out
+
+    def to_dict(self) -> dict:
+        return {"sentences": self.sentences, "tokens": self.tokens,
+                "tensors": {n: {"absmax": s.absmax, "percentiles": {str(k): v for k, v in s.percentiles.items()},
+                                "kurtosis": s.kurtosis, "hist_log2_edges": [-16, 8, HIST_BINS],
+                                "hist": s.hist.tolist()} for n, s in self.stats.items()},
+                "outliers": self.outlier_report()}
+
+
+def _hook_points(model: SentenceBert):
+    """(module, name, 'in'|'out') triples whose tensors the integer path quantizes."""
+    pts = [(model.embeddings.ln, "emb.ln_out", "out")]
+    for i, b in enumerate(model.blocks):
+        p = f"blocks.{i}."
+        pts += [(b.attn.query, p + "q", "out"), (b.attn.key, p + "k", "out"), (b.attn.value, p + "v", "out"),
+                (b.attn, p + "ctx", "out"), (b.attn_out, p + "attn_out", "out"),
+                (b.ln1, p + "ln1_in", "in"), (b.ln1, p + "ln1_out", "out"),
+                (b.ffn_in, p + "gelu_in", "out"), (b.gelu, p + "gelu_out", "out"),
+                (b.ffn_out, p + "ffn_out", "out"), (b.ln2, p + "ln2_in", "in"), (b.ln2, p + "ln2_out", "out")]
+    return pts
+
+
+def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: int = 32,
+              top: int = 5) -> Calibration:
+    """Run FP32 on ``sentences`` and collect every quantized tensor's statistics."""
+    sentences = list(sentences)
+    if not sentences:
+        from .errors import GQAError
+        raise GQAError("calibration sentences", "are empty", "give at least one sentence")
+    rows: dict[str, list] = {}
+    where: list = []     # (sentence, position, token id) of every real token, in row order
+    current = {}
+
+    def make_hook(name, side):
+        def hook(mod, inp, out):
+            t = inp[0] if side == "in" else out
+            current[name] = t.detach()
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in _hook_points(model)]
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(sentences), batch_size):
+                ids, mask = tokenizer(sentences[i: i + batch_size], warn=False)
+                current.clear()
+                model(torch.from_numpy(ids), torch.from_numpy(mask))
+                sel = mask.astype(bool)
+                for b, p in zip(*np.nonzero(sel)):
+                    where.append((i + int(b), int(p), int(ids[b, p])))
+                for name, t in current.items():
+                    rows.setdefault(name, []).append(t.numpy()[sel])
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for name, parts in rows.items():
+        x = np.concatenate(parts)            # (tokens, C)
+        a = np.abs(x)
+        pct = {p: float(np.percentile(a, p)) for p in PERCENTILES}
+        af = a.ravel()
+        k = min(top, af.size)
+        flat = np.argpartition(af, af.size - k)[af.size - k:]
+        flat = flat[np.argsort(af[flat])[::-1]]
+        topv = []
+        for f in flat:
+            r, c = divmod(int(f), x.shape[1])
+            s_i, pos, tok = where[r]
+            topv.append((float(x[r, c]), c, s_i, pos, tokenizer.id_to_token(tok)))
+        stats[name] = TensorStats(absmax=float(a.max()), percentiles=pct, channel_max=a.max(0),
+                                  hist=_hist(x), kurtosis=_kurtosis(x),
+                                  token_max_p50=float(np.median(a.max(1))), top=topv)
+    return Calibration(stats, len(sentences), len(where))

@@ -1,0 +1,162 @@
+"""Integer-only LayerNorm with declared widths, rsqrt by range reduction (or Newton), integer gamma/beta.
+
+Specification, per row ``x`` of ``C`` integer codes (any scale: LayerNorm is scale invariant;
+epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped):
+
+1. ``S = sum_c x_c``; ``d_c = C * x_c - S`` (exact: ``d = C * (x - mean)``).
+2. width reduction: ``r = max(0, msb(max_c |d_c|) + 2 - D)``,
+   ``d'_c = round_half_up(d_c / 2**r)`` so every ``d'`` fits signed ``D`` bits (``D`` = ``d_bits``,
+   16 by default; squares then fit 31 bits and ``V`` ``31 + log2 C`` bits).
+3. ``V = sum_c d'_c**2``; ``z_c = d'_c / sqrt(V)`` held with ``Z`` fractional bits (``|z| <= 1``):
+   - ``rsqrt="pwl"``: ``(R, sh) = rsqrt(V)`` (leading one, PWL table on the mantissa, shift),
+     ``z_c = round_half_up(d'_c * R / 2**(sh - Z))``;
+   - ``rsqrt="newton"``: ``s = isqrt(V)`` (I-BERT's integer Newton iteration),
+     ``z_c = floor((d'_c * 2**(Z+1) + s) / (2 s))`` (a divider, round half up).
+   ``V == 0`` gives ``z = 0``. (``(x - mean) / std = sqrt(C) * z``: ``sqrt(C)`` is folded into gamma.)
+4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
+   and one shift ``T``: ``y_c = saturate(round_half_away((z_c * G_c + H_c) / 2**T), s{bits})``
+   with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``.
+   ``T`` is the largest shift keeping every ``|G_c| < 2**(g_bits-1)`` (``g_bits`` = 16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .errors import GQAError
+from .pwl import round_shift1
+from .rangereduce import MantissaTable, isqrt_newton, msb, rsqrt1
+
+RSQRTS = ("pwl", "newton")
+Z_FRAC = 14
+
+
+class LNOutput:
+    """Integer gamma/beta of one LayerNorm output at real scale ``scale`` (per channel allowed)."""
+
+    def __init__(self, gamma, beta, scale, bits: int, g_bits: int = 16, z_frac: int = Z_FRAC):
+        gamma = np.asarray(gamma, np.float64)
+        C = gamma.shape[0]
+        scale = np.broadcast_to(np.asarray(scale, np.float64), (C,))
+        g_real = gamma * math.sqrt(C) / scale * 2.0**-z_frac       # per unit of z's code, before 2**T
+        peak = float(np.abs(g_real).max())
+        T = int(math.floor(math.log2((2 ** (g_bits - 1) - 1) / peak))) if peak > 0 else 0
+        T = max(0, min(T, 62 - z_frac))
+        self.G = np.rint(g_real * 2.0**T).astype(np.int64)
+        self.H = np.rint(np.asarray(beta, np.float64) / scale * 2.0**T).astype(np.int64)
+        self.T, self.bits = T, bits
+        self.lo, self.hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        self.dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32
+
+
+@numba.njit(cache=True, parallel=True)
+def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
+               G2, H2, T2, lo2, hi2, out2, two, peaks):
+    rows, C = x.shape
+    for r in numba.prange(rows):
+        s = np.int64(0)
+        for c in range(C):
+            s += x[r, c]
+        d = np.empty(C, np.int64)
+        dmax = np.int64(0)
+        for c in range(C):
+            d[c] = C * np.int64(x[r, c]) - s
+            dmax = max(dmax, abs(d[c]))
+        sh = max(0, msb(dmax) + 2 - d_bits)
+        v = np.int64(0)
+        for c in range(C):
+            d[c] = round_shift1(d[c], sh, 1)
+            v += d[c] * d[c]
+        it = 0
+        root = np.int64(1)
+        rr = np.int64(0)
+        rsh = np.int64(0)
+        if v > 0:
+            if use_newton:
+                root, it = isqrt_newton(v)
+            else:
+                rr, rsh = rsqrt1(v, rs_u, e_r, f_r)
+        sat = 0
+        for c in range(C):
+            if v == 0:
+                z = np.int64(0)
+            elif use_newton:
+                z = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
+            else:
+                z = round_shift1(d[c] * rr, rsh - z_frac, 1)
+            y = round_shift1(z * G1[c] + H1[c], T1, 2)
+            if y < lo1 or y > hi1:
+                sat += 1
+                y = min(max(y, lo1), hi1)
+            out1[r, c] = y
+            if two:
+                y = round_shift1(z * G2[c] + H2[c], T2, 2)
+                if y < lo2 or y > hi2:
+                    sat += 1
+                    y = min(max(y, lo2), hi2)
+                out2[r, c] = y
+        peaks[r, 0] = abs(s)
+        peaks[r, 1] = v
+        peaks[r, 2] = sat
+        peaks[r, 3] = it
+
+
+class IntLayerNorm:
+    """LayerNorm of integer rows with one or two outputs (module docstring)."""
+
+    def __init__(self, rsqrt: str = "pwl", rsqrt_table=None, d_bits: int = 16):
+        if rsqrt not in RSQRTS:
+            raise GQAError("layernorm.rsqrt", f"{rsqrt!r} is unknown", f"use one of {', '.join(RSQRTS)}")
+        if rsqrt == "pwl" and rsqrt_table is None:
+            raise GQAError("layernorm.rsqrt", "'pwl' needs an rsqrt mantissa table", "give rsqrt_table")
+        if not 4 <= d_bits <= 31:
+            raise GQAError("layernorm.d_bits", f"{d_bits} is outside [4, 31]", "16 is the default")
+        self.rsqrt, self.d_bits = rsqrt, d_bits
+        self.table = MantissaTable(rsqrt_table, "rsqrt") if rsqrt == "pwl" else None
+
+    def __call__(self, x, out1: LNOutput, out2: LNOutput | None = None, stats=None, name="layernorm"):
+        shape = x.shape
+        x2 = np.ascontiguousarray(x.reshape(-1, shape[-1]))
+        rows, C = x2.shape
+        if out1.G.shape[0] != C:
+            raise GQAError(name, f"rows have {C} channels, gamma {out1.G.shape[0]}")
+        y1 = np.empty(x2.shape, out1.dtype)
+        o2 = out2 if out2 is not None else out1
+        y2 = np.empty(x2.shape if out2 is not None else (1, 1), o2.dtype)
+        peaks = np.empty((rows, 4), np.int64)
+        t = self.table
+        dummy = (np.zeros(1, np.int64),) * 3 + (np.zeros(7, np.int64),)
+        _layernorm(x2, self.d_bits, Z_FRAC, self.rsqrt == "newton", t.unit if t else dummy, t.e if t else 0,
+                   t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
+                   o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, peaks)
+        if stats is not None:
+            self._count(stats, name, rows, C, peaks, x2, 1 + (out2 is not None))
+        y1 = y1.reshape(shape)
+        return (y1, y2.reshape(shape)) if out2 is not None else y1
+
+    def _count(self, stats, name, rows, C, peaks, x2, n_out):
+        n = rows * C
+        x_bits = int(np.abs(x2).max()).bit_length() + 1 if x2.size else 1
+        stats.count("add", f"{name}.sum", n, bits=x_bits + math.ceil(math.log2(C)))
+        stats.count("mul", f"{name}.center", n, a_bits=x_bits, b_bits=math.ceil(math.log2(C)) + 1)
+        stats.count("compare", f"{name}.dmax", n, bits=x_bits + 10)
+        stats.count("mul", f"{name}.square", n, a_bits=self.d_bits, b_bits=self.d_bits)
+        stats.count("add", f"{name}.var", n, bits=2 * self.d_bits + math.ceil(math.log2(C)))
+        if self.rsqrt == "pwl":
+            stats.count("compare", f"{name}.leading_one", rows, bits=2 * self.d_bits + 9)
+            stats.lut(f"{name}.rsqrt", rows, table="rsqrt", entries=self.table.table.entries,
+                      in_bits=self.table.table.datapath.in_bits)
+            stats.count("mul", f"{name}.normalize", n, a_bits=self.d_bits, b_bits=16)
+        else:
+            it = int(peaks[:, 3].sum())
+            stats.count("div", f"{name}.isqrt", it, bits=2 * self.d_bits + 9)
+            stats.count("div", f"{name}.normalize", n, bits=2 * self.d_bits + 9)
+        stats.count("mul", f"{name}.gamma", n * n_out, a_bits=Z_FRAC + 2, b_bits=16)
+        stats.count("add", f"{name}.beta", n * n_out, bits=32)
+        stats.count("shift", f"{name}.out", n * n_out, bits=32)
+        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), 32)
+        stats.accumulator(f"{name}.var", int(peaks[:, 1].max()), 2 * self.d_bits + math.ceil(math.log2(C)) + 1)
+        stats.saturated(f"{name}.out", int(peaks[:, 2].sum()))

@@ -1,0 +1,42 @@
+"""Regenerate intsim's embedded default tables (intsim/tables/*.json) with gqa_lut.
+
+The integer encoder needs tables before any search has run, and intsim must not import
+gqa_lut (the layers in DESIGN.md), so the defaults are searched once here and committed with
+their provenance. Deterministic: the same gqa_lut version writes the same bytes.
+
+    python tools/make_default_tables.py
+"""
+
+from pathlib import Path
+
+import gqa_lut
+
+OUT = Path(__file__).resolve().parent.parent / "intsim" / "tables"
+
+# name -> search arguments. Activation tables serve the GQA-LUT scale set with INT8 (s8.6)
+# coefficients; the mantissa tables of the range-reduced reciprocal and rsqrt see one fixed
+# scale (the mantissa's fractional bits) and need wider coefficients: their intercepts reach 2.
+SPECS = {
+    "gelu8": dict(func="gelu", entries=8),
+    "gelu16": dict(func="gelu", entries=16),
+    "exp8": dict(func="exp", entries=8),
+    "exp16": dict(func="exp", entries=16),
+    "recip_mantissa16": dict(func="reciprocal", entries=16, domain=(1.0, 2.0), scales=[10], in_bits=12,
+                             slope_bits=15, slope_frac=12, icpt_bits=15, icpt_frac=12),
+    "rsqrt_mantissa16": dict(func="rsqrt", entries=16, domain=(1.0, 4.0), scales=[9], in_bits=12,
+                             slope_bits=15, slope_frac=12, icpt_bits=15, icpt_frac=12),
+}
+
+
+def main():
+    OUT.mkdir(exist_ok=True)
+    for name, spec in SPECS.items():
+        spec = dict(spec)
+        table = gqa_lut.search(spec.pop("func"), seed=0, progress=False, **spec)
+        table.provenance["default_table"] = name
+        table.save(OUT / f"{name}.json")
+        print(f"{name}: mean MSE {table.error().mean_mse:.3e}")
+
+
+if __name__ == "__main__":
+    main()
