@@ -125,6 +125,10 @@ def round_shift(x, shift: int, mode: str = "half_even") -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if shift <= 0:
         return x << np.int64(-shift)
+    if shift >= 63:
+        # numpy wraps shifts of 64 or more: exact Python-integer arithmetic instead (rare: the
+        # quotient is then 0 or -1)
+        return _round_shift_huge(x, shift, mode)
     s = np.int64(shift)
     floor_q = x >> s
     if mode == "floor":
@@ -136,6 +140,28 @@ def round_shift(x, shift: int, mode: str = "half_even") -> np.ndarray:
     if mode == "half_away":
         return floor_q + ((rem > half) | ((rem == half) & (x >= 0)))
     return floor_q + ((rem > half) | ((rem == half) & ((floor_q & 1) == 1)))
+
+
+def _round_shift_huge(x: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """``round_shift`` for shifts >= 63, exactly, via Python integers' floor division."""
+    from fractions import Fraction
+
+    d = 1 << shift
+    out = np.empty(x.shape, dtype=np.int64)
+    for i, v in np.ndenumerate(x):
+        f = Fraction(int(v), d)
+        fl = f.numerator // f.denominator
+        rem = f - fl
+        if mode == "floor":
+            r = fl
+        elif mode == "half_up":
+            r = fl + (rem >= Fraction(1, 2))
+        elif mode == "half_away":
+            r = fl + (rem > Fraction(1, 2) or (rem == Fraction(1, 2) and v >= 0))
+        else:
+            r = fl + (rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1))
+        out[i] = r
+    return out
 
 
 class SaturationCounter:
@@ -297,7 +323,8 @@ def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, out):
                 ovf[r] += 1
                 a = min(max(a, INT32_MIN), INT32_MAX)
             nc = n[c] - t
-            if nc < 0 and abs(a) > (INT32_MAX >> min(-nc, 31)):
+            if nc < 0 and ((-nc >= 32 and a != 0) or
+                           (-nc < 32 and (a > (INT32_MAX >> -nc) or a < (INT32_MIN >> -nc)))):
                 ovf[r] += 1      # the left shift saturates int32 (requantize1 clamps; counted here)
             y = requantize1(a, m0[c], nc) + residual[r, c]
             if y < lo or y > hi:
@@ -305,6 +332,13 @@ def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, out):
                 y = min(max(y, lo), hi)
             out[r, c] = y
     return sat.sum(), ovf.sum(), peak.max() if rows else 0
+
+
+def _per_column(v, cols: int, field: str) -> np.ndarray:
+    v = np.asarray(v, np.int64)
+    if v.ndim > 1 or (v.ndim == 1 and v.shape[0] not in (1, cols)):
+        raise GQAError(field, f"has shape {v.shape}, the accumulator {cols} columns", "give one value or one per column")
+    return np.broadcast_to(v, (cols,)).copy()
 
 
 def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=None, out_dtype=None,
@@ -328,19 +362,29 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     accumulator's width report).
     """
     acc = np.asarray(acc)
+    if acc.dtype.kind not in "iu" or acc.ndim < 1:
+        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give an integer accumulator array")
+    if not 2 <= out_bits <= 32:
+        raise GQAError("out_bits", f"{out_bits} is outside [2, 32]", "requantized outputs are at most int32")
     shape = acc.shape
     a2 = np.ascontiguousarray(acc.reshape(-1, shape[-1]))
     cols = shape[-1]
-    bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (cols,)).copy()
-    m0 = np.broadcast_to(np.asarray(multipliers, np.int64), (cols,)).copy()
-    n = np.broadcast_to(np.asarray(shifts, np.int64), (cols,)).copy()
+    bias = _per_column(0 if bias is None else bias, cols, "bias")
+    m0 = _per_column(multipliers, cols, "multipliers")
+    n = _per_column(shifts, cols, "shifts")
     if np.any(n > 62):
         raise GQAError("shifts", "exceed 62", "the multiplier is too small for this accumulator")
+    if np.any(m0 < INT32_MIN) or np.any(m0 > INT32_MAX):
+        raise GQAError("multipliers", "must fit int32", "use dyadic_multiplier / quantize_multiplier")
     res = (np.zeros((1, 1), np.int64) if residual is None else None)
     if residual is None:
         res = np.broadcast_to(res, a2.shape)
     else:
-        res = np.ascontiguousarray(np.asarray(residual).reshape(a2.shape))
+        residual = np.asarray(residual)
+        if residual.size != a2.size or residual.dtype.kind not in "iu":
+            raise GQAError("residual", f"is {residual.dtype} of shape {residual.shape}, the accumulator {shape}",
+                           "give integer codes of the accumulator's shape at the output scale")
+        res = np.ascontiguousarray(residual.reshape(a2.shape))
     lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
     if out_dtype is None:
         out_dtype = np.int8 if out_bits <= 8 else np.int16 if out_bits <= 16 else np.int32
@@ -383,11 +427,15 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
     Returns ``(y, t)`` with ``y`` int8 (bits <= 8) and ``t`` int64 per row.
     """
     acc = np.asarray(acc)
+    if not 2 <= bits <= 16:
+        raise GQAError("bits", f"{bits} is outside [2, 16]", "dynamic per-token operands are int8 or int16")
     shape = acc.shape
     a2 = np.ascontiguousarray(acc.reshape(-1, shape[-1]))
     cols = shape[-1]
-    m0 = np.broadcast_to(np.asarray(multipliers, np.int64), (cols,)).copy()
-    n = np.broadcast_to(np.asarray(shifts, np.int64), (cols,)).copy()
+    m0 = _per_column(multipliers, cols, "multipliers")
+    n = _per_column(shifts, cols, "shifts")
+    if np.any(n > 62) or np.any(m0 < INT32_MIN) or np.any(m0 > INT32_MAX):
+        raise GQAError("multipliers", "need int32 M0 and shifts <= 62", "use dyadic_multiplier")
     out = np.empty(a2.shape, np.int8 if bits <= 8 else np.int16)
     t = np.empty(a2.shape[0], np.int64)
     _requantize_dynamic(a2, m0, n, bits, out, t)

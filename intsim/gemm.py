@@ -45,9 +45,14 @@ def _check_operand(x, name: str):
 def check_gemm(a, b) -> int:
     """Validate shapes and dtypes; return the exactness bound ``K * max|a*b|``."""
     da, db = _check_operand(a, "a"), _check_operand(b, "b")
-    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        ok = a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == b.shape[-2]
+    except ValueError:
+        ok = False
+    if not ok:
         raise GQAError("b", f"shape {tuple(b.shape)} does not multiply a of shape {tuple(a.shape)}",
-                       "a is (..., M, K) and b (..., K, N)")
+                       "a is (..., M, K) and b (..., K, N) with broadcastable leading (batch) dimensions")
     k = int(a.shape[-1])
     bound = k * _bound(da, db)
     if bound >= 2**31:
@@ -85,5 +90,5 @@ def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
         dt = torch.float32
     else:
         dt = torch.float64
-    c = torch.matmul(torch.from_numpy(a).to(dt), torch.from_numpy(b).to(dt))
+    c = torch.matmul(torch.from_numpy(np.ascontiguousarray(a)).to(dt), torch.from_numpy(np.ascontiguousarray(b)).to(dt))
     return c.to(torch.int32).numpy()

@@ -5,8 +5,9 @@ epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped)
 
 1. ``S = sum_c x_c``; ``d_c = C * x_c - S`` (exact: ``d = C * (x - mean)``).
 2. width reduction: ``r = max(0, msb(max_c |d_c|) + 2 - D)``,
-   ``d'_c = round_half_up(d_c / 2**r)`` so every ``d'`` fits signed ``D`` bits (``D`` = ``d_bits``,
-   16 by default; squares then fit 31 bits and ``V`` ``31 + log2 C`` bits).
+   ``d'_c = round_half_up(d_c / 2**r)``, so ``|d'| <= 2**(D-1)`` (``D`` = ``d_bits``, 16 by default;
+   the bound is reached only by rounding up at the edge); squares fit ``2D - 1`` bits and ``V``
+   ``2D - 2 + ceil(log2 C)`` bits, which must stay within int64 (checked).
 3. ``V = sum_c d'_c**2``; ``z_c = d'_c / sqrt(V)`` held with ``Z`` fractional bits (``|z| <= 1``):
    - ``rsqrt="pwl"``: ``(R, sh) = rsqrt(V)`` (leading one, PWL table on the mantissa, shift),
      ``z_c = round_half_up(d'_c * R / 2**(sh - Z))``;
@@ -16,12 +17,14 @@ epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped)
 4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
    and one shift ``T``: ``y_c = saturate(round_half_away((z_c * G_c + H_c) / 2**T), s{bits})``
    with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``.
-   ``T`` is the largest shift keeping every ``|G_c| < 2**(g_bits-1)`` (``g_bits`` = 16).
+   ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)`` (``g_bits`` = 16)
+   and ``T <= 51 - ceil(log2 max|beta_c / s_o|)`` (``H`` is then an exactly rounded float64 product).
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numba
 import numpy as np
@@ -43,10 +46,19 @@ class LNOutput:
         scale = np.broadcast_to(np.asarray(scale, np.float64), (C,))
         g_real = gamma * math.sqrt(C) / scale * 2.0**-z_frac       # per unit of z's code, before 2**T
         peak = float(np.abs(g_real).max())
-        T = int(math.floor(math.log2((2 ** (g_bits - 1) - 1) / peak))) if peak > 0 else 0
-        T = max(0, min(T, 62 - z_frac))
+        t_max = 62 - z_frac
+        room = (2 ** (g_bits - 1) - 1) / peak if peak > 0 else math.inf
+        T = t_max if room >= 2.0**t_max else max(0, int(math.floor(math.log2(room))))
+        b_peak = float(np.abs(np.asarray(beta, np.float64) / scale).max())
+        if b_peak > 0:   # keep H within 52 bits (the simulator's int64 arithmetic has room to spare)
+            T = max(0, min(T, 51 - math.ceil(math.log2(b_peak))))
         self.G = np.rint(g_real * 2.0**T).astype(np.int64)
-        self.H = np.rint(np.asarray(beta, np.float64) / scale * 2.0**T).astype(np.int64)
+        # H exactly: round(beta / s * 2**T) in rationals (a float quotient may be off by an ulp)
+        self.H = np.array([round(Fraction(float(b)) / Fraction(float(s)) * 2**T)
+                           for b, s in zip(np.asarray(beta, np.float64), scale)], np.int64)
+        if np.abs(self.G).max() >= 2 ** (g_bits - 1):
+            raise GQAError("layernorm gamma", f"needs more than {g_bits} bits at output scale {scale.min():g}",
+                           "use a coarser output scale")
         self.T, self.bits = T, bits
         self.lo, self.hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         self.dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32
@@ -121,8 +133,13 @@ class IntLayerNorm:
         shape = x.shape
         x2 = np.ascontiguousarray(x.reshape(-1, shape[-1]))
         rows, C = x2.shape
-        if out1.G.shape[0] != C:
-            raise GQAError(name, f"rows have {C} channels, gamma {out1.G.shape[0]}")
+        for o in (out1, out2):
+            if o is not None and o.G.shape[0] != C:
+                raise GQAError(name, f"rows have {C} channels, an output's gamma {o.G.shape[0]}",
+                               "build LNOutput with one gamma per channel")
+        if 2 * self.d_bits - 2 + math.ceil(math.log2(max(C, 2))) > 62:
+            raise GQAError("layernorm.d_bits", f"{self.d_bits} bits over {C} channels overflow the int64 variance sum",
+                           f"use d_bits <= {(64 - math.ceil(math.log2(max(C, 2)))) // 2}")
         y1 = np.empty(x2.shape, out1.dtype)
         o2 = out2 if out2 is not None else out1
         y2 = np.empty(x2.shape if out2 is not None else (1, 1), o2.dtype)

@@ -200,8 +200,9 @@ def unit_constants(table, e: int) -> tuple:
     params = np.array([dp.slope_shift(e), dp.icpt_shift(e), int(has_out),
                        dp.acc_frac(e) - dp.out_frac if has_out else 0, ROUNDING_IDS[dp.out_rounding],
                        dp.out_format.min_int if has_out else 0, dp.out_format.max_int if has_out else 0], np.int64)
-    if has_out and params[3] < 0:
-        raise GQAError("out_frac", "finer than the accumulator", "the fused kernels shift the output right only")
+    if has_out and not 0 <= params[3] <= 62:
+        raise GQAError("out_frac", f"needs an output shift of {params[3]} bits at e={e}",
+                       "the fused kernels shift the output right by 0..62 bits")
     return (np.ascontiguousarray(table.breakpoint_codes(e), np.int64), np.asarray(table.slopes, np.int64),
             np.asarray(table.intercepts, np.int64), params)
 
@@ -219,6 +220,11 @@ def pwl_map(codes, table, e: int, out_dtype=np.int32) -> np.ndarray:
     q = np.ascontiguousarray(codes)
     if q.dtype.kind not in "iu":
         raise GQAError("codes", f"input codes must be integers, got {q.dtype}", "quantize inputs first")
+    dp = table.datapath
+    need = dp.acc_bits(e) if dp.out_bits is None else dp.out_bits
+    if need > np.iinfo(out_dtype).bits:
+        raise GQAError("out_dtype", f"{np.dtype(out_dtype)} cannot hold the unit's {need}-bit output at e={e}",
+                       "use int64, or a datapath with out_bits")
     out = np.empty(q.shape, out_dtype)
     _pwl_map(q, unit_constants(table, e), out)
     return out

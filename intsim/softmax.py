@@ -101,7 +101,13 @@ class IntSoftmax:
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> uint8 probabilities (scale 2**-8)."""
+        if scores.ndim != 4 or scores.dtype != np.int32:
+            raise GQAError("scores", f"are {scores.dtype} of shape {scores.shape}", "give int32 (B, H, Tq, Tk)")
         B, H, Tq, Tk = scores.shape
+        key_mask = np.asarray(key_mask)
+        if key_mask.shape != (B, Tk):
+            raise GQAError("key_mask", f"has shape {key_mask.shape}, the scores need ({B}, {Tk})",
+                           "one 0/1 flag per batch row and key")
         s2 = np.ascontiguousarray(scores.reshape(-1, Tk))
         out = np.empty(s2.shape, np.uint8)
         peaks = np.empty((s2.shape[0], 3), np.int64)

@@ -318,3 +318,220 @@ def input_codes(draw, in_bits: int, bp_codes=(), max_size: int = 48):
     for c in bp_codes:
         extra.update(v for v in (c - 1, c, c + 1) if lo <= v <= hi)
     return codes + sorted(extra)
+
+
+# --- integer transformer kernels (intsim.gemm, softmax, layernorm, rangereduce) -------------
+# Written from the module docstrings' specifications; tables are read through their fields only
+# (``breakpoints``, ``slopes``, ``intercepts``, ``explicit_codes``, ``datapath``, ``scales``,
+# ``domain``), never through intsim's arithmetic.
+
+def matmul(a, b, n: int | None = None) -> list[list[int]]:
+    """``C[m][n] = sum_k a[m][k] * b[k][n]`` over Python integers (nested lists); ``n`` columns
+    (needed only when ``K == 0``, where ``b`` has no row to count them)."""
+    K = len(b)
+    N = n if n is not None else len(b[0])
+    assert all(len(row) == K for row in a)
+    return [[sum(int(row[k]) * int(b[k][n]) for k in range(K)) for n in range(N)] for row in a]
+
+
+def msb(x: int) -> int:
+    """``floor(log2 x)`` for ``x > 0`` by repeated halving; -1 for 0."""
+    x = int(x)
+    n = -1
+    while x > 0:
+        x //= 2
+        n += 1
+    return n
+
+
+def isqrt_newton(n: int) -> tuple[int, int]:
+    """I-BERT's integer Newton square root, literally: ``(floor(sqrt n), iterations)``."""
+    n = int(n)
+    if n == 0:
+        return 0, 0
+    x = 2 ** (msb(n) // 2 + 1)
+    it = 0
+    while True:
+        it += 1
+        y = (x + n // x) // 2
+        if y >= x:
+            return x, it
+        x = y
+
+
+def table_output(q: int, e: int, table) -> int:
+    """The PWL unit's output code of ``table`` at scale ``e`` for one input code."""
+    dp = table.datapath
+    if table.explicit_codes is not None:
+        P = [int(c) for c in table.explicit_codes[e]]
+    else:
+        P = breakpoint_codes([Fraction(float(p)) for p in table.breakpoints], e, dp.in_bits)
+    a = accumulate(int(q), e, P, [int(k) for k in table.slopes], [int(b) for b in table.intercepts], dp)
+    return output(a, e, dp)[0]
+
+
+def requantize_channels(acc_rows, bias, m0s, shifts, out_bits: int, residual_rows=None, row_shifts=None):
+    """Per-column requantization, per element (intsim.fixedpoint.requantize_channels' docstring):
+
+    row ``r`` with row shift ``t`` (default 0) uses ``b = RDBPOT(bias_c, t)`` and ``n = n_c - t``;
+    ``a = acc + b`` (outside int32: one overflow, saturated); ``y = RDBPOT(SRDHM(a, M0_c), n)``
+    (negative ``n``: a left shift first, int32-saturated, a clipped value counted as one more
+    overflow) ``+ residual``; ``y`` saturated to s{out_bits} (counted).
+    Returns ``(rows of y, saturated, overflowed, peak |acc + b|)``.
+    """
+    out, sat, ovf, peak = [], 0, 0, 0
+    for r, row in enumerate(acc_rows):
+        t = 0 if row_shifts is None else int(row_shifts[r])
+        orow = []
+        for c, v in enumerate(row):
+            b = int(bias[c]) if t <= 0 else rdbpot(int(bias[c]), t)
+            a = int(v) + b
+            peak = max(peak, abs(a))
+            a, hit = saturate(a, 32)
+            ovf += hit
+            n = int(shifts[c]) - t
+            y, hit = requantize(a, int(m0s[c]), n)
+            ovf += hit
+            if residual_rows is not None:
+                y += int(residual_rows[r][c])
+            y, hit = saturate(y, out_bits)
+            sat += hit
+            orow.append(y)
+        out.append(orow)
+    return out, sat, ovf, peak
+
+
+def requantize_dynamic(acc_rows, m0s, shifts, bits: int):
+    """Per-row dynamic power-of-two scaling (intsim.fixedpoint.requantize_dynamic's docstring):
+    ``v = RDBPOT(SRDHM(acc, M0_c), n_c)``; ``t`` the smallest ``t >= 0`` with
+    ``floor(max|v| / 2**t) <= 2**(bits-1) - 1``; ``y = saturate(RDBPOT(v, t), s{bits})``.
+    Returns ``(rows of y, list of t)``."""
+    hi = 2 ** (bits - 1) - 1
+    ys, ts = [], []
+    for row in acc_rows:
+        v = [requantize(int(a), int(m0s[c]), int(shifts[c]))[0] for c, a in enumerate(row)]
+        mx = max((abs(x) for x in v), default=0)
+        t = 0
+        while mx // 2**t > hi:
+            t += 1
+        ys.append([saturate(rdbpot(x, t), bits)[0] for x in v])
+        ts.append(t)
+    return ys, ts
+
+
+def mantissa_scale(table, kind: str):
+    """``e_r``: the largest table scale whose codes hold the whole mantissa range ``[1, hi)``
+    (``hi * 2**e - 1 <= code_max``), None if there is none."""
+    hi = {"reciprocal": 2, "rsqrt": 4}[kind]
+    qmax = code_range(table.datapath.in_bits)[1]
+    fits = [e for e in table.scales if Fraction(hi) * Fraction(2) ** e - 1 <= qmax]
+    return max(fits) if fits else None
+
+
+def reciprocal(s: int, table, e_r: int) -> tuple[int, int]:
+    """``(R, shift)``: ``k = msb(s)``, ``M = floor(s * 2**(e_r - k))``, ``R = PWL(M)``,
+    ``shift = F_r + k`` with ``F_r`` the table's output fractional bits at ``e_r``."""
+    s = int(s)
+    assert s > 0
+    k = msb(s)
+    v = Fraction(s) * Fraction(2) ** (e_r - k)
+    M = v.numerator // v.denominator
+    return table_output(M, e_r, table), output_frac(e_r, table.datapath) + k
+
+
+def rsqrt(s: int, table, e_r: int) -> tuple[int, int]:
+    """``(R, shift)``: ``j = floor(msb(s) / 2)``, ``M = floor(s * 2**(e_r - 2j))``, ``R = PWL(M)``,
+    ``shift = F_r + j``."""
+    s = int(s)
+    assert s > 0
+    j = msb(s) // 2
+    v = Fraction(s) * Fraction(2) ** (e_r - 2 * j)
+    M = v.numerator // v.denominator
+    return table_output(M, e_r, table), output_frac(e_r, table.datapath) + j
+
+
+def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
+    """One row of intsim.softmax's specification.
+
+    ``exp_out(u)`` is the exp table's output code at its scale; ``recip(Z)`` gives ``(R, sh)``
+    (``recip=None``: the integer divider). Returns ``(probabilities, exp-input saturations,
+    probability saturations, Z)``.
+    """
+    keys = [int(a) for a, m in zip(scores, mask) if m]
+    if not keys:
+        return [0] * len(scores), 0, 0, 0
+    mx = max(keys)
+    E, low = [], 0
+    for a, m in zip(scores, mask):
+        if not m:
+            E.append(0)
+            continue
+        d = max(int(a) - mx, INT32_MIN)
+        u, _ = requantize(d, m0, n)
+        if u < q_min:
+            u, low = q_min, low + 1
+        E.append(max(exp_out(u), 0))
+    Z = sum(E)
+    if Z == 0:
+        return [0] * len(scores), low, 0, 0
+    probs, sat = [], 0
+    if recip is None:
+        raw = [(v * 2**8 + Z // 2) // Z for v in E]
+    else:
+        R, sh = recip(Z)
+        raw = [round_shift(v * R, sh - 8, "half_up") for v in E]
+    for p in raw:
+        p, hit = saturate(p, 8, signed=False)
+        probs.append(p)
+        sat += hit
+    return probs, low, sat, Z
+
+
+def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
+    """One row of intsim.layernorm's specification.
+
+    ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider); ``outs`` is a list of
+    ``(G, H, T, bits)``. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
+    """
+    x = [int(v) for v in x]
+    C = len(x)
+    S = sum(x)
+    d = [C * v - S for v in x]
+    r = max(0, msb(max(abs(v) for v in d)) + 2 - d_bits)
+    d = [round_shift(v, r, "half_up") for v in d]
+    V = sum(v * v for v in d)
+    it = 0
+    if V == 0:
+        z = [0] * C
+    elif rsqrt_fn is None:
+        s, it = isqrt_newton(V)
+        assert s == isqrt_floor(V)
+        # floor((d * 2**(Z+1) + s) / (2 s)) with Python's floor division
+        z = [(v * 2 ** (z_frac + 1) + s) // (2 * s) for v in d]
+    else:
+        R, sh = rsqrt_fn(V)
+        z = [round_shift(v * R, sh - z_frac, "half_up") for v in d]
+    ys, sat = [], 0
+    for G, H, T, bits in outs:
+        row = []
+        for c in range(C):
+            y = round_shift(z[c] * int(G[c]) + int(H[c]), T, "half_away")
+            y, hit = saturate(y, bits)
+            sat += hit
+            row.append(y)
+        ys.append(row)
+    return ys, abs(S), V, sat, it
+
+
+def isqrt_floor(n: int) -> int:
+    """``floor(sqrt(n))`` by bisection on Python integers."""
+    lo, hi = 0, 1
+    while hi * hi <= n:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid * mid <= n:
+            lo = mid
+        else:
+            hi = mid
+    return lo

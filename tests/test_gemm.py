@@ -1,0 +1,318 @@
+"""intsim.gemm.int_gemm: every backend equals the Python-integer matmul, bit for bit.
+
+Specification (intsim/gemm.py): ``C[m, n] = sum_k A[m, k] * B[k, n]`` over the integers,
+int8 (or uint8) operands, int32 result; refused (GQAError) unless ``K * max|a*b| < 2**31``;
+``f32`` only where ``K * max|a*b| <= 2**24``; ``int_mm`` only for 2-D int8 x int8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference_int as ref
+from intsim import GQAError
+from intsim.gemm import BACKENDS, int_gemm
+
+FAST = settings(max_examples=60, deadline=None)
+
+DTYPES = (np.int8, np.uint8)
+
+
+def mag(dt) -> int:
+    info = np.iinfo(dt)
+    return max(-int(info.min), int(info.max))
+
+
+def allowed(a, b) -> list[str]:
+    """Backends the specification allows for these operands (all must agree)."""
+    out = ["auto", "f64", "numpy"]
+    if a.shape[-1] * mag(a.dtype) * mag(b.dtype) <= 2**24:
+        out.append("f32")
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype == np.int8:
+        out.append("int_mm")
+    return out
+
+
+def py_matmul(a, b) -> list:
+    """Python-int matmul with numpy's broadcasting of leading dims (operands at most 3-D)."""
+    if a.ndim == 2 and b.ndim == 2:
+        return ref.matmul(a.tolist(), b.tolist(), b.shape[1])
+    a3 = a if a.ndim == 3 else np.broadcast_to(a, (b.shape[0],) + a.shape)
+    b3 = b if b.ndim == 3 else np.broadcast_to(b, (a.shape[0],) + b.shape)
+    n = max(a3.shape[0], b3.shape[0])
+    a3 = np.broadcast_to(a3, (n,) + a3.shape[1:])
+    b3 = np.broadcast_to(b3, (n,) + b3.shape[1:])
+    return [ref.matmul(x.tolist(), y.tolist(), y.shape[1]) for x, y in zip(a3, b3)]
+
+
+def as_py(c) -> list:
+    assert isinstance(c, np.ndarray) and c.dtype == np.int32, (type(c), getattr(c, "dtype", None))
+    return c.tolist()
+
+
+@st.composite
+def operand(draw, shape, dtype):
+    lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    # mostly extremes and small values: the products that stress exactness and sign handling
+    elem = st.one_of(st.sampled_from([lo, hi, 0, 1, -1 if lo < 0 else 2, lo + 1]), st.integers(lo, hi))
+    n = int(np.prod(shape))
+    return np.array(draw(st.lists(elem, min_size=n, max_size=n)), dtype=dtype).reshape(shape)
+
+
+@st.composite
+def gemm_case(draw, batched=False):
+    da, db = draw(st.sampled_from(DTYPES)), draw(st.sampled_from(DTYPES))
+    m, k, n = draw(st.integers(1, 6)), draw(st.integers(0, 9)), draw(st.integers(1, 6))
+    if not batched:
+        return draw(operand((m, k), da)), draw(operand((k, n), db))
+    bt = draw(st.integers(1, 3))
+    form = draw(st.sampled_from(["3x3", "3x2", "2x3", "1x3"]))
+    sa = {"3x3": (bt, m, k), "3x2": (bt, m, k), "2x3": (m, k), "1x3": (1, m, k)}[form]
+    sb = {"3x3": (bt, k, n), "3x2": (k, n), "2x3": (bt, k, n), "1x3": (bt, k, n)}[form]
+    return draw(operand(sa, da)), draw(operand(sb, db))
+
+
+# --- equality with the Python-int matmul ------------------------------------------------------
+
+@FAST
+@given(gemm_case())
+def test_2d_every_allowed_backend_equals_python_matmul(case):
+    a, b = case
+    expect = py_matmul(a, b)
+    backends = allowed(a, b)
+    if a.dtype == b.dtype == np.int8:
+        assert "int_mm" in backends
+    for be in backends:
+        c = int_gemm(a, b, be)
+        assert c.shape == (a.shape[0], b.shape[1])
+        assert as_py(c) == expect, be
+
+
+@FAST
+@given(gemm_case(batched=True))
+def test_batched_operands_equal_python_matmul(case):
+    a, b = case
+    expect = py_matmul(a, b)
+    for be in allowed(a, b):
+        assert as_py(int_gemm(a, b, be)) == expect, be
+    with pytest.raises(GQAError) as ei:
+        int_gemm(a, b, "int_mm")
+    assert ei.value.field == "backend"
+
+
+@FAST
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.sampled_from([-128, 127]),
+       st.sampled_from([-128, 127]))
+def test_constant_operands(m, k, n, va, vb):
+    a = np.full((m, k), va, np.int8)
+    b = np.full((k, n), vb, np.int8)
+    for be in allowed(a, b):
+        assert as_py(int_gemm(a, b, be)) == [[k * va * vb] * n] * m, be
+
+
+def test_uint8_times_int8_extremes():
+    """Softmax probabilities (uint8, up to 255) times V (int8): every sign and extreme."""
+    a = np.array([[255, 0, 1, 128, 255, 255]], np.uint8)
+    b = np.array([[-128, 127], [127, -128], [-1, 1], [-128, -128], [127, 127], [-128, 127]], np.int8)
+    expect = ref.matmul(a.tolist(), b.tolist())
+    assert expect == [[255 * -128 - 1 - 128 * 128 + 255 * 127 - 255 * 128,
+                       255 * 127 + 1 - 128 * 128 + 255 * 127 + 255 * 127]]
+    for be in ("auto", "f32", "f64", "numpy"):
+        assert as_py(int_gemm(a, b, be)) == expect, be
+    for be in ("auto", "f32", "f64", "numpy"):
+        assert as_py(int_gemm(b.T.copy(), a.T.copy(), be)) == [list(r) for r in zip(*expect)], be
+
+
+# --- the largest exact cases -------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1024, 1536, 4096])
+def test_all_minus_128_is_k_times_2_14(k):
+    a = np.full((3, k), -128, np.int8)
+    b = np.full((k, 2), -128, np.int8)
+    expect = k * 2**14
+    for be in allowed(a, b):
+        c = int_gemm(a, b, be)
+        assert c.dtype == np.int32 and np.all(c == expect), be
+    if k > 1024:
+        with pytest.raises(GQAError) as ei:
+            int_gemm(a, b, "f32")
+        assert ei.value.field == "backend"
+    else:  # K = 1024: the bound is exactly 2**24, still exact in float32
+        assert np.all(int_gemm(a, b, "f32") == expect)
+
+
+def test_k1536_backends_bit_identical_to_numpy_int64():
+    """The BERT FFN down-projection width: all -128, and random values with extremes mixed in."""
+    rng = np.random.default_rng(7)
+    k = 1536
+    cases = [(np.full((64, k), -128, np.int8), np.full((k, 96), -128, np.int8))]
+    a = rng.integers(-128, 128, (64, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (k, 96)).astype(np.int8)
+    a[:8] = -128
+    b[:, :8] = -128
+    b[:, 8:16] = 127
+    cases.append((a, b))
+    for a, b in cases:
+        expect = a.astype(np.int64) @ b.astype(np.int64)
+        assert expect.max() <= 2**31 - 1
+        for be in ("auto", "int_mm", "f64", "numpy"):
+            c = int_gemm(a, b, be)
+            assert c.dtype == np.int32 and np.array_equal(c.astype(np.int64), expect), be
+    # batched (attention-like) at the same K: auto must pick an exact backend
+    a3 = np.stack([cases[1][0][:16], np.full((16, k), -128, np.int8)])
+    b3 = np.stack([cases[1][1][:, :24], np.full((k, 24), -128, np.int8)])
+    expect = a3.astype(np.int64) @ b3.astype(np.int64)
+    for be in ("auto", "f64", "numpy"):
+        assert np.array_equal(int_gemm(a3, b3, be).astype(np.int64), expect), be
+
+
+def test_f32_boundary_for_uint8_times_int8():
+    """bound = K * 255 * 128: K = 514 gives 16776960 <= 2**24 (f32 allowed), K = 515 does not."""
+    for k, ok in ((514, True), (515, False)):
+        a = np.full((2, k), 255, np.uint8)
+        b = np.full((k, 3), -128, np.int8)
+        if ok:
+            assert np.all(int_gemm(a, b, "f32") == -255 * 128 * k)
+        else:
+            with pytest.raises(GQAError):
+                int_gemm(a, b, "f32")
+        assert np.all(int_gemm(a, b, "auto") == -255 * 128 * k)
+
+
+def test_f32_exact_at_its_bound_with_mixed_signs():
+    """K = 1024 random int8 with many extremes: float32 BLAS equals int64 exactly."""
+    rng = np.random.default_rng(3)
+    a = rng.choice(np.array([-128, 127, -127, 1, 0], np.int8), (32, 1024))
+    b = rng.choice(np.array([-128, 127, -1, 64], np.int8), (1024, 40))
+    expect = a.astype(np.int64) @ b.astype(np.int64)
+    assert np.array_equal(int_gemm(a, b, "f32").astype(np.int64), expect)
+
+
+# --- K at the int32 limit ---------------------------------------------------------------------
+
+def test_k_limit_int8():
+    """K * 2**14 < 2**31: K = 131071 is the largest, its all -128 product 2**31 - 2**14 is exact."""
+    k = 2**17 - 1
+    a = np.full((1, k), -128, np.int8)
+    b = np.full((k, 1), -128, np.int8)
+    for be in ("auto", "int_mm", "f64", "numpy"):
+        assert int(int_gemm(a, b, be)[0, 0]) == k * 2**14 == 2**31 - 2**14, be
+    a = np.full((1, k + 1), -128, np.int8)
+    b = np.full((k + 1, 1), -128, np.int8)
+    for be in BACKENDS:
+        with pytest.raises(GQAError) as ei:
+            int_gemm(a, b, be)
+        assert ei.value.field == "K"
+
+
+@pytest.mark.parametrize("da,db", [(np.uint8, np.uint8), (np.uint8, np.int8), (np.int8, np.uint8)])
+def test_k_limit_unsigned(da, db):
+    per = mag(da) * mag(db)
+    k_max = (2**31 - 1) // per
+    assert k_max * per < 2**31 <= (k_max + 1) * per
+    a = np.full((1, k_max), np.iinfo(da).max if da == np.uint8 else -128, da)
+    b = np.full((k_max, 1), np.iinfo(db).max if db == np.uint8 else -128, db)
+    expect = k_max * int(a[0, 0]) * int(b[0, 0])
+    assert int(int_gemm(a, b, "f64")[0, 0]) == expect
+    assert int(int_gemm(a, b, "numpy")[0, 0]) == expect
+    with pytest.raises(GQAError) as ei:
+        int_gemm(np.zeros((1, k_max + 1), da), np.zeros((k_max + 1, 1), db))
+    assert ei.value.field == "K"
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+I8 = np.zeros((2, 3), np.int8)
+I8B = np.zeros((3, 4), np.int8)
+
+
+@pytest.mark.parametrize("a,b,field", [
+    (np.zeros((2, 3), np.int16), I8B, "a"),
+    (np.zeros((2, 3), np.int32), I8B, "a"),
+    (np.zeros((2, 3), np.float32), I8B, "a"),
+    (np.zeros((2, 3), np.bool_), I8B, "a"),
+    (I8, np.zeros((3, 4), np.int64), "b"),
+    (I8, np.zeros((3, 4), np.float64), "b"),
+    ([[1, 2, 3], [4, 5, 6]], I8B, "a"),
+    (I8, [[1] * 4] * 3, "b"),
+    (I8, np.zeros((4, 4), np.int8), "b"),                 # K mismatch
+    (np.zeros((3,), np.int8), I8B, "b"),                   # 1-D
+    (I8, np.zeros((3,), np.int8), "b"),
+    (np.zeros((2, 2, 3), np.int8), np.zeros((2, 4, 4), np.int8), "b"),
+])
+def test_bad_operands_raise_gqaerror(a, b, field):
+    for be in BACKENDS:
+        with pytest.raises(GQAError) as ei:
+            int_gemm(a, b, be)
+        assert ei.value.field == field, (be, str(ei.value))
+
+
+def test_batch_dimension_mismatch_raises_gqaerror():
+    """(2, M, K) @ (3, K, N) cannot broadcast. BUG (reported): check_gemm checks only the last two
+    dimensions, so the torch backends raise RuntimeError and numpy a plain ValueError."""
+    a = np.zeros((2, 2, 3), np.int8)
+    b = np.zeros((3, 3, 4), np.int8)
+    for be in ("auto", "f32", "f64", "numpy"):
+        with pytest.raises(GQAError):
+            int_gemm(a, b, be)
+
+
+def test_bad_backend_choices():
+    with pytest.raises(GQAError) as ei:
+        int_gemm(I8, I8B, "cuda")
+    assert ei.value.field == "backend"
+    with pytest.raises(GQAError) as ei:  # int_mm is int8 x int8 only
+        int_gemm(np.zeros((2, 3), np.uint8), I8B, "int_mm")
+    assert ei.value.field == "backend"
+    with pytest.raises(GQAError) as ei:  # f32 is not exact at K = 1025 for int8 x int8
+        int_gemm(np.zeros((2, 1025), np.int8), np.zeros((1025, 2), np.int8), "f32")
+    assert ei.value.field == "backend"
+
+
+# --- memory layouts ---------------------------------------------------------------------------
+
+def test_read_only_and_fortran_operands():
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (5, 7)).astype(np.int8)
+    b = rng.integers(-128, 128, (7, 3)).astype(np.int8)
+    expect = ref.matmul(a.tolist(), b.tolist())
+    ra, rb = a.copy(), b.copy()
+    ra.setflags(write=False)
+    rb.setflags(write=False)
+    fa, fb = np.asfortranarray(a), np.asfortranarray(b)
+    for be in allowed(a, b):
+        assert as_py(int_gemm(ra, rb, be)) == expect, be
+        assert as_py(int_gemm(fa, fb, be)) == expect, be
+        assert as_py(int_gemm(a[:, ::1], b[:, ::1], be)) == expect, be
+
+
+def test_strided_views():
+    """Views with steps: a[:, ::2] and b[::2]: the values of the view, whatever the strides."""
+    rng = np.random.default_rng(6)
+    a = rng.integers(-128, 128, (4, 10)).astype(np.int8)
+    b = rng.integers(-128, 128, (10, 6)).astype(np.int8)
+    av, bv = a[:, ::2], b[::2, ::3]
+    expect = ref.matmul(av.tolist(), bv.tolist())
+    for be in allowed(av, bv):
+        assert as_py(int_gemm(av, bv, be)) == expect, be
+
+
+def test_negative_stride_views():
+    """``a[::-1]`` is an ordinary int8 array; every allowed backend must multiply it.
+
+    KNOWN BUG (reported): the f32/f64 backends hand the array to ``torch.from_numpy`` without
+    ``np.ascontiguousarray`` and raise torch's ValueError ("At least one stride in the given
+    numpy array is negative"), so ``auto`` fails too whenever it picks f32/f64 (batched or
+    uint8 operands).
+    """
+    rng = np.random.default_rng(8)
+    a = rng.integers(-128, 128, (4, 5)).astype(np.int8)
+    b = rng.integers(0, 256, (5, 3)).astype(np.uint8)
+    b8 = rng.integers(-128, 128, (5, 3)).astype(np.int8)
+    for x, y in ((a[::-1], b8), (a[::-1], b), (a, b8[:, ::-1]), (a[None, ::-1], b8)):
+        expect = py_matmul(x, y)
+        for be in allowed(x, y):
+            assert as_py(int_gemm(x, y, be)) == expect, be
