@@ -3,10 +3,13 @@
 The paper (DAC 2024, TSMC 28 nm, 500 MHz, 8 entries) gives three points: INT8 961 um2 /
 0.40 mW, FP32 5135 um2 / 2.02 mW, INT32 5243 um2 / 1.93 mW. The model is calibrated on one
 point (one area factor and one energy factor) and predicts the other two; the headline is
-calibration on INT8, the other two choices are printed as well. Then the trends (entries 4 to
-64, widths 4 to 16), the raw (uncalibrated) breakdown of the three units, and, when yosys is
-installed, yosys' cell and transistor counts of the generated Verilog beside the model's
-estimate for gelu, exp and rsqrt tables at 8 and 16 entries.
+calibration on INT8, the other two choices are printed as well, each prediction marked within
+or outside +-15%. Then the ablation (monolithic Horowitz FP rows and per-row multiplier
+energies against the structural FP units and area-proportional multiplier energy), the
+structural FP units against Horowitz's rows, the trends (entries 4 to 64, widths 4 to 16), the
+raw (uncalibrated) breakdown of the three units, and, when yosys is installed, yosys' cell and
+transistor counts of the generated Verilog beside the model's estimate for gelu, exp and rsqrt
+tables at 8 and 16 entries.
 
 Prints markdown; docs/hw_models.md holds the output (tests check the fidelity table is current).
 """
@@ -16,8 +19,9 @@ from __future__ import annotations
 import time
 
 import gqa_lut
-from hw_models.pwl_unit import (UnitConfig, calibrate, fidelity, fidelity_markdown, model_gate_equivalents,
-                                paper_units, trends_markdown)
+from hw_models.pwl_unit import (UnitConfig, ablation_markdown, calibrate, fidelity, fidelity_markdown,
+                                fp_crosscheck_markdown, fp_structure_markdown, model_gate_equivalents, paper_units,
+                                trends_markdown)
 from hw_models.synth import missing_tools, synthesize, tool_version
 from hw_models.verilog import generate
 
@@ -30,19 +34,20 @@ SYNTH_CASES = [("gelu", 8, {}), ("gelu", 16, {}), ("exp", 8, {}), ("exp", 16, {}
 
 
 def headline():
-    cal = calibrate("int8")
-    print(f"calibration on the INT8 point: area x{cal.area:.3f}, energy x{cal.energy:.3f}")
-    misses = []
-    for r in fidelity("int8"):
-        if r["fitted"]:
-            continue
-        for key in ("area", "power"):
-            err = r[f"{key}_err_pct"]
-            verdict = "within" if abs(err) <= TARGET_PCT else "OUTSIDE"
-            print(f"  {r['unit'].upper():>5} {key:<5} predicted {err:+6.1f}%  ({verdict} +-{TARGET_PCT:.0f}%)")
-            if abs(err) > TARGET_PCT:
-                misses.append(f"{r['unit']} {key}")
-    print(f"predictions outside +-{TARGET_PCT:.0f}%: {', '.join(misses) if misses else 'none'}")
+    for on in ("int8", "fp32", "int32"):
+        cal = calibrate(on)
+        print(f"calibrated on the {on.upper()} point: area x{cal.area:.3f}, energy x{cal.energy:.3f}")
+        misses = []
+        for r in fidelity(on):
+            if r["fitted"]:
+                continue
+            for key in ("area", "power"):
+                err = r[f"{key}_err_pct"]
+                verdict = "within" if abs(err) <= TARGET_PCT else "OUTSIDE"
+                print(f"  {r['unit'].upper():>5} {key:<5} predicted {err:+6.1f}%  ({verdict} +-{TARGET_PCT:.0f}%)")
+                if abs(err) > TARGET_PCT:
+                    misses.append(f"{r['unit']} {key}")
+        print(f"  predictions outside +-{TARGET_PCT:.0f}%: {', '.join(misses) if misses else 'none'}")
 
 
 def raw_breakdown():
@@ -87,6 +92,16 @@ def main():
     print(fidelity_markdown())
     print()
     headline()
+    print()
+    print("## Ablation (calibrated on INT8; prediction errors)")
+    print()
+    print(ablation_markdown())
+    print()
+    print("## Structural FP units against Horowitz/Han (45 nm, uncalibrated)")
+    print()
+    print(fp_crosscheck_markdown())
+    print()
+    print(fp_structure_markdown())
     print()
     print("## Raw model (no calibration), 28 nm: area by component")
     print()

@@ -198,7 +198,8 @@ def register(sub) -> None:
                    help="paper: fitted on the GQA-LUT INT8 unit; none: component data as published")
     h.add_argument("--json", action="store_true", help="print a JSON object (keys int, fp32, int32, ...)")
     h.add_argument("--synth", action="store_true", help="also run yosys on the generated Verilog (needs a table)")
-    h.add_argument("--components", action="store_true", help="print the component table at --node and exit")
+    h.add_argument("--components", action="store_true",
+                   help="print the component table at --node and exit (published, derived and structural FP rows)")
     h.set_defaults(run=cmd_hw)
 
     r = sub.add_parser("rtl", help="synthesizable Verilog of a table's integer PWL unit")

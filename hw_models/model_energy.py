@@ -29,6 +29,9 @@ compare    compare(bits)                        fp32 compare
 div        int_div(bits) (restoring array)      fp32 div (restoring, 24-bit significand)
 =========  ===================================  =========================================
 
+FP32 add and mult are the structural units of :meth:`hw_models.scaling.ComponentLibrary.fp_parts`
+(built from the integer primitives); Horowitz's monolithic FP rows are a cross-check only.
+
 Output: pJ per inference, ``gemm`` (the ``mac`` group) and ``nonlinear`` (everything else),
 for both datapaths, with per-group and per-op sums and the savings in percent.
 """

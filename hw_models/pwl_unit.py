@@ -22,17 +22,25 @@ io_registers       registered input and output (a unit synthesized at a clock fr
 ================== ===========================================================================
 
 The FP counterpart stores FP breakpoints and coefficients and uses one FP multiplier and one
-FP adder (no scale shifts: the exponent carries the scale); the INT32 counterpart is the
-integer unit with input, coefficients (and a rounded output) 32 bits wide.
+FP adder (no scale shifts: the exponent carries the scale), each built structurally from the
+same integer primitives (:meth:`hw_models.scaling.ComponentLibrary.fp_parts`: significand array,
+exponent adders, shifters, leading-zero detector, rounding, special cases); the INT32
+counterpart is the integer unit with input, coefficients (and a rounded output) 32 bits wide.
 
 Energy per evaluation = the combinational components' energy (one operation each) plus every
-register's energy for one clock cycle (programmable storage holds its value: clock only).
+register's energy for one clock cycle (programmable storage holds its value: clock only); each
+primitive's energy is its area times its class's energy per um^2 (Horowitz), so the energy
+follows the structure.
 Power at ``freq_mhz`` and ``activity`` (fraction of cycles that evaluate):
 ``P = f * (activity * E_logic + E_registers) + leakage``, leakage proportional to area.
 
 Calibration (:class:`Calibration`): one area factor and one energy factor, fitted on one of
 the GQA-LUT paper's synthesized units (:func:`calibrate`; by default the INT8 unit) and applied
 to every estimate; ``Calibration.none()`` leaves the component data as published.
+
+``variant`` (a dict of :class:`~hw_models.scaling.ComponentLibrary` options, e.g.
+``{"fp_model": "horowitz", "mult_energy": "horowitz"}``, the model before the structural FP
+units) selects an alternative component model for the ablation in the docs.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from . import components as C
 from .plan import UnitPlan, plan_datapath, plan_table
 from .scaling import ComponentLibrary, Cost, ZERO
 
-FP_FORMATS = {"fp32": 32, "fp16": 16, "bf16": 16}
+FP_FORMATS = {k: 1 + v["exp_bits"] + v["frac_bits"] for k, v in C.FP_FORMATS.items()}  # total bits
 
 
 @dataclass(frozen=True)
@@ -232,8 +240,9 @@ def fp_parts(cfg: UnitConfig, lib: ComponentLibrary, fmt: str = "fp32") -> list[
         parts.append(Part("coefficient_storage", lib.load_register(n * 2 * w), clocked=True,
                           detail=f"{n} x 2 x {w}-bit registers"))
     parts.append(Part("coefficient_mux", lib.mux(n, 2 * w, constant=not cfg.programmable), detail=f"{n}:1 x {2 * w} bits"))
-    parts.append(Part("multiplier", lib.fp(fmt, "mult"), detail=f"{fmt} multiplier"))
-    parts.append(Part("adder", lib.fp(fmt, "add"), detail=f"{fmt} adder"))
+    how = "structural" if lib.fp_model == "structural" else "Horowitz row"
+    parts.append(Part("multiplier", lib.fp(fmt, "mult"), detail=f"{fmt} multiplier ({how})"))
+    parts.append(Part("adder", lib.fp(fmt, "add"), detail=f"{fmt} adder ({how})"))
     if cfg.pipeline:
         parts.append(Part("pipeline_registers", lib.dff(2 * w) * cfg.pipeline, clocked=True, detail=f"{2 * w} bits"))
     if cfg.io_registers:
@@ -248,13 +257,13 @@ def int_counterpart(cfg: UnitConfig, bits: int = 32) -> UnitConfig:
 
 # --- estimates -------------------------------------------------------------------------------------
 
-def _resolve_calibration(calibration) -> Calibration:
+def _resolve_calibration(calibration, variant=None) -> Calibration:
     if calibration is None or calibration == "none":
         return Calibration.none()
     if isinstance(calibration, Calibration):
         return calibration
     if calibration == "paper":
-        return calibrate("int8")
+        return calibrate("int8", variant)
     raise GQAError("calibration", f"unknown calibration {calibration!r}", "use 'paper', 'none' or a Calibration")
 
 
@@ -264,22 +273,45 @@ def _cost(label, parts, cfg_desc, node, freq_mhz, activity, calibration, lib) ->
                     description=cfg_desc)
 
 
-def estimate(cfg: UnitConfig, node=28, freq_mhz=500.0, activity=1.0, calibration="paper") -> UnitCost:
+def _variant(variant) -> tuple:
+    """A hashable form of ``variant`` (dict of ComponentLibrary options, or pairs, or None)."""
+    if variant is None:
+        return ()
+    if isinstance(variant, dict):
+        variant = variant.items()
+    try:
+        return tuple(sorted((str(k), v) for k, v in variant))
+    except (TypeError, ValueError):
+        raise GQAError("variant", f"must be a dict of component-model options, got {variant!r}",
+                       "e.g. {'fp_model': 'horowitz', 'mult_energy': 'horowitz'}") from None
+
+
+def _library(node, variant) -> ComponentLibrary:
+    kw = dict(_variant(variant))
+    unknown = sorted(set(kw) - {"fp_model", "mult_energy"})
+    if unknown:
+        raise GQAError("variant", f"unknown option {unknown[0]!r}", "use fp_model and/or mult_energy")
+    return ComponentLibrary(node, **kw)
+
+
+def estimate(cfg: UnitConfig, node=28, freq_mhz=500.0, activity=1.0, calibration="paper",
+             variant=None) -> UnitCost:
     """Area, energy and power of the integer unit ``cfg``."""
     _check_common(freq_mhz, activity)
-    lib = ComponentLibrary(node)
+    lib = _library(node, variant)
     return _cost(cfg.label, int_parts(cfg, lib), cfg.describe(), lib.node, freq_mhz, activity,
-                 _resolve_calibration(calibration), lib)
+                 _resolve_calibration(calibration, variant), lib)
 
 
 def estimate_fp(cfg: UnitConfig, fmt: str = "fp32", node=28, freq_mhz=500.0, activity=1.0,
-                calibration="paper") -> UnitCost:
+                calibration="paper", variant=None) -> UnitCost:
     """Area, energy and power of the FP counterpart of ``cfg``."""
     _check_common(freq_mhz, activity)
-    lib = ComponentLibrary(node)
+    lib = _library(node, variant)
     desc = (f"{cfg.plan.entries} entries, {fmt} breakpoints/coefficients/arithmetic, "
             f"{'programmable' if cfg.programmable else 'fixed'}, pipeline {cfg.pipeline}")
-    return _cost(fmt, fp_parts(cfg, lib, fmt), desc, lib.node, freq_mhz, activity, _resolve_calibration(calibration), lib)
+    return _cost(fmt, fp_parts(cfg, lib, fmt), desc, lib.node, freq_mhz, activity,
+                 _resolve_calibration(calibration, variant), lib)
 
 
 def compare(cfg: UnitConfig, node=28, freq_mhz=500.0, activity=1.0, calibration="paper") -> dict:
@@ -303,37 +335,43 @@ def paper_int8_config() -> UnitConfig:
                                     pipeline=0, io_registers=True, label="int8")
 
 
-def paper_units(calibration=None) -> dict[str, UnitCost]:
+def paper_units(calibration=None, variant=None) -> dict[str, UnitCost]:
     """Our estimates of the paper's three units at its node and frequency."""
     cfg = paper_int8_config()
     node, f = C.PAPER_POINTS["node_nm"], C.PAPER_POINTS["freq_mhz"]
-    cal = _resolve_calibration(calibration)
-    return {"int8": estimate(cfg, node, f, 1.0, cal), "fp32": estimate_fp(cfg, "fp32", node, f, 1.0, cal),
-            "int32": estimate(int_counterpart(cfg, 32), node, f, 1.0, cal)}
+    cal = _resolve_calibration(calibration, variant)
+    return {"int8": estimate(cfg, node, f, 1.0, cal, variant),
+            "fp32": estimate_fp(cfg, "fp32", node, f, 1.0, cal, variant),
+            "int32": estimate(int_counterpart(cfg, 32), node, f, 1.0, cal, variant)}
 
 
-@lru_cache(maxsize=None)
-def calibrate(on: str = "int8") -> Calibration:
+def calibrate(on: str = "int8", variant=None) -> Calibration:
     """Fit one area factor and one energy factor on one of the paper's units (``int8``, ``fp32``, ``int32``).
 
     ``area = paper_area / model_area``; ``energy = (paper_power - leakage) / model_dynamic_power``
     at the paper's node and frequency (activity 1), leakage at the calibrated area.
     """
+    return _calibrate(on, _variant(variant))
+
+
+@lru_cache(maxsize=None)
+def _calibrate(on: str, variant: tuple) -> Calibration:
     points = C.PAPER_POINTS["units"]
     if on not in points:
         raise GQAError("calibration", f"no paper point {on!r}", f"use one of {', '.join(points)}")
-    raw = paper_units(Calibration.none())[on]
+    raw = paper_units(Calibration.none(), variant)[on]
     ka = points[on]["area_um2"] / raw.area_um2
     leak = raw.leakage_mw * ka
     ke = (points[on]["power_mw"] - leak) / raw.dynamic_mw
+    tag = "" if not variant else " [" + ", ".join(f"{k}={v}" for k, v in variant) + "]"
     return Calibration(area=ka, energy=ke, name=f"paper-{on}",
-                       note=f"fitted on the GQA-LUT {on.upper()} unit (28 nm, 500 MHz, 8 entries)")
+                       note=f"fitted on the GQA-LUT {on.upper()} unit (28 nm, 500 MHz, 8 entries){tag}")
 
 
-def fidelity(on: str = "int8") -> list[dict]:
+def fidelity(on: str = "int8", variant=None) -> list[dict]:
     """Calibrate on one paper point, predict all three: rows of model vs paper with % error."""
-    cal = calibrate(on)
-    ours = paper_units(cal)
+    cal = calibrate(on, variant)
+    ours = paper_units(cal, variant)
     rows = []
     for unit, ref in C.PAPER_POINTS["units"].items():
         est = ours[unit]
@@ -357,13 +395,13 @@ def _pct(x: float) -> str:
     return f"{round(x, 1) + 0.0:+.1f}%"
 
 
-def fidelity_markdown(ons=("int8", "fp32", "int32")) -> str:
+def fidelity_markdown(ons=("int8", "fp32", "int32"), variant=None) -> str:
     """The fidelity table: for each calibration point, every unit's estimate against the paper."""
     lines = ["| calibrated on | unit | area um2 (model) | area um2 (paper) | area error | power mW (model) "
              "| power mW (paper) | power error |",
              "|---|---|---|---|---|---|---|---|"]
     for on in ons:
-        for r in fidelity(on):
+        for r in fidelity(on, variant):
             tag = "fit" if r["fitted"] else "prediction"
             lines.append(f"| {on.upper()} | {r['unit'].upper()} ({tag}) | {r['area_um2']:.0f} | {r['paper_area_um2']:.0f} "
                          f"| {_pct(r['area_err_pct'])} | {r['power_mw']:.3f} | {r['paper_power_mw']:.2f} "
@@ -393,3 +431,56 @@ def trends_markdown(node=28, freq_mhz=500.0) -> str:
         dp = PWLDatapath(in_bits=w, slope_bits=w, icpt_bits=w, slope_frac=w - 2, icpt_frac=w - 2)
         out.append(row(str(w), UnitConfig.from_datapath(dp, 8, range(7))))
     return "\n".join(out)
+
+
+# --- the structural FP units against Horowitz's rows, and the ablation -------------------------------
+
+VARIANTS = (
+    ("Horowitz FP rows, Horowitz multiplier energies (previous model)",
+     {"fp_model": "horowitz", "mult_energy": "horowitz"}),
+    ("Horowitz FP rows, multiplier energy = area x 8x8 density", {"fp_model": "horowitz"}),
+    ("structural FP, Horowitz multiplier energies (32x32 = 15.5 x 8x8)", {"mult_energy": "horowitz"}),
+    ("structural FP, multiplier energy = area x 8x8 density (the model)", {}),
+)
+
+
+def ablation_markdown() -> str:
+    """Calibrated on INT8, the FP32 and INT32 prediction errors of each component-model variant,
+    and the worst prediction error over all three calibration points."""
+    lines = ["| component model | FP32 area | FP32 power | INT32 area | INT32 power | worst of the 3x3 |",
+             "|---|---|---|---|---|---|"]
+    for label, variant in VARIANTS:
+        rows = {r["unit"]: r for r in fidelity("int8", variant)}
+        worst = max(abs(r[k]) for on in ("int8", "fp32", "int32") for r in fidelity(on, variant) if not r["fitted"]
+                    for k in ("area_err_pct", "power_err_pct"))
+        lines.append(f"| {label} | {_pct(rows['fp32']['area_err_pct'])} | {_pct(rows['fp32']['power_err_pct'])} "
+                     f"| {_pct(rows['int32']['area_err_pct'])} | {_pct(rows['int32']['power_err_pct'])} "
+                     f"| {worst:.1f}% |")
+    return "\n".join(lines)
+
+
+def fp_crosscheck_markdown(node=45) -> str:
+    """Structural FP adders and multipliers against Horowitz/Han's monolithic rows (uncalibrated)."""
+    lib = ComponentLibrary(node)
+    lines = ["| unit | structural um2 | Horowitz/Han um2 | ratio | structural pJ | Horowitz pJ | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for fmt in C.FP_FORMATS:
+        for op in ("mult", "add"):
+            s, h = lib.fp(fmt, op), lib.fp_horowitz(fmt, op)
+            star = " (BF16 row derived from FP16)" if fmt == "bf16" else ""
+            lines.append(f"| {fmt.upper()} {op}{star} | {s.area_um2:.0f} | {h.area_um2:.0f} | "
+                         f"{s.area_um2 / h.area_um2:.2f} | {s.energy_pj:.2f} | {h.energy_pj:.2f} | "
+                         f"{s.energy_pj / h.energy_pj:.2f} |")
+    return "\n".join(lines)
+
+
+def fp_structure_markdown(fmt="fp32", node=45) -> str:
+    """The blocks of the structural ``fmt`` multiplier and adder (uncalibrated, ``node``)."""
+    lib = ComponentLibrary(node)
+    lines = ["| unit | block | um2 | pJ | structure |", "|---|---|---|---|---|"]
+    for op in ("mult", "add"):
+        for name, cost, detail in lib.fp_parts(fmt, op):
+            lines.append(f"| {fmt.upper()} {op} | {name} | {cost.area_um2:.0f} | {cost.energy_pj:.3f} | {detail} |")
+        total = lib.fp(fmt, op)
+        lines.append(f"| {fmt.upper()} {op} | **total** | **{total.area_um2:.0f}** | **{total.energy_pj:.3f}** | |")
+    return "\n".join(lines)

@@ -5,6 +5,18 @@ Estimators at the component level (Accelergy's "plug-in" layer): each method ret
 given widths at this node. Published rows are used as they are; other widths follow the
 derivation rules written down in :data:`hw_models.components.DERIVATION_RULES`.
 
+Floating-point adders and multipliers are built structurally from the integer primitives
+(significand array multiplier, exponent adders, alignment and normalisation shifters, leading-zero
+detector, rounding incrementer, special cases: :meth:`ComponentLibrary.fp_parts`), the way FP units
+are built and with the same primitives as the integer unit. Horowitz's monolithic FP rows are kept
+for comparison (:meth:`ComponentLibrary.fp_horowitz`) and can be selected with
+``fp_model="horowitz"`` (the model before the structural FP units, for the docs' ablation).
+
+Energy follows the structure: every primitive's energy is its area times its class's energy per
+um^2 from Horowitz's rows (adders: the rows themselves; multipliers: the 8x8 row; random logic and
+registers: the 32-bit adder). ``mult_energy="horowitz"`` instead interpolates the two multiplier
+rows' energies (15.5x from 8x8 to 32x32), again for the ablation.
+
 Node scaling (Stillmaker & Baas 2017), from the 45 nm base (Horowitz, 0.9 V):
 
 - area:   ``A(node) = A(45) * area_factor(node)``;
@@ -113,6 +125,30 @@ def _loglog(x: float, pts: list[tuple[float, float]]) -> float:
     return y0 * (x / x0) ** slope
 
 
+def _array_fit(key: str) -> tuple[float, float]:
+    """``(c_pp, c_bit)`` with ``c_pp * a*b + c_bit * (a + b)`` through the two published multiplier rows."""
+    (a0, b0, y0), (a1, b1, y1) = sorted((r["bits"][0], r["bits"][1], r[key]) for r in _rows("int_mult"))
+    det = a0 * b0 * (a1 + b1) - a1 * b1 * (a0 + b0)
+    c_pp = (y0 * (a1 + b1) - y1 * (a0 + b0)) / det
+    c_bit = (a0 * b0 * y1 - a1 * b1 * y0) / det
+    return c_pp, c_bit
+
+
+_MULT_AREA = _array_fit("area_um2")
+_MULT_ENERGY = _array_fit("energy_pj")
+
+FP_MODELS = ("structural", "horowitz")
+MULT_ENERGY_MODELS = ("area", "horowitz")
+
+
+def fp_format(fmt) -> tuple[int, int]:
+    """``(exp_bits, frac_bits)`` of a floating-point format."""
+    if fmt not in C.FP_FORMATS:
+        raise GQAError("format", f"unknown floating-point format {fmt!r}", f"use one of {', '.join(C.FP_FORMATS)}")
+    f = C.FP_FORMATS[fmt]
+    return f["exp_bits"], f["frac_bits"]
+
+
 def _check_bits(value, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise GQAError(field, f"must be a positive integer width, got {value!r}")
@@ -126,7 +162,13 @@ class ComponentLibrary:
     (:meth:`dff`) it is the energy of one clock cycle.
     """
 
-    def __init__(self, node=28):
+    def __init__(self, node=28, fp_model: str = "structural", mult_energy: str = "area"):
+        if fp_model not in FP_MODELS:
+            raise GQAError("fp_model", f"unknown FP model {fp_model!r}", f"use one of {', '.join(FP_MODELS)}")
+        if mult_energy not in MULT_ENERGY_MODELS:
+            raise GQAError("mult_energy", f"unknown multiplier energy model {mult_energy!r}",
+                           f"use one of {', '.join(MULT_ENERGY_MODELS)}")
+        self.fp_model, self.mult_energy = fp_model, mult_energy
         self.node = check_node(node)
         self.area_factor = area_factor(self.node)
         self.energy_factor = energy_factor(self.node)
@@ -165,11 +207,21 @@ class ComponentLibrary:
         return self._scaled(area, energy)
 
     def int_mult(self, a_bits: int, b_bits: int) -> Cost:
+        """``a_bits`` x ``b_bits`` multiplier with the full product: array + final adder.
+
+        Area ``c_pp * a*b + c_bit * (a + b)`` through the published 8x8 and 32x32 rows; energy the
+        area times the 8x8 row's energy per um^2 (``mult_energy="area"``, the default) or the same
+        two-term form through the rows' energies (``mult_energy="horowitz"``).
+        """
         a_bits, b_bits = _check_bits(a_bits, "a_bits"), _check_bits(b_bits, "b_bits")
-        rows = _rows("int_mult")
-        pp = a_bits * b_bits
-        area = _loglog(pp, [(r["bits"][0] * r["bits"][1], r["area_um2"]) for r in rows])
-        energy = _loglog(pp, [(r["bits"][0] * r["bits"][1], r["energy_pj"]) for r in rows])
+        pp, width = a_bits * b_bits, a_bits + b_bits
+        c_pp, c_bit = _MULT_AREA
+        area = c_pp * pp + c_bit * width
+        if self.mult_energy == "area":
+            energy = area * C.MULT_ENERGY_PER_UM2_45NM["value_pj_per_um2"]
+        else:
+            e_pp, e_bit = _MULT_ENERGY
+            energy = e_pp * pp + e_bit * width
         return self._scaled(area, energy)
 
     def compare(self, bits: int, constant: bool = False) -> Cost:
@@ -220,11 +272,15 @@ class ComponentLibrary:
         """A small register file: ``depth`` words of ``width`` bits, one read port, one write port."""
         return self.load_register(depth * width) + self.mux(depth, width) + Cost(self.gates(depth).area_um2, 0.0)
 
+    def increment(self, bits: int) -> Cost:
+        """Adding a constant (+1, -bias) to a ``bits``-bit value: a half-adder chain."""
+        return self.int_add(bits) * 0.5
+
     def round(self, out_bits: int, dropped_bits: int) -> Cost:
         """Round-to-nearest increment of an ``out_bits`` result with ``dropped_bits`` dropped."""
         if dropped_bits <= 0:
             return ZERO
-        return self.int_add(out_bits) * 0.5 + self.gates(dropped_bits)
+        return self.increment(out_bits) + self.gates(dropped_bits)
 
     def saturate(self, in_bits: int, out_bits: int) -> Cost:
         if in_bits <= out_bits:
@@ -232,20 +288,71 @@ class ComponentLibrary:
         return self.gates(2 * (in_bits - out_bits)) + self.cells("mux2", out_bits)
 
     # floating point --------------------------------------------------------------------------------
-    def fp(self, fmt: str, op: str) -> Cost:
-        """``fmt`` in fp32, fp16, bf16; ``op`` in add, mult (published rows), div (derived)."""
-        if fmt not in ("fp32", "fp16", "bf16"):
-            raise GQAError("format", f"unknown floating-point format {fmt!r}", "use fp32, fp16 or bf16")
-        if op == "div":
-            if fmt != "fp32":
-                raise GQAError("op", f"no divider row for {fmt}", "fp32 only")
-            return self.int_add(25) * 24 + self.int_add(8)
-        if op == "compare":
-            return self.compare_fp(32 if fmt == "fp32" else 16)
-        rows = _rows(f"{fmt}_{op}")
+    def fp_parts(self, fmt: str, op: str) -> list[tuple[str, Cost, str]]:
+        """The structure of an FP ``add`` or ``mult`` unit: ``(block, cost, detail)`` rows.
+
+        Built from this library's integer primitives (rules ``fp_mult`` and ``fp_add`` of
+        :data:`hw_models.components.DERIVATION_RULES`); ``fmt`` in fp32, fp16, bf16.
+        """
+        e, f = fp_format(fmt)
+        p, w = f + 1, 1 + e + f
+        special = (self.gates(2 * (2 * e + f)) + self.compare(e + 2, constant=True) * 2 + self.mux(2, w),
+                   f"operand classes (2 x {2 * e + f} GE), over/underflow, {w}-bit result override")
+        if op == "mult":
+            return [
+                ("significand_multiplier", self.int_mult(p, p), f"{p} x {p} array (hidden one included)"),
+                ("exponent_add", self.int_add(e + 2) + self.increment(e + 2), f"e_a + e_b - bias, {e + 2} bits"),
+                ("normalise", self.mux(2, p + 1) + self.increment(e + 2),
+                 f"product in [1, 4): 1-bit right shift of {p + 1} bits, exponent + 1"),
+                ("round", self.round(p, p), f"nearest even: {p}-bit incrementer, sticky over {p} dropped bits"),
+                ("sign", self.cells("xor2", 1), "XOR2"),
+                ("special_cases", *special),
+            ]
+        if op == "add":
+            return [
+                ("exponent_compare", self.int_add(e + 1) * 2 + self.mux(2, e),
+                 f"e_a - e_b both ways on {e + 1} bits, select the shift"),
+                ("swap", self.mux(2, p) * 2 + self.mux(2, e), f"larger operand first: 2 x {p}-bit + {e}-bit MUX2"),
+                ("align", self.barrel_shifter(p + 3, p + 2) + self.gates(p) + self.compare(e, constant=True),
+                 f"right shift 0..{p + 2} of {p + 3} bits (guard, round, sticky), sticky OR, clamp"),
+                ("significand_add", self.int_add(p + 4) + self.cells("xor2", p + 3),
+                 f"{p + 4}-bit add/subtract with operand inversion"),
+                ("complement", self.cells("xor2", p + 3) + self.increment(p + 3),
+                 "negative result (equal exponents): two's complement"),
+                ("leading_zeros", self.lod(p + 4), f"{p + 4}-bit leading-zero detector"),
+                ("normalise", self.barrel_shifter(p + 4, p + 3) + self.mux(2, p + 4) + self.int_add(e + 2),
+                 f"left shift 0..{p + 3}, 1-bit right shift on carry out, exponent adjust"),
+                ("round", self.round(p, 3) + self.increment(e + 2),
+                 f"nearest even: {p}-bit incrementer over guard/round/sticky, exponent + 1"),
+                ("sign", self.gates(4), "effective operation and result sign"),
+                ("special_cases", *special),
+            ]
+        raise GQAError("op", f"no structure for FP operation {op!r}", "use add or mult")
+
+    def fp_horowitz(self, fmt: str, op: str) -> Cost:
+        """Horowitz/Han's monolithic FP ``add``/``mult`` row (cross-check; BF16 derived from FP16)."""
+        fp_format(fmt)
+        rows = [r for r in C.HOROWITZ_FP_45NM if r["component"] == f"{fmt}_{op}"]
         if not rows:
-            raise GQAError("op", f"unknown floating-point operation {op!r}", "use add, mult, compare or div")
+            raise GQAError("op", f"no published row for {fmt} {op!r}", "use add or mult")
         return self._scaled(rows[0]["area_um2"], rows[0]["energy_pj"])
+
+    def fp(self, fmt: str, op: str) -> Cost:
+        """``fmt`` in fp32, fp16, bf16; ``op`` in add, mult (structural, or Horowitz's rows with
+        ``fp_model="horowitz"``), compare, div (derived)."""
+        e, f = fp_format(fmt)
+        if op == "div":
+            return self.int_add(f + 2) * (f + 1) + self.int_add(e)
+        if op == "compare":
+            return self.compare_fp(1 + e + f)
+        if op not in ("add", "mult"):
+            raise GQAError("op", f"unknown floating-point operation {op!r}", "use add, mult, compare or div")
+        if self.fp_model == "horowitz":
+            return self.fp_horowitz(fmt, op)
+        total = ZERO
+        for _, cost, _ in self.fp_parts(fmt, op):
+            total = total + cost
+        return total
 
     # the table, for docs and the CLI ---------------------------------------------------------------
     def table(self) -> list[dict]:
@@ -256,25 +363,33 @@ class ComponentLibrary:
         suffix = "" if self.node == 45 else (
             "; x Stillmaker-Baas 2017" + (", 28 nm interpolated" if self.node in C.NODE_INTERPOLATION else ""))
 
-        def row(component, params, cost, source, derived):
+        def row(component, params, cost, source, derived, note=""):
             if source.startswith("derived:"):
                 cite = "derived (see source)"
             elif source.startswith(C.NANGATE):
                 cite = "NanGate45 area, adder energy density"
             else:
                 cite = "Horowitz 2014 energy, Han et al. 2016 area"
+            cite += note
             rows.append({"component": component, "params": params, "area_um2": round(cost.area_um2, 3),
                          "energy_pj": round(cost.energy_pj, 5), "derived": bool(derived or self.node != 45),
                          "source": source if self.node == 45 else f"{source}; {scale}", "cite": cite + suffix})
 
         rules = C.DERIVATION_RULES
-        for r in C.ARITHMETIC_45NM:
+        for r in C.ARITHMETIC_45NM + C.HOROWITZ_FP_45NM:
             params = "x".join(str(b) for b in r["bits"]) if isinstance(r["bits"], tuple) else str(r["bits"])
-            row(r["component"], params, self._scaled(r["area_um2"], r["energy_pj"]), r["source"], r.get("derived"))
+            note = "; cross-check only" if r in C.HOROWITZ_FP_45NM else (
+                "; as published (the model: the 'model' rows)" if r["component"] == "int_mult" else "")
+            row(r["component"], params, self._scaled(r["area_um2"], r["energy_pj"]), r["source"], r.get("derived"),
+                note)
         for bits in (4, 12, 24, 48, 64):
             row("int_add", str(bits), self.int_add(bits), f"derived: {rules['int_add']}", True)
-        for a, b in ((4, 4), (8, 10), (12, 12), (16, 16), (24, 24)):
-            row("int_mult", f"{a}x{b}", self.int_mult(a, b), f"derived: {rules['int_mult']}", True)
+        for a, b in ((4, 4), (8, 8), (8, 10), (12, 12), (16, 16), (24, 24), (32, 32)):
+            row("int_mult", f"{a}x{b} model", self.int_mult(a, b), f"derived: {rules['int_mult']}", True)
+        for fmt in C.FP_FORMATS:
+            for op in ("add", "mult"):
+                row(f"{fmt}_{op}", "structural", sum((c for _, c, _ in self.fp_parts(fmt, op)), ZERO),
+                    f"derived: {rules[f'fp_{op}']}", True)
         for bits in (9, 17, 33):
             row("compare", str(bits), self.compare(bits), f"derived: {rules['compare']}", True)
             row("compare_const", str(bits), self.compare(bits, constant=True), f"derived: {rules['compare']}", True)
@@ -289,5 +404,5 @@ class ComponentLibrary:
         row("lod", "32", self.lod(32), f"derived: {rules['lod']}", True)
         row("regfile", "8x16", self.regfile(8, 16), f"derived: {rules['regfile']}", True)
         row("int_div", "16", self.int_div(16), f"derived: {rules['int_div']}", True)
-        row("fp32_div", "32", self.fp("fp32", "div"), f"derived: {rules['fp32_div']}", True)
+        row("fp32_div", "32", self.fp("fp32", "div"), f"derived: {rules['fp_div']}", True)
         return rows
