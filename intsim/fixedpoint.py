@@ -306,31 +306,51 @@ def requantize1(acc, m0, n):
 
 
 @numba.njit(cache=True, parallel=True)
-def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, out):
+def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res, out):
+    """The per-element arithmetic of :func:`requantize_channels`, written branch-free so it vectorises.
+
+    Exactly :func:`requantize1` after the bias add: SRDHM's nudge and C's truncating division by
+    masks of the product's sign, RDBPOT's threshold likewise; a left shift (``n < 0``) by
+    ``min(-n, 32)`` then int32 saturation (counted: the same values and counts as shifting by
+    ``min(-n, 31)`` with any non-zero value saturating beyond 31); SRDHM's one overflow
+    (``a == M0 == -2**31``) is the only result above int32 and is clamped.
+    """
     rows, cols = acc.shape
     sat = np.zeros(rows, np.int64)
     ovf = np.zeros(rows, np.int64)
     peak = np.zeros(rows, np.int64)
     for r in numba.prange(rows):
         t = row_shift[r]
+        tmask = (np.int64(1) << t) - 1
+        pk = np.int64(0)
+        st = np.int64(0)
+        ov = np.int64(0)
         for c in range(cols):
             b = bias[c]
-            if t > 0:  # the bias at the row's coarser scale: RDBPOT(bias, t)
-                b = _rdbpot1(b, t)
+            b = (b >> t) + ((b & tmask) > ((tmask >> 1) + ((b >> 63) & 1)))
             a = np.int64(acc[r, c]) + b
-            peak[r] = max(peak[r], abs(a))
-            if a > INT32_MAX or a < INT32_MIN:
-                ovf[r] += 1
-                a = min(max(a, INT32_MIN), INT32_MAX)
+            pk = max(pk, abs(a))
+            ac = min(max(a, INT32_MIN), INT32_MAX)
+            ov += ac != a
             nc = n[c] - t
-            if nc < 0 and ((-nc >= 32 and a != 0) or
-                           (-nc < 32 and (a > (INT32_MAX >> -nc) or a < (INT32_MIN >> -nc)))):
-                ovf[r] += 1      # the left shift saturates int32 (requantize1 clamps; counted here)
-            y = requantize1(a, m0[c], nc) + residual[r, c]
-            if y < lo or y > hi:
-                sat[r] += 1
-                y = min(max(y, lo), hi)
-            out[r, c] = y
+            ls = min(max(-nc, 0), 32)
+            a2 = ac << ls
+            ac = min(max(a2, INT32_MIN), INT32_MAX)
+            ov += ac != a2
+            nc = max(nc, 0)
+            s = ac * m0[c]
+            s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
+            q = min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
+            mask = (np.int64(1) << nc) - 1
+            y = (q >> nc) + ((q & mask) > ((mask >> 1) + ((q >> 63) & 1)))
+            if has_res:
+                y += residual[r, c]
+            yc = min(max(y, lo), hi)
+            st += yc != y
+            out[r, c] = yc
+        sat[r] = st
+        ovf[r] = ov
+        peak[r] = pk
     return sat.sum(), ovf.sum(), peak.max() if rows else 0
 
 
@@ -376,9 +396,8 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
         raise GQAError("shifts", "exceed 62", "the multiplier is too small for this accumulator")
     if np.any(m0 < INT32_MIN) or np.any(m0 > INT32_MAX):
         raise GQAError("multipliers", "must fit int32", "use dyadic_multiplier / quantize_multiplier")
-    res = (np.zeros((1, 1), np.int64) if residual is None else None)
     if residual is None:
-        res = np.broadcast_to(res, a2.shape)
+        res = np.zeros((1, 1), np.int64)
     else:
         residual = np.asarray(residual)
         if residual.size != a2.size or residual.dtype.kind not in "iu":
@@ -392,7 +411,9 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     rs = np.zeros(a2.shape[0], np.int64) if row_shift is None else np.asarray(row_shift, np.int64).reshape(-1)
     if rs.shape[0] != a2.shape[0]:
         raise GQAError("row_shift", f"has {rs.shape[0]} entries for {a2.shape[0]} rows")
-    sat, ovf, peak = _requantize_channels(a2, bias, m0, n, rs, lo, hi, res, out)
+    if np.any(rs < 0) or np.any(rs > 62):
+        raise GQAError("row_shift", "must lie in [0, 62]", "per-token shifts only coarsen a row's scale")
+    sat, ovf, peak = _requantize_channels(a2, bias, m0, n, rs, lo, hi, res, residual is not None, out)
     return out.reshape(shape), int(sat), int(ovf), int(peak)
 
 

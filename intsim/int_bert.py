@@ -233,7 +233,8 @@ class IntBlock:
         if trace is not None:
             trace.update({p + k_: v_ for k_, v_ in dict(
                 qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx, sum1=s1, ln1_res=x_res, ln1_gemm=h8,
-                gelu_in=gelu_in, gelu_out=g, gelu_q=g8, sum2=s2, ln2_res=x_res, ln2_gemm=x8).items()})
+                gelu_in=gelu_in, gelu_out=g, gelu_q=g8, sum2=s2, ln2_res=x_res, ln2_gemm=x8).items()
+                if v_ is not None})
         return x_res, x8
 
     def _count(self, stats, B, T, C, H, d, scores, ctx_acc, ctx_sat, gsat, g):

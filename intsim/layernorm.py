@@ -17,7 +17,8 @@ epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped)
 4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
    and one shift ``T``: ``y_c = saturate(round_half_away((z_c * G_c + H_c) / 2**T), s{bits})``
    with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``.
-   ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)`` (``g_bits`` = 16)
+   ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)``
+   (``g_bits = max(16, output bits)``)
    and ``T <= 51 - ceil(log2 max|beta_c / s_o|)`` (``H`` is then an exactly rounded float64 product).
 """
 
@@ -40,7 +41,8 @@ Z_FRAC = 14
 class LNOutput:
     """Integer gamma/beta of one LayerNorm output at real scale ``scale`` (per channel allowed)."""
 
-    def __init__(self, gamma, beta, scale, bits: int, g_bits: int = 16, z_frac: int = Z_FRAC):
+    def __init__(self, gamma, beta, scale, bits: int, g_bits: int | None = None, z_frac: int = Z_FRAC):
+        g_bits = g_bits or max(16, bits)   # gamma carries at least the output's precision
         gamma = np.asarray(gamma, np.float64)
         C = gamma.shape[0]
         scale = np.broadcast_to(np.asarray(scale, np.float64), (C,))

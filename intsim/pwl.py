@@ -215,6 +215,30 @@ def _pwl_map(q, u, out):
         flat_o[t] = pwl1(np.int64(flat_q[t]), u)
 
 
+@numba.njit(cache=True)
+def unit_lut(u, code_min, code_max):
+    """The unit's output for every input code ``code_min..code_max`` (index ``q - code_min``).
+
+    The unit is a pure function of its input code, so for narrow inputs the simulator evaluates
+    it once per code and gathers: bit-identical to evaluating every element, and far faster.
+    """
+    lut = np.empty(code_max - code_min + 1, np.int64)
+    for q in range(code_min, code_max + 1):
+        lut[q - code_min] = pwl1(np.int64(q), u)
+    return lut
+
+
+@numba.njit(cache=True, parallel=True)
+def _gather(q, lut, offset, out):
+    flat_q = q.ravel()
+    flat_o = out.ravel()
+    for t in numba.prange(flat_q.shape[0]):
+        flat_o[t] = lut[np.int64(flat_q[t]) - offset]
+
+
+LUT_MAX_BITS = 16
+
+
 def pwl_map(codes, table, e: int, out_dtype=np.int32) -> np.ndarray:
     """The table's output codes for an array of input codes (any shape), one fused pass."""
     q = np.ascontiguousarray(codes)
@@ -226,5 +250,11 @@ def pwl_map(codes, table, e: int, out_dtype=np.int32) -> np.ndarray:
         raise GQAError("out_dtype", f"{np.dtype(out_dtype)} cannot hold the unit's {need}-bit output at e={e}",
                        "use int64, or a datapath with out_bits")
     out = np.empty(q.shape, out_dtype)
-    _pwl_map(q, unit_constants(table, e), out)
+    u = unit_constants(table, e)
+    if dp.in_bits <= LUT_MAX_BITS:
+        if q.size and (q.min() < dp.code_min or q.max() > dp.code_max):
+            raise GQAError("codes", f"leave the s{dp.in_bits} range [{dp.code_min}, {dp.code_max}]")
+        _gather(q, unit_lut(u, dp.code_min, dp.code_max), dp.code_min, out)
+    else:
+        _pwl_map(q, u, out)
     return out

@@ -94,7 +94,7 @@ def sample_sentences(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def calibration_sentences(n: int = 64) -> list[str]:
+def calibration_sentences(n: int = 256) -> list[str]:
     return sample_sentences(n, seed=1234)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier, requantize1
-from .pwl import pwl1, round_shift1, unit_constants
+from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, msb, reciprocal1
 
 RECIPROCALS = ("pwl", "divider")
@@ -41,7 +41,7 @@ def exp_input_scale(table) -> int:
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax(scores, mask, rows_per_batch, m0, n, exp_u, q_min, use_divider, rec_u, e_r, f_r, out, peaks):
+def _softmax(scores, mask, rows_per_batch, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r, out, peaks):
     rows, T = scores.shape
     for r in numba.prange(rows):
         b = r // rows_per_batch
@@ -59,7 +59,7 @@ def _softmax(scores, mask, rows_per_batch, m0, n, exp_u, q_min, use_divider, rec
                 if u < q_min:
                     u = q_min
                     low += 1
-                v = pwl1(u, exp_u)
+                v = exp_lut[u - q_min]
                 e[t] = v if v > 0 else 0
                 z += e[t]
         sat = 0
@@ -97,6 +97,8 @@ class IntSoftmax:
         self.m0, self.n = quantize_multiplier(in_scale * 2.0**self.e_x)
         self.q_min = exp_table.datapath.code_min
         self.exp_unit = unit_constants(exp_table, self.e_x)
+        # only codes q_min..0 reach the unit (d <= 0): evaluate it once per code (bit-identical)
+        self.exp_lut = unit_lut(self.exp_unit, self.q_min, 0)
         self.recip_table = MantissaTable(recip_table, "reciprocal") if recip == "pwl" else None
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
@@ -113,7 +115,7 @@ class IntSoftmax:
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec = self.recip_table
         rec_u = rec.unit if rec is not None else self.exp_unit
-        _softmax(s2, np.ascontiguousarray(key_mask, np.uint8), H * Tq, self.m0, self.n, self.exp_unit, self.q_min,
+        _softmax(s2, np.ascontiguousarray(key_mask, np.uint8), H * Tq, self.m0, self.n, self.exp_lut, self.q_min,
                  self.recip == "divider", rec_u, rec.e if rec else 0, rec.frac if rec else 0, out, peaks)
         if stats is not None:
             self._count(stats, name, B * H * Tq, Tk, peaks)
