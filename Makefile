@@ -14,6 +14,9 @@ demo: install
 	gqa search gelu --entries 8 -o out/gelu8.json --gqa-json out/gelu8_gqa.json
 	gqa eval out/gelu8.json
 	gqa plot out/gelu8.json -o out/gelu8.png
+	gqa hw out/gelu8.json
+	gqa rtl out/gelu8.json --scale 3 -o out/gelu8_e3.v
+	gqa sim --text intsim/data/sentences.txt --out out/minilm_int.npy --compare-fp32 --report out/minilm_report.json -q
 
 test: install
 	$(PYTHON) -m pytest tests

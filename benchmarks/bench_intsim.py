@@ -36,15 +36,16 @@ from intsim.sentences import calibration_sentences  # noqa: E402
 SENTENCES = Path(__file__).resolve().parents[1] / "intsim" / "data" / "sentences.txt"
 
 CONFIGS = [  # (label, config overrides)
-    ("default: PWL 16 entries, smooth + per-token", {}),
+    ("default: PWL 16 entries, smooth (a=0.7) + per-token", {}),
     ("PWL 8 entries (gelu8, exp8)", dict(gelu_table="gelu8", exp_table="exp8")),
+    ("GELU unit with a 12-bit input (gelu16_in12)", dict(gelu_table="gelu16_in12")),
     ("softmax with an integer divider", dict(reciprocal="divider")),
     ("I-BERT kernels (i-GELU, i-exp, Newton isqrt)", dict(gelu="ibert", softmax="ibert", layernorm="newton")),
     ("I-ViT kernels (ShiftGELU, Shiftmax, Newton isqrt)", dict(gelu="ivit", softmax="ivit", layernorm="newton")),
     ("outliers: none (per-tensor int8)", dict(outliers="none")),
-    ("outliers: smooth only (SmoothQuant a=0.5)", dict(outliers="smooth")),
+    ("outliers: smooth only (SmoothQuant a=0.7)", dict(outliers="smooth")),
     ("outliers: per-token only", dict(outliers="per_token")),
-    ("outliers: smooth a=0.7 + per-token", dict(smooth_alpha=0.7)),
+    ("outliers: smooth a=0.5 + per-token", dict(smooth_alpha=0.5)),
     ("residual stream 8 bits", dict(residual_bits=8)),
     ("residual stream 32 bits", dict(residual_bits=32)),
     ("power-of-two activation scales", dict(act_scales="pot")),

@@ -50,7 +50,7 @@ class SimConfig:
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction
     outliers: str = "smooth+per_token"  # smooth: LayerNorm-output outliers migrate into the weights;
     #                                 per_token: dynamic power-of-two scale per token for the GELU output and context
-    smooth_alpha: float = 0.5
+    smooth_alpha: float = 0.7
     calib_percentile: float = 99.99  # static GEMM-operand ranges: this percentile of |x| (residual: always max)
     pwl_input_exp: dict = field(default_factory=dict)  # {"blocks.3.gelu": e}: fixed GELU input scales
     gemm_backend: str = "auto"

@@ -143,15 +143,25 @@ class LayerNormSite:
         if consumers:
             self.gemm_scale, f = operand_scale(calib, name, consumers, cfg)
             self.factor = f if "smooth" in cfg.outliers else None
-            self.gemm = LNOutput(gamma, beta, self.gemm_scale * f, cfg.act_bits)
+            dynamic = "per_token" in cfg.outliers
+            if dynamic:
+                # nominal scale for a typical token: the static range over the median token's range
+                # (unsmoothed statistics; the per-row shift absorbs any error in this estimate)
+                k = math.floor(math.log2(max(calib.absmax(name, percentile) / calib.token_max(name), 1.0)))
+                self.gemm_scale *= 2.0**-k
+            self.gemm = LNOutput(gamma, beta, self.gemm_scale * f, cfg.act_bits, dynamic=dynamic)
         self.res_scale = res_scale
         self.res = LNOutput(gamma, beta, res_scale, cfg.residual_bits)
 
     def __call__(self, x, stats=None):
+        """-> (residual copy, GEMM copy or None, per-token row shifts or None)."""
         if self.gemm is None:
-            return self.kernel(x, self.res, stats=stats, name=self.name), None
+            return self.kernel(x, self.res, stats=stats, name=self.name), None, None
         x8, x_res = self.kernel(x, self.gemm, self.res, stats=stats, name=self.name)
-        return x_res, x8
+        if self.gemm.dynamic:
+            x8, t = x8
+            return x_res, x8, t
+        return x_res, x8, None
 
 
 class IntBlock:
@@ -210,11 +220,11 @@ class IntBlock:
         y, sat, _, _ = requantize_channels(acc, None, m0, n, self.act_bits)
         return y, None, sat
 
-    def __call__(self, x_res, x8, key_mask, stats=None, trace=None):
+    def __call__(self, x_res, x8, t8, key_mask, stats=None, trace=None):
         p = self.name
         B, T, C = x8.shape
         H, d = self.heads, self.head_dim
-        qkv, _ = self.qkv(x8, stats, p + "qkv")
+        qkv, _ = self.qkv(x8, stats, p + "qkv", row_shift=t8)
         q, k, v = (qkv[..., j * C:(j + 1) * C].reshape(B, T, H, d).transpose(0, 2, 1, 3) for j in range(3))
         scores = int_gemm(np.ascontiguousarray(q), np.ascontiguousarray(k.transpose(0, 1, 3, 2)), self.backend)
         probs = self.softmax(scores, key_mask, stats, p + "softmax")
@@ -222,12 +232,12 @@ class IntBlock:
         ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, C)
         ctx, t_ctx, sat = self._requant_operand(ctx_acc, self.ctx_m0, self.ctx_n, stats, p + "context")
         s1, _ = self.attn_out(ctx, stats, p + "attn_out", residual=x_res, row_shift=t_ctx)
-        x_res, h8 = self.ln1(s1, stats)
-        gelu_in, _ = self.ffn_in(h8, stats, p + "ffn_in")
+        x_res, h8, t_h = self.ln1(s1, stats)
+        gelu_in, _ = self.ffn_in(h8, stats, p + "ffn_in", row_shift=t_h)
         g = self.gelu(gelu_in, stats, p + "gelu")
         g8, t_g, gsat = self._requant_operand(g, self.g_m0, self.g_n, stats, p + "gelu")
         s2, _ = self.ffn_out(g8, stats, p + "ffn_out", residual=x_res, row_shift=t_g)
-        x_res, x8 = self.ln2(s2, stats)
+        x_res, x8, t8 = self.ln2(s2, stats)
         if stats is not None:
             self._count(stats, B, T, C, H, d, scores, ctx_acc, sat, gsat, g)
         if trace is not None:
@@ -235,7 +245,7 @@ class IntBlock:
                 qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx, sum1=s1, ln1_res=x_res, ln1_gemm=h8,
                 gelu_in=gelu_in, gelu_out=g, gelu_q=g8, sum2=s2, ln2_res=x_res, ln2_gemm=x8).items()
                 if v_ is not None})
-        return x_res, x8
+        return x_res, x8, t8
 
     def _count(self, stats, B, T, C, H, d, scores, ctx_acc, ctx_sat, gsat, g):
         p = self.name
@@ -310,11 +320,11 @@ class IntBert:
             stats.count("mul", "embeddings.align", 2 * B * T * C, a_bits=self.cfg.embed_bits, b_bits=16)
             stats.count("add", "embeddings.sum", B * T * C, bits=32)
             stats.accumulator("embeddings.sum", int(np.abs(x).max()), 32)
-        x_res, x8 = self.emb_ln(x, stats)
+        x_res, x8, t8 = self.emb_ln(x, stats)
         if trace is not None:
             trace.update({"ids": ids, "mask": mask, "emb.sum": x, "emb.ln_res": x_res, "emb.ln_gemm": x8})
         for blk in self.blocks:
-            x_res, x8 = blk(x_res, x8, mask, stats, trace)
+            x_res, x8, t8 = blk(x_res, x8, t8, mask, stats, trace)
         return x_res
 
     def pooled(self, ids, mask, stats=None, trace=None):

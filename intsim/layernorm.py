@@ -17,6 +17,9 @@ epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped)
 4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
    and one shift ``T``: ``y_c = saturate(round_half_away((z_c * G_c + H_c) / 2**T), s{bits})``
    with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``.
+   A *dynamic* output (per-token scaling) shifts each row by ``T + t_r`` instead, ``t_r >= 0`` the
+   smallest with ``max_c |z_c G_c + H_c| >> (T + t_r) <= 2**(bits-1) - 2`` (so rounding cannot
+   saturate); the row's real scale is ``s_o * 2**t_r`` and the kernel returns ``t``.
    ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)``
    (``g_bits = max(16, output bits)``)
    and ``T <= 51 - ceil(log2 max|beta_c / s_o|)`` (``H`` is then an exactly rounded float64 product).
@@ -41,7 +44,9 @@ Z_FRAC = 14
 class LNOutput:
     """Integer gamma/beta of one LayerNorm output at real scale ``scale`` (per channel allowed)."""
 
-    def __init__(self, gamma, beta, scale, bits: int, g_bits: int | None = None, z_frac: int = Z_FRAC):
+    def __init__(self, gamma, beta, scale, bits: int, g_bits: int | None = None, z_frac: int = Z_FRAC,
+                 dynamic: bool = False):
+        self.dynamic = dynamic
         g_bits = g_bits or max(16, bits)   # gamma carries at least the output's precision
         gamma = np.asarray(gamma, np.float64)
         C = gamma.shape[0]
@@ -68,7 +73,7 @@ class LNOutput:
 
 @numba.njit(cache=True, parallel=True)
 def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
-               G2, H2, T2, lo2, hi2, out2, two, peaks):
+               G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks):
     rows, C = x.shape
     for r in numba.prange(rows):
         s = np.int64(0)
@@ -96,12 +101,22 @@ def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, h
         sat = 0
         for c in range(C):
             if v == 0:
-                z = np.int64(0)
+                d[c] = 0
             elif use_newton:
-                z = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
+                d[c] = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
             else:
-                z = round_shift1(d[c] * rr, rsh - z_frac, 1)
-            y = round_shift1(z * G1[c] + H1[c], T1, 2)
+                d[c] = round_shift1(d[c] * rr, rsh - z_frac, 1)
+        t1 = T1
+        if dyn1:   # per-token: the smallest extra shift that fits the row (a leading-one detector)
+            vmax = np.int64(0)
+            for c in range(C):
+                vmax = max(vmax, abs(d[c] * G1[c] + H1[c]))
+            while t1 < 62 and (vmax >> t1) > hi1 - 1:
+                t1 += 1
+            row_shift[r] = t1 - T1
+        for c in range(C):
+            z = d[c]
+            y = round_shift1(z * G1[c] + H1[c], t1, 2)
             if y < lo1 or y > hi1:
                 sat += 1
                 y = min(max(y, lo1), hi1)
@@ -146,14 +161,19 @@ class IntLayerNorm:
         o2 = out2 if out2 is not None else out1
         y2 = np.empty(x2.shape if out2 is not None else (1, 1), o2.dtype)
         peaks = np.empty((rows, 4), np.int64)
+        row_shift = np.zeros(rows, np.int64)
         t = self.table
         dummy = (np.zeros(1, np.int64),) * 3 + (np.zeros(7, np.int64),)
         _layernorm(x2, self.d_bits, Z_FRAC, self.rsqrt == "newton", t.unit if t else dummy, t.e if t else 0,
                    t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
-                   o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, peaks)
+                   o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks)
         if stats is not None:
             self._count(stats, name, rows, C, peaks, x2, 1 + (out2 is not None))
+            if out1.dynamic:
+                stats.count("compare", f"{name}.token_max", rows * C, bits=32)
         y1 = y1.reshape(shape)
+        if out1.dynamic:
+            y1 = (y1, row_shift.reshape(shape[:-1]))
         return (y1, y2.reshape(shape)) if out2 is not None else y1
 
     def _count(self, stats, name, rows, C, peaks, x2, n_out):

@@ -491,7 +491,8 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
     """One row of intsim.layernorm's specification.
 
     ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider); ``outs`` is a list of
-    ``(G, H, T, bits)``. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
+    ``(G, H, T, bits)`` or ``(G, H, T, bits, dynamic)``; a dynamic output's row uses shift
+    ``T + t`` (``t`` per the spec) and the returned row is ``(values, t)``'s values. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
     """
     x = [int(v) for v in x]
     C = len(x)
@@ -512,7 +513,14 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
         R, sh = rsqrt_fn(V)
         z = [round_shift(v * R, sh - z_frac, "half_up") for v in d]
     ys, sat = [], 0
-    for G, H, T, bits in outs:
+    for spec in outs:
+        G, H, T, bits = spec[:4]
+        if len(spec) > 4 and spec[4]:   # dynamic (per-token): the smallest extra shift that fits
+            vmax = max(abs(z[c] * int(G[c]) + int(H[c])) for c in range(C))
+            t = T
+            while t < 62 and (vmax >> t) > 2 ** (bits - 1) - 2:
+                t += 1
+            T = t
         row = []
         for c in range(C):
             y = round_shift(z[c] * int(G[c]) + int(H[c]), T, "half_away")

@@ -946,3 +946,29 @@ def test_gelu_default_tables_every_scale_and_explicit_e():
         with pytest.raises(GQAError) as ei:
             PWLGelu(1.0, t, e=9)
         assert ei.value.field == "pwl_input_exp"
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 4), C=st.integers(2, 24), seed=st.integers(0, 2**32 - 1),
+       mag=st.sampled_from([1, 100, 30000, 2**24]))
+def test_layernorm_dynamic_output_matches_reference(rows, C, seed, mag):
+    """Per-token GEMM copy: the row's extra shift and values follow the specification."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-mag, mag + 1, (rows, C)).astype(np.int32)
+    x[0, 0] = mag                      # an outlier-ish channel
+    gamma = rng.uniform(-2, 2, C)
+    beta = rng.uniform(-1, 1, C)
+    tbl = table("rsqrt_mantissa16")
+    ln = IntLayerNorm("pwl", tbl)
+    o1 = LNOutput(gamma, beta, 0.002, 8, dynamic=True)
+    o2 = LNOutput(gamma, beta, 2.0**-10, 16)
+    (y1, t), y2 = ln(x, o1, o2)
+    mt = MantissaTable(tbl, "rsqrt")
+    rs = lambda v: tuple(int(a) for a in (lambda r_: (r_[0][0], r_[1][0]))(mt([v])))  # noqa: E731
+    for r in range(rows):
+        spec = [(o1.G.tolist(), o1.H.tolist(), o1.T, 8, True), (o2.G.tolist(), o2.H.tolist(), o2.T, 16)]
+        ys, _, _, _, _ = ref.layernorm_row(x[r].tolist(), 16, Z_FRAC, rs, spec)
+        assert y1[r].tolist() == ys[0]
+        assert y2[r].tolist() == ys[1]
+        assert t[r] >= 0
+        assert np.abs(y1[r]).max() <= 127

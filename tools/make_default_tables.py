@@ -19,6 +19,7 @@ OUT = Path(__file__).resolve().parent.parent / "intsim" / "tables"
 SPECS = {
     "gelu8": dict(func="gelu", entries=8),
     "gelu16": dict(func="gelu", entries=16),
+    "gelu16_in12": dict(func="gelu", entries=16, in_bits=12, scales=range(3, 10)),  # a 12-bit GELU input
     "exp8": dict(func="exp", entries=8),
     "exp16": dict(func="exp", entries=16),
     "recip_mantissa16": dict(func="reciprocal", entries=16, domain=(1.0, 2.0), scales=[10], in_bits=12,
