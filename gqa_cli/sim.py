@@ -89,7 +89,15 @@ def cmd_sim(a) -> int:
         atomic_write_bytes(a.out, buf.getvalue(), "--out")
         print(f"wrote {a.out} ({emb.shape[0]} x {emb.shape[1]} float32)")
     if a.report:
-        result.update(calibration=calib.to_dict(), op_stats=stats.to_dict())
+        from hw_models.model_energy import model_energy
+
+        ops = stats.to_dict()
+        energy = model_energy(ops)
+        i, f = energy["int"], energy["fp32"]
+        print(f"energy of this run (hw_models, {energy['node_nm']} nm): integer {i['total_pj'] * 1e-9:.3f} mJ "
+              f"(GEMM share {100 * i['gemm_share']:.1f}%), FP32 {f['total_pj'] * 1e-9:.3f} mJ; "
+              f"savings {energy['savings_pct']['total']:.1f}%")
+        result.update(calibration=calib.to_dict(), op_stats=ops, energy=energy)
         atomic_write_json(a.report, result, "--report")
         print(f"wrote {a.report}")
     return 0

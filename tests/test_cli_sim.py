@@ -31,7 +31,10 @@ def test_sim_writes_embeddings_report_and_compares(tmp_path, capsys):
     assert e.shape == (4, 384) and e.dtype == np.float32
     assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     r = json.loads(rep.read_text())
-    assert {"config", "calibration", "op_stats", "compare_fp32"} <= set(r)
+    assert {"config", "calibration", "op_stats", "compare_fp32", "energy"} <= set(r)
+    assert r["energy"]["int"]["total_pj"] < r["energy"]["fp32"]["total_pj"]
+    assert 0.5 < r["energy"]["int"]["gemm_share"] < 1
+    assert "energy of this run" in out
     assert r["compare_fp32"]["mean_cosine"] > 0.97
     assert r["op_stats"]["total_overflows"] == 0
     assert r["calibration"]["outliers"][0]["channels"]
