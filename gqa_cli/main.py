@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import hw as _hw, sim as _sim
     _hw.register(sub)
     _sim.register(sub)
+    from . import sweep as _sweep
+    _sweep.register(sub)
     return p
 
 

@@ -19,6 +19,7 @@ tokens responsible for the largest values.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from .bert import SentenceBert, Tokenizer
 
+RESIDUAL_STREAM = re.compile(r"emb\.ln_out|blocks\.\d+\.ln[12]_(in|out)")  # LayerNorm inputs and outputs
 HIST_BINS = 48  # log2-spaced bins of |x| from 2**-16 to 2**8
 
 
@@ -84,7 +86,7 @@ class Calibration:
         """Residual-stream tensors: outlier channels, their ratio to the median, kurtosis, tokens."""
         out = []
         for name, s in self.stats.items():
-            if not (name.endswith("ln_out") or name.endswith("_in") and "ln" in name):
+            if not RESIDUAL_STREAM.fullmatch(name):
                 continue
             med = float(np.median(s.channel_max))
             order = np.argsort(s.channel_max)[::-1][:top]

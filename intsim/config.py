@@ -92,7 +92,10 @@ class SimConfig:
         text = p.read_text()
         try:
             if p.suffix == ".toml":
-                import tomllib
+                try:
+                    import tomllib
+                except ImportError:  # Python 3.10
+                    import tomli as tomllib
                 d = tomllib.loads(text)
             else:
                 d = json.loads(text)

