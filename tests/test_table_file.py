@@ -448,3 +448,17 @@ def test_saved_reals_are_exact_dyadics(tmp_path):
     assert [Fraction(v) for v in d["intercepts"]["real"]] == [Fraction(b, 2**3) for b in d["intercepts"]["int"]]
     for e in t.scales:
         assert d["breakpoint_codes"][str(e)] == ref.breakpoint_codes(t.breakpoints, e, 8)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from intsim.fileio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
