@@ -67,6 +67,13 @@ def pick_backend(a, b, bound: int) -> str:
     return "f32" if bound <= F32_EXACT else "f64"
 
 
+def _tensor(x: np.ndarray):
+    """A torch view of a C-contiguous, writable copy when needed (torch refuses read-only memory)."""
+    import torch
+
+    return torch.from_numpy(np.require(x, requirements=("C", "W")))
+
+
 def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
     """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N)."""
     if backend not in BACKENDS:
@@ -81,7 +88,7 @@ def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
     if backend == "int_mm":
         if not (a.ndim == 2 and b.ndim == 2 and a.dtype == np.int8 and b.dtype == np.int8):
             raise GQAError("backend", "int_mm takes 2-D int8 x int8 operands", "use backend 'f32', 'f64' or 'auto'")
-        ta, tb = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b))
+        ta, tb = _tensor(a), _tensor(b)
         return torch._int_mm(ta, tb).numpy()
     if backend == "f32":
         if bound > F32_EXACT:
@@ -90,5 +97,5 @@ def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
         dt = torch.float32
     else:
         dt = torch.float64
-    c = torch.matmul(torch.from_numpy(np.ascontiguousarray(a)).to(dt), torch.from_numpy(np.ascontiguousarray(b)).to(dt))
+    c = torch.matmul(_tensor(a).to(dt), _tensor(b).to(dt))
     return c.to(torch.int32).numpy()
