@@ -66,7 +66,7 @@ def raw_breakdown():
 def synth_table():
     missing = missing_tools("yosys")
     if missing:
-        print(f"(yosys not installed: skipped)")
+        print("(yosys not installed: skipped)")
         return
     print(f"{tool_version('yosys')}: `synth -top; stat -tech cmos` on the all-scales combinational unit "
           "(fixed coefficients); model: the same structure in NAND2 gate equivalents x 4 transistors")

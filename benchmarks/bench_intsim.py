@@ -19,13 +19,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from gqa_cli.sim import bench_inputs, time_both  # noqa: E402
+from gqa_cli.sim import bench_inputs, read_sentences, time_both  # noqa: E402
 from intsim.bert import Tokenizer, embed_fp32, load_model  # noqa: E402
 from intsim.calibration import calibrate  # noqa: E402
 from intsim.config import SimConfig  # noqa: E402
@@ -102,7 +101,7 @@ def main(argv=None):
     if not a.skip_speed:
         speed(model, IntBert(model, calib, SimConfig()), a.batch, a.seq, a.repeats)
     if not a.skip_accuracy:
-        sentences = [s.strip() for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
+        sentences = read_sentences(SENTENCES)
         print(f"accuracy on {len(sentences)} sentences ({SENTENCES.name}):")
         print(markdown(accuracy(model, tok, calib, sentences, CONFIGS)))
 

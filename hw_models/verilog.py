@@ -369,7 +369,7 @@ def testbench(units, name: str = "pwl_tb") -> tuple[str, dict[str, str]]:
         L.append(f"  {u.name} u_{u_i} ({', '.join(conns)});")
         lhs = ", ".join(([f"e_{u_i}"] if p.multi else []) + [f"x_{u_i}", f"want_{u_i}"])
         step = "#1 clk = 1'b1; #1 clk = 1'b0; #1;" if u.pipeline else "#1;"
-        shown_e = f"e=%0d " if p.multi else ""
+        shown_e = "e=%0d " if p.multi else ""
         shown_args = f"e_{u_i}, " if p.multi else ""
         run += [f"    $readmemh(\"{vector_file(u)}\", vec_{u_i});", "    uerr = 0;",
                 f"    for (i = 0; i < {nv}; i = i + 1) begin",

@@ -79,6 +79,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
+from .softmax import masked_row_max, score_rows
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -209,10 +210,7 @@ def _ibert_softmax(scores, mask, rows_per_batch, q_ln2, q_b, q_c, s, out_bits, o
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
         b = r // rows_per_batch
-        mx = np.int64(INT32_MIN)
-        for t in range(T):
-            if mask[b, t] and scores[r, t] > mx:
-                mx = np.int64(scores[r, t])
+        mx = masked_row_max(scores, mask, r, b)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         lmax = np.int64(0)
@@ -274,19 +272,19 @@ class IBertSoftmax:
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> probabilities at scale 2**-out_bits."""
-        B, H, Tq, Tk = scores.shape
+        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+        Tk = s2.shape[1]
         if scores.size == 0:
             return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         if self.e_max * ((1 << self.out_bits) + Tk) >= 1 << 63:
             raise GQAError("softmax.exp_bits", f"the divider's dividend exceeds int64 for {Tk} keys",
                            "set exp_bits (16 follows I-BERT)")
-        s2 = np.ascontiguousarray(scores.reshape(-1, Tk))
         out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        _ibert_softmax(s2, np.ascontiguousarray(key_mask, np.uint8), H * Tq, self.q_ln2, self.q_b, self.q_c,
+        _ibert_softmax(s2, mask, rows_per_batch, self.q_ln2, self.q_b, self.q_c,
                        self.s, self.out_bits, out, peaks)
         if stats is not None and out.size:
-            self._count(stats, name, B * H * Tq, Tk, peaks)
+            self._count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
 
     def _count(self, stats, name, rows, T, peaks):

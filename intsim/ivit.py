@@ -79,6 +79,7 @@ import numpy as np
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
 from .ibert import _bits, check_codes, int_codes
+from .softmax import masked_row_max, score_rows
 
 REF_DIV_BITS = 31
 
@@ -134,10 +135,7 @@ def _shiftmax(scores, mask, rows_per_batch, i0, n_exp, m_div, out_bits, out, pea
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
         b = r // rows_per_batch
-        mx = np.int64(INT32_MIN)
-        for t in range(T):
-            if mask[b, t] and scores[r, t] > mx:
-                mx = np.int64(scores[r, t])
+        mx = masked_row_max(scores, mask, r, b)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         for t in range(T):
@@ -187,19 +185,19 @@ class Shiftmax:
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> probabilities at scale 2**-out_bits."""
-        B, H, Tq, Tk = scores.shape
+        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+        Tk = s2.shape[1]
         if scores.size == 0:
             return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         if Tk * self.e_max > 1 << self.div_bits:
             raise GQAError("softmax.div_bits", f"{Tk} keys of up to {self.e_max} overflow the {self.div_bits}-bit "
                            "IntDiv numerator", "raise div_bits or lower exp_bits")
-        s2 = np.ascontiguousarray(scores.reshape(-1, Tk))
         out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        _shiftmax(s2, np.ascontiguousarray(key_mask, np.uint8), H * Tq, self.i0, self.n, self.div_bits,
+        _shiftmax(s2, mask, rows_per_batch, self.i0, self.n, self.div_bits,
                   self.out_bits, out, peaks)
         if stats is not None and out.size:
-            self._count(stats, name, B * H * Tq, Tk, peaks)
+            self._count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
 
     def _count(self, stats, name, rows, T, peaks):

@@ -70,15 +70,3 @@ class OpStats:
             t[kind] += n
         return dict(t)
 
-
-class NullStats(OpStats):
-    """Accepts every record and keeps none (for timing runs)."""
-
-    def count(self, *a, **k):
-        pass
-
-    def accumulator(self, *a, **k):
-        pass
-
-    def saturated(self, *a, **k):
-        pass

@@ -94,8 +94,7 @@ class MantissaTable:
     def __call__(self, s):
         """``(R, shift)`` for an array of positive integers (the slow, vectorised path for tests)."""
         s = np.asarray(s, np.int64)
-        fn = reciprocal1 if self.kind == "reciprocal" else rsqrt1
-        return _map2(s.ravel(), self.unit, self.e, self.frac, fn is rsqrt1)
+        return _map2(s.ravel(), self.unit, self.e, self.frac, self.kind == "rsqrt")
 
 
 @numba.njit(cache=True)

@@ -23,9 +23,9 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier, requantize1
+from .fixedpoint import INT32_MIN, quantize_multiplier, requantize1
 from .pwl import round_shift1, unit_constants, unit_lut
-from .rangereduce import MantissaTable, msb, reciprocal1
+from .rangereduce import MantissaTable, reciprocal1
 
 RECIPROCALS = ("pwl", "divider")
 
@@ -40,15 +40,39 @@ def exp_input_scale(table) -> int:
     return max(ok)
 
 
+def score_rows(scores, key_mask):
+    """Check int32 scores (B, H, Tq, Tk) and a (B, Tk) key mask, the interface of every softmax kernel.
+
+    Returns ``(rows, mask, rows_per_batch)``: the scores as contiguous (B*H*Tq, Tk) rows, the mask
+    as uint8, and how many rows share one batch row of the mask (row ``r`` uses ``mask[r // that]``).
+    """
+    if not isinstance(scores, np.ndarray) or scores.ndim != 4 or scores.dtype != np.int32:
+        raise GQAError("scores", f"are {getattr(scores, 'dtype', type(scores))} of shape "
+                       f"{getattr(scores, 'shape', '?')}", "give int32 (B, H, Tq, Tk)")
+    B, H, Tq, Tk = scores.shape
+    key_mask = np.asarray(key_mask)
+    if key_mask.shape != (B, Tk):
+        raise GQAError("key_mask", f"has shape {key_mask.shape}, the scores need ({B}, {Tk})",
+                       "one 0/1 flag per batch row and key")
+    return np.ascontiguousarray(scores.reshape(B * H * Tq, Tk)), np.ascontiguousarray(key_mask, np.uint8), H * Tq
+
+
+@numba.njit(cache=True, inline="always")
+def masked_row_max(scores, mask, r, b):
+    """Step 1 of every softmax kernel: the largest score of row ``r`` over batch row ``b``'s unmasked keys."""
+    mx = np.int64(INT32_MIN)
+    for t in range(scores.shape[1]):
+        if mask[b, t] and scores[r, t] > mx:
+            mx = np.int64(scores[r, t])
+    return mx
+
+
 @numba.njit(cache=True, parallel=True)
 def _softmax(scores, mask, rows_per_batch, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r, out, peaks):
     rows, T = scores.shape
     for r in numba.prange(rows):
         b = r // rows_per_batch
-        mx = np.int64(INT32_MIN)
-        for t in range(T):
-            if mask[b, t] and scores[r, t] > mx:
-                mx = np.int64(scores[r, t])
+        mx = masked_row_max(scores, mask, r, b)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         low = 0
@@ -103,22 +127,15 @@ class IntSoftmax:
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> uint8 probabilities (scale 2**-8)."""
-        if scores.ndim != 4 or scores.dtype != np.int32:
-            raise GQAError("scores", f"are {scores.dtype} of shape {scores.shape}", "give int32 (B, H, Tq, Tk)")
-        B, H, Tq, Tk = scores.shape
-        key_mask = np.asarray(key_mask)
-        if key_mask.shape != (B, Tk):
-            raise GQAError("key_mask", f"has shape {key_mask.shape}, the scores need ({B}, {Tk})",
-                           "one 0/1 flag per batch row and key")
-        s2 = np.ascontiguousarray(scores.reshape(-1, Tk))
+        s2, mask, rows_per_batch = score_rows(scores, key_mask)
         out = np.empty(s2.shape, np.uint8)
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec = self.recip_table
         rec_u = rec.unit if rec is not None else self.exp_unit
-        _softmax(s2, np.ascontiguousarray(key_mask, np.uint8), H * Tq, self.m0, self.n, self.exp_lut, self.q_min,
+        _softmax(s2, mask, rows_per_batch, self.m0, self.n, self.exp_lut, self.q_min,
                  self.recip == "divider", rec_u, rec.e if rec else 0, rec.frac if rec else 0, out, peaks)
-        if stats is not None:
-            self._count(stats, name, B * H * Tq, Tk, peaks)
+        if stats is not None and out.size:
+            self._count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
 
     def _count(self, stats, name, rows, T, peaks):

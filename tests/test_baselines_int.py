@@ -429,3 +429,14 @@ def test_softmax_accuracy(make):
     mx, mean, sm = SOFTMAX_TOL[k.name]
     assert err.max() <= mx and err.mean() <= mean, (err.max(), err.mean())
     assert np.abs(p.sum(-1) - 1).max() <= sm
+
+
+@pytest.mark.parametrize("make", [lambda: IBertSoftmax(0.01), lambda: Shiftmax(0.01)])
+def test_softmax_refuses_a_mask_of_the_wrong_shape(make):
+    """The key mask is checked before the kernel reads it (it used to read past its end)."""
+    scores = np.zeros((2, 1, 1, 4), np.int32)
+    for mask in (np.ones((1, 4), np.uint8), np.ones((2, 3), np.uint8), np.ones(4, np.uint8)):
+        with pytest.raises(GQAError, match="key_mask"):
+            make()(scores, mask)
+    with pytest.raises(GQAError, match="scores"):
+        make()(scores.astype(np.int64), np.ones((2, 4), np.uint8))

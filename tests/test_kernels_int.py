@@ -972,3 +972,10 @@ def test_layernorm_dynamic_output_matches_reference(rows, C, seed, mag):
         assert y2[r].tolist() == ys[1]
         assert t[r] >= 0
         assert np.abs(y1[r]).max() <= 127
+
+
+def test_softmax_empty_rows_with_stats():
+    """No keys: an empty result, and op statistics do not choke on it."""
+    sm = IntSoftmax(0.01, table("exp16"), "pwl", table("recip_mantissa16"))
+    out = sm(np.zeros((1, 2, 3, 0), np.int32), np.zeros((1, 0), np.uint8), stats=OpStats())
+    assert out.shape == (1, 2, 3, 0) and out.dtype == np.uint8

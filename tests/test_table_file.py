@@ -3,7 +3,6 @@ bad input."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from fractions import Fraction
