@@ -42,8 +42,8 @@ from .errors import GQAError
 
 F32_EXACT = 2**24
 F64_EXACT = 2**53
-PROBE_MACS = 2**24      # a probe multiplies about this many pairs per backend and repeat
-PROBE_REPEATS = 3
+PROBE_MACS = 2**26      # a probe multiplies about this many pairs per backend and round
+PROBE_REPEATS = 3       # rounds, each timing every backend once (a burst of load hits them all)
 SMALL_MACS = 2**20      # operand size classes: below this, between, and at or above LARGE_MACS
 LARGE_MACS = 2**26
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -73,6 +73,7 @@ def _check_operand(x, name: str):
 
 def check_gemm(a, b) -> int:
     """Validate shapes and dtypes; return the exactness bound ``K * max|a*b|``."""
+    a, b = _array(a), _array(b)
     da, db = _check_operand(a, "a"), _check_operand(b, "b")
     try:
         np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
@@ -97,17 +98,51 @@ def _tensor(x: np.ndarray):
     return torch.from_numpy(np.require(x, requirements=("C", "W")))
 
 
+class Constant:
+    """A GEMM operand fixed offline (weights): read-only, so its torch copies (the int8 view, the
+    float32 and float64 conversions) are made once and reused by every product."""
+
+    def __init__(self, x):
+        arr = np.array(x, copy=True, order="C")
+        _check_operand(arr, "constant")
+        arr.setflags(write=False)
+        self.array, self._tensors = arr, {}
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+
+    def tensor(self, dtype=None):
+        if dtype not in self._tensors:
+            t = _tensor(self.array)
+            self._tensors[dtype] = t if dtype is None else t.to(dtype)
+        return self._tensors[dtype]
+
+
+def _array(x) -> np.ndarray:
+    return x.array if isinstance(x, Constant) else x
+
+
+def _as(x, dtype=None):
+    """A torch tensor of ``x`` (converted to ``dtype``), cached for constants."""
+    if isinstance(x, Constant):
+        return x.tensor(dtype)
+    t = _tensor(x)
+    return t if dtype is None else t.to(dtype)
+
+
 # backends ------------------------------------------------------------------------------------
 def _run_int_mm(a, b):
     import torch
 
-    return torch._int_mm(_tensor(a), _tensor(b)).numpy()
+    return torch._int_mm(_as(a), _as(b)).numpy()
 
 
 def _run_f32(a, b):
     import torch
 
-    ta, tb = _tensor(a).to(torch.float32), _tensor(b).to(torch.float32)
+    ta, tb = _as(a, torch.float32), _as(b, torch.float32)
     k, kc = a.shape[-1], f32_chunk(a.dtype, b.dtype)
     if k <= kc:
         return torch.matmul(ta, tb).to(torch.int32).numpy()
@@ -123,11 +158,11 @@ def _run_f32(a, b):
 def _run_f64(a, b):
     import torch
 
-    return torch.matmul(_tensor(a).to(torch.float64), _tensor(b).to(torch.float64)).to(torch.int32).numpy()
+    return torch.matmul(_as(a, torch.float64), _as(b, torch.float64)).to(torch.int32).numpy()
 
 
 def _run_numpy(a, b):
-    return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
+    return np.matmul(_array(a).astype(np.int64), _array(b).astype(np.int64)).astype(np.int32)
 
 
 def _is_2d_int8(a, b, bound) -> bool:
@@ -257,7 +292,8 @@ def _probe_slice(a, b):
     k, n = a.shape[-1], b.shape[-1]
     if a.ndim == 2 and b.ndim == 2:
         rows = max(1, min(a.shape[0], PROBE_MACS // max(1, k * n)))
-        return a[:rows], b
+        return _array(a)[:rows], b          # a constant b keeps its cached conversions
+    a, b = _array(a), _array(b)
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a_, b_ = np.broadcast_to(a, (*shape, *a.shape[-2:])), np.broadcast_to(b, (*shape, *b.shape[-2:]))
     batch = int(np.prod(shape, dtype=np.int64))
@@ -313,19 +349,17 @@ def measure(a, b, names=None, repeats: int = PROBE_REPEATS) -> dict[str, float]:
     """
     names = list(names or candidates(a, b))
     pa, pb = _probe_slice(a, b)
-    expect = np.matmul(pa.astype(np.int64), pb.astype(np.int64))
-    seconds = {}
-    for name in names:
-        run = REGISTRY[name].run
-        best = float("inf")
-        for _ in range(repeats):
+    expect = np.matmul(pa.astype(np.int64), _array(pb).astype(np.int64))
+    best = dict.fromkeys(names, float("inf"))
+    for _ in range(repeats):        # interleaved rounds: a burst of load slows every backend alike
+        for name in list(best):
             t0 = time.perf_counter()
-            out = run(pa, pb)
-            best = min(best, time.perf_counter() - t0)
-        if not np.array_equal(out.astype(np.int64), expect):
-            _EXACT[name] = False
-            continue
-        seconds[name] = best
+            out = REGISTRY[name].run(pa, pb)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            if not np.array_equal(out.astype(np.int64), expect):
+                _EXACT[name] = False
+                del best[name]
+    seconds = best
     if not seconds:
         raise GQAError("backend", "no exact GEMM backend on this machine", "report this with `gqa sim-bench`")
     return seconds
@@ -347,8 +381,11 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     return choice["backend"]
 
 
-def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
-    """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N)."""
+def int_gemm(a: np.ndarray, b, backend: str = "auto") -> np.ndarray:
+    """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N).
+
+    ``b`` may be a :class:`Constant` (weights): the same product, without converting it each call.
+    """
     if backend not in BACKENDS:
         raise GQAError("backend", f"{backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
     bound = check_gemm(a, b)

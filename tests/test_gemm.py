@@ -352,3 +352,32 @@ def test_int_mm_is_refused_exactly_where_it_is_not_exact():
             int_gemm(a, a.T.copy(), "int_mm")
         assert ei.value.field == "backend" and "not exact" in str(ei.value)
     assert np.all(int_gemm(a, a.T.copy(), "auto") == 64 * 127 * 127)
+
+
+@FAST
+@given(gemm_case())
+def test_constant_right_operand_equals_python_matmul(case):
+    """A Constant (weights: converted once, reused) gives the same integers on every backend."""
+    from intsim.gemm import Constant
+
+    a, b = case
+    c = Constant(b)
+    expect = py_matmul(a, b)
+    for be in allowed(a, b):
+        assert as_py(int_gemm(a, c, be)) == expect, be
+        assert as_py(int_gemm(a, c, be)) == expect, be     # the cached conversions, second use
+
+
+def test_constant_is_a_frozen_copy():
+    from intsim.gemm import Constant
+
+    b = np.arange(12, dtype=np.int8).reshape(3, 4)
+    c = Constant(b)
+    b[:] = 0                                 # the caller's array changes; the constant does not
+    a = np.ones((2, 3), np.int8)
+    assert as_py(int_gemm(a, c, "f32")) == ref.matmul(a.tolist(), np.arange(12).reshape(3, 4).tolist())
+    with pytest.raises(ValueError):
+        c.array[0, 0] = 1
+    with pytest.raises(GQAError) as ei:
+        Constant(np.zeros((2, 2), np.float32))
+    assert ei.value.field == "constant"
