@@ -979,3 +979,27 @@ def test_softmax_empty_rows_with_stats():
     sm = IntSoftmax(0.01, table("exp16"), "pwl", table("recip_mantissa16"))
     out = sm(np.zeros((1, 2, 3, 0), np.int32), np.zeros((1, 0), np.uint8), stats=OpStats())
     assert out.shape == (1, 2, 3, 0) and out.dtype == np.uint8
+
+
+@SLOW
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]))
+def test_softmax_difference_table_equals_the_per_element_path(case, exp_name, recip):
+    """The tabulated E(d) kernel and the per-element kernel give the same bytes and counts."""
+    import intsim.softmax as smod
+
+    scores, mask, in_scale = case
+    et, rt = table(exp_name), table("recip_mantissa16")
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    assert sm.diff_lut is not None
+    d_lo, e_of_d = sm.diff_lut
+    # the table's edges: d_lo is the first unsaturated difference
+    assert ref.requantize(d_lo, sm.m0, sm.n)[0] >= sm.q_min
+    if d_lo > ref.INT32_MIN:
+        assert ref.requantize(d_lo - 1, sm.m0, sm.n)[0] < sm.q_min
+    s1, s2 = OpStats(), OpStats()
+    p1 = sm(scores, mask, stats=s1)
+    sm.diff_lut = None                        # force steps 2-3 per element
+    p2 = sm(scores, mask, stats=s2)
+    assert np.array_equal(p1, p2)
+    assert s1.saturations == s2.saturations and s1.totals() == s2.totals()
+    assert smod.exp_of_difference(sm.m0, sm.n, sm.exp_lut, sm.q_min)[0] == d_lo
