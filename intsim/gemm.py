@@ -282,6 +282,11 @@ def clear_choices(disk: bool = False) -> None:
         path.unlink()
 
 
+def machine_report() -> dict:
+    """The machine fingerprint and the backend chosen for each operand class so far."""
+    return dict(machine_fingerprint(), gemm_backends=chosen_backends())
+
+
 def chosen_backends() -> dict[str, str]:
     """Operand class -> backend, for every class measured (or loaded) in this process."""
     return {cls: c["backend"] for cls, c in sorted(_CHOICES.items())}

@@ -37,7 +37,7 @@ from .config import SimConfig
 from .errors import GQAError
 from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic
 from .gelu import PWLGelu
-from .gemm import int_gemm
+from .gemm import Constant, int_gemm
 from .layernorm import IntLayerNorm, LNOutput
 from .softmax import IntSoftmax
 
@@ -86,7 +86,7 @@ class IntLinear:
         if col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
             w = w * col_factor[None, :]
         q, sw = quantize_weight(w, cfg.weight_bits, cfg.weight_scales == "per_channel")
-        self.wt = np.ascontiguousarray(q.T)     # (in, out): the GEMM's right operand
+        self.wt = Constant(q.T)     # (in, out): the GEMM's right operand, converted once per backend
         self.acc_scale = in_scale * sw
         self.bias = np.rint(np.asarray(b, np.float64) / self.acc_scale).astype(np.int64)
         if np.abs(self.bias).max() >= 2**31:

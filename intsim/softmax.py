@@ -157,7 +157,7 @@ def _softmax_lut(scores, mask, rows_per_batch, d_lo, e_of_d, use_divider, rec_u,
     rows, T = scores.shape
     last = e_of_d.shape[0] - 1
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        e = np.empty(T, np.int64)
+        e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
             b = r // rows_per_batch
             mx = masked_row_max(scores, mask, r, b)
@@ -177,21 +177,22 @@ def _softmax_lut(scores, mask, rows_per_batch, d_lo, e_of_d, use_divider, rec_u,
                     out[r, t] = 0
             elif use_divider:
                 for t in range(T):
-                    p = (e[t] * 256 + (z >> 1)) // z
+                    p = (np.int64(e[t]) * 256 + (z >> 1)) // z
                     sat += p > 255
                     out[r, t] = min(p, 255)
             else:
                 rr, sh = reciprocal1(z, rec_u, e_r, f_r)
+                rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
                 s = sh - 8
                 if s <= 0:
                     for t in range(T):
-                        p = (e[t] * rr) << -s
+                        p = (np.int64(e[t]) * rr32) << -s
                         sat += p > 255
                         out[r, t] = min(p, 255)
                 else:   # round half up: floor((x + 2**(s-1)) / 2**s), x >= 0
                     half = np.int64(1) << (s - 1)
                     for t in range(T):
-                        p = (e[t] * rr + half) >> s
+                        p = (np.int64(e[t]) * rr32 + half) >> s
                         sat += p > 255
                         out[r, t] = min(p, 255)
             peaks[r, 0] = z
@@ -216,8 +217,11 @@ class IntSoftmax:
         self.exp_unit = unit_constants(exp_table, self.e_x)
         # only codes q_min..0 reach the unit (d <= 0): evaluate it once per code (bit-identical)
         self.exp_lut = unit_lut(self.exp_unit, self.q_min, 0)
-        self.diff_lut = exp_of_difference(self.m0, self.n, self.exp_lut, self.q_min)
         self.recip_table = MantissaTable(recip_table, "reciprocal") if recip == "pwl" else None
+        self.diff_lut = exp_of_difference(self.m0, self.n, self.exp_lut, self.q_min)
+        rt = self.recip_table
+        if rt is not None and rt.table.datapath.acc_bits(rt.e) > 32:
+            self.diff_lut = None        # the tabulated kernel multiplies E by R in 32 x 32 bits
 
     def __call__(self, scores, key_mask, stats=None, name="softmax"):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> uint8 probabilities (scale 2**-8)."""
