@@ -58,12 +58,13 @@ def _kurtosis(x: np.ndarray) -> float:
     return float((d2 * d2).mean() / var**2) if var > 0 else 0.0
 
 
-def _hist(x: np.ndarray) -> np.ndarray:
-    """Counts of |x| in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
-    a = np.abs(x.ravel()).astype(np.float32)
-    pos = (np.log2(np.maximum(a, 2.0**-16)) + 16.0) * (HIST_BINS / 24.0)
-    idx = np.clip(pos.astype(np.int64), 0, HIST_BINS - 1)
-    return np.bincount(idx, minlength=HIST_BINS)
+def _hist(a: np.ndarray) -> np.ndarray:
+    """Counts of ``a = |x|`` in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
+    pos = np.log2(np.maximum(a.ravel().astype(np.float32, copy=False), np.float32(2.0**-16)))
+    pos += np.float32(16.0)
+    pos *= np.float32(HIST_BINS / 24.0)
+    np.clip(pos, 0, HIST_BINS - 1, out=pos)      # clipping before truncation bins exactly as after it
+    return np.bincount(pos.astype(np.intp), minlength=HIST_BINS)
 
 
 class Calibration:
@@ -169,6 +170,6 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
             s_i, pos, tok = where[r]
             topv.append((float(x[r, c]), c, s_i, pos, tokenizer.id_to_token(tok)))
         stats[name] = TensorStats(absmax=float(a.max()), percentiles=pct, channel_max=a.max(0),
-                                  hist=_hist(x), kurtosis=_kurtosis(x),
+                                  hist=_hist(a), kurtosis=_kurtosis(x),
                                   token_max_p50=float(np.median(a.max(1))), top=topv)
     return Calibration(stats, len(sentences), len(where))
