@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from intsim import GQAError, PWLDatapath
-from intsim.datapath import acc_width  # noqa: F401  (intsim's accumulator rule; the INT32 counterpart uses it too)
+from intsim.datapath import acc_width  # intsim's accumulator rule, for the INT32 counterpart too
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import gqa_lut
 import reference_int as ref
+from test_pwl_unit import floats, tables  # the random-table strategy (with a random segment rule)
 from gqa_cli.main import main as cli
 from gqa_lut.dp import dp_optimum
 from gqa_lut.gqa_json import load_gqa_json, save_gqa_json, table_from_gqa_dict
@@ -35,7 +36,7 @@ from gqa_lut.objective import Objective
 from intsim import GQAError, PWLDatapath, PWLTable, SaturationCounter, get_function, scale_points
 from intsim.fixedpoint import round_shift
 from intsim.gelu import PWLGelu
-from intsim.pwl import ROUNDING_IDS, ScaleBatch, pwl_map, round_shift1
+from intsim.pwl import ROUNDING_IDS, pwl_map, round_shift1
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gqa_lut_pretrained"
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"GQA-LUT reference tables not found at {REF}")
@@ -47,12 +48,6 @@ scales_st = st.integers(ref.SCALE_MIN, ref.SCALE_MAX)
 
 def ints(a) -> list[int]:
     return [int(v) for v in np.asarray(a).ravel()]
-
-
-def floats(bps) -> list[float]:
-    out = [float(p) for p in bps]
-    assert [Fraction(v) for v in out] == [Fraction(p) for p in bps]
-    return out
 
 
 # --- the primitive ----------------------------------------------------------------------------
@@ -110,26 +105,10 @@ def test_bad_segment_rule_is_refused_naming_the_field(rule):
 
 # --- the unit under both rules --------------------------------------------------------------------
 
-@st.composite
-def rule_tables(draw, in_bits=None, explicit=None):
-    kw = draw(ref.datapath_fields(in_bits=in_bits, rule=True))
-    bps, slopes, icpts = draw(ref.table_parts(kw))
-    scales = sorted(set(draw(st.lists(scales_st, min_size=1, max_size=4))))
-    lo = -Fraction(draw(st.integers(0, 2**12)), 2**draw(st.integers(0, 8)))
-    hi = Fraction(draw(st.integers(0 if lo < 0 else 1, 2**12)), 2**draw(st.integers(0, 8)))
-    use_explicit = draw(st.booleans()) if explicit is None else explicit
-    codes = None
-    if use_explicit:
-        codes = {e: draw(ref.comparator_codes(kw["in_bits"], len(bps), kw["segment_rule"])) for e in scales}
-    table = PWLTable("gelu", (float(lo), float(hi)), PWLDatapath(**kw), scales, floats(bps), slopes, icpts,
-                     explicit_codes=None if codes is None else {e: np.array(c) for e, c in codes.items()})
-    return table, kw, bps, codes
-
-
 @FAST
-@given(rule_tables(), st.data())
+@given(tables(rule=True), st.data())
 def test_table_matches_reference_under_either_rule(tcase, data):
-    table, kw, bps, explicit = tcase
+    table, kw, bps, _, _, explicit = tcase
     dp = table.datapath
     for e in table.scales:
         P = explicit[e] if explicit is not None else ref.breakpoint_codes(bps, e, kw["in_bits"], kw["segment_rule"])
@@ -147,10 +126,10 @@ def test_table_matches_reference_under_either_rule(tcase, data):
 
 
 @settings(max_examples=60, deadline=None)
-@given(rule_tables(in_bits=8), st.data())
+@given(tables(in_bits=8, rule=True), st.data())
 def test_fused_kernels_honour_the_rule(tcase, data):
     """pwl_map's per-code LUT (s8) and its per-element kernel (s17) against the reference."""
-    table, kw, bps, explicit = tcase
+    table, kw, bps, _, _, explicit = tcase
     wide = PWLTable(table.function, table.domain, dataclasses.replace(table.datapath, in_bits=17), table.scales,
                     table.breakpoints, table.slopes, table.intercepts,
                     explicit_codes=None if explicit is None else {e: np.array(c) for e, c in explicit.items()})
