@@ -28,16 +28,17 @@ def _add_datapath_args(p: argparse.ArgumentParser):
     g.add_argument("--out-bits", type=int, default=None, help="round the output to this width (default: full precision)")
     g.add_argument("--out-frac", type=int, default=None)
     g.add_argument("--out-rounding", default="half_even", help="half_even | half_up | half_away | floor")
-    _add_segment_rule_arg(g, "ge", "segment comparator: ge (q >= P_j, the GQA-LUT trainer's) or gt (q > P_j, "
-                          "the GQA-LUT torch operator's)")
+    add_segment_rule_arg(g, "ge", "segment comparator: ge (q >= P_j, the GQA-LUT trainer's) or gt (q > P_j, "
+                         "the GQA-LUT torch operator's)")
 
 
-def _add_segment_rule_arg(p, default, help):
+def add_segment_rule_arg(p, default, help):
+    """``--segment-rule`` (choices from intsim's registry); ``gqa hw``/``gqa rtl`` use it too."""
     p.add_argument("--segment-rule", default=default, choices=tuple(SEGMENT_RULES), help=help)
 
 
-_SEGMENT_RULE_FOR_FILES = ("comparator convention a GQA-LUT file's breakpoints are read with: ge (default, the "
-                           "trainer's np.digitize) or gt (the torch operator's bucketize); gqa-sim files store theirs")
+SEGMENT_RULE_FOR_FILES = ("comparator convention a GQA-LUT file's breakpoints are read with: ge (default, the "
+                          "trainer's np.digitize) or gt (the torch operator's bucketize); gqa-sim files store theirs")
 
 
 def _datapath(a) -> PWLDatapath:
@@ -143,13 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="error report of a table file (gqa-sim or GQA-LUT JSON)")
     e.add_argument("table")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_segment_rule_arg(e, None, _SEGMENT_RULE_FOR_FILES)
+    add_segment_rule_arg(e, None, SEGMENT_RULE_FOR_FILES)
     e.set_defaults(run=cmd_eval)
 
     pl = sub.add_parser("plot", help="plot function, approximation and error per scale")
     pl.add_argument("table")
     pl.add_argument("-o", "--output", required=True, help="PNG file")
-    _add_segment_rule_arg(pl, None, _SEGMENT_RULE_FOR_FILES)
+    add_segment_rule_arg(pl, None, SEGMENT_RULE_FOR_FILES)
     pl.set_defaults(run=cmd_plot)
     from . import hw as _hw, sim as _sim
     _hw.register(sub)

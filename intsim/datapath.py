@@ -210,7 +210,12 @@ class PWLDatapath:
 
     # files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, with ``segment_rule`` only when it is not the default "ge": files and sweep
+        specs written before the field existed stay byte-identical and read as "ge"."""
+        d = asdict(self)
+        if d["segment_rule"] == "ge":
+            del d["segment_rule"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, field: str = "datapath") -> "PWLDatapath":

@@ -296,8 +296,11 @@ def test_ga_search_under_the_rule(rule, tmp_path):
 def test_old_table_files_read_as_ge(tmp_path):
     t = gqa_lut.search("gelu", entries=4, method="dp", scales=[0, 3])
     d = t.to_dict()
-    assert d["datapath"]["segment_rule"] == "ge"
-    del d["datapath"]["segment_rule"]
+    assert "segment_rule" not in d["datapath"]   # the default is not written: such files are unchanged
+    assert PWLTable.from_dict(d).datapath == t.datapath
+    gt = PWLDatapath(segment_rule="gt")
+    assert gt.to_dict()["segment_rule"] == "gt" and PWLDatapath.from_dict(gt.to_dict()) == gt
+    d["datapath"]["segment_rule"] = "ge"        # written out, the default reads the same
     assert PWLTable.from_dict(d).datapath == t.datapath
     d["datapath"]["segment_rule"] = "lt"
     with pytest.raises(GQAError) as exc:
@@ -455,3 +458,18 @@ def test_search_passes_the_rule_with_datapath_fields():
     with pytest.raises(GQAError):
         table_from_gqa_dict({"gelu": {"0": {"breakpoints": [0.0], "slopes": [0, 0], "intercepts": [0, 0]}}},
                             segment_rule="x")
+
+
+@needs_ref
+def test_cli_rtl_and_hw_read_gqa_lut_files_with_the_rule(tmp_path, capsys):
+    v = tmp_path / "u.v"
+    assert cli(["rtl", str(REF / "exp_pwl_7.json"), "--segment-rule", "gt", "--scale", "6", "-o", str(v)]) == 0
+    assert "(xc > P0)" in v.read_text() and "segment rule gt" in v.read_text()
+    assert cli(["rtl", str(REF / "exp_pwl_7.json"), "--scale", "6", "-o", str(v)]) == 0
+    assert "(xc >= P0)" in v.read_text()
+    capsys.readouterr()
+    # a > and a >= comparator cost the same: the unit is priced alike under both rules
+    assert cli(["hw", str(REF / "exp_pwl_7.json"), "--segment-rule", "gt", "--json"]) == 0
+    gt = json.loads(capsys.readouterr().out)
+    assert cli(["hw", str(REF / "exp_pwl_7.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == gt
