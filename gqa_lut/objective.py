@@ -3,9 +3,10 @@
 :class:`Objective` holds, once per search, every scale's domain codes, their reals, the
 function values and prefix sums of the fitting statistics. Given a population of breakpoint
 vectors ``(pop, N-1)`` it derives every scale's segment starts (the canonical rule,
-:meth:`intsim.PWLDatapath.segment_starts`, so either ``segment_rule``), fits each segment's integer slope and intercept (:mod:`gqa_lut.fitting`), runs the whole
-population through intsim's PWL unit (:class:`intsim.pwl.ScaleBatch`) and measures
-the error of the unit's real outputs: one vectorised call per generation.
+:meth:`intsim.PWLDatapath.segment_starts`, so either ``segment_rule``), fits each segment's
+integer slope and intercept (:mod:`gqa_lut.fitting`), runs the whole population through
+intsim's PWL unit (:class:`intsim.pwl.ScaleBatch`) and measures the error of the unit's real
+outputs: one vectorised call per generation.
 
 Metrics: ``mse`` (mean over scales of each scale's MSE, optionally histogram-weighted) and
 ``max_abs`` (largest |error| over every scale and code).
@@ -104,13 +105,13 @@ class Objective:
         self.y = np.concatenate(ys)
         self.w = np.concatenate(scale_w)
         self.batch = ScaleBatch(self.codes, self.bounds, self.scales, dp)
+        self._scale_col = np.array(self.scales, dtype=np.int64)[:, None]  # broadcasts to (pop, S, N-1)
         self.out_scale = np.concatenate([np.full(n, 2.0 ** -output_frac(e, dp)) for e, n in zip(self.scales, self.n)])
 
     # --- pieces ---------------------------------------------------------------------------
     def segment_starts(self, bp: np.ndarray) -> np.ndarray:
         """``(pop, S, N-1)`` segment starts of every scale (:meth:`PWLDatapath.segment_starts`)."""
-        bp = np.asarray(bp, dtype=np.float64)
-        return np.stack([self.dp.segment_starts(bp, e) for e in self.scales], axis=1)
+        return self.dp.segment_starts(np.asarray(bp, dtype=np.float64)[:, None, :], self._scale_col)
 
     def segment_stats(self, P: np.ndarray) -> np.ndarray:
         """Summed fitting statistics of every segment over every scale: ``(pop, N, 6)``, from the

@@ -184,17 +184,21 @@ class PWLDatapath:
         ``[code_min, code_max + 1]``."""
         return self.code_min - self.start_offset, self.code_max + 1 - self.start_offset
 
-    def breakpoint_codes(self, breakpoints, e: int) -> np.ndarray:
-        """``P_j(e)``: real breakpoints -> integer comparator constants at scale ``e`` (any shape)."""
+    def breakpoint_codes(self, breakpoints, e) -> np.ndarray:
+        """``P_j(e)``: real breakpoints -> integer comparator constants at scale ``e`` (any shape;
+        ``e`` an exponent or an integer array broadcasting against ``breakpoints``)."""
         lo, hi = self.breakpoint_code_range
         p = np.asarray(breakpoints, dtype=np.float64)
+        scale = np.exp2(np.asarray(e, dtype=np.float64))  # exact powers of two
         # clip before rounding: far-away breakpoints must not overflow int64 on the way
-        codes = round_real(np.clip(p * 2.0**e, lo - 1, hi + 1), "half_even")
+        codes = round_real(np.clip(p * scale, lo - 1, hi + 1), "half_even")
         return np.clip(codes, lo, hi)
 
-    def segment_starts(self, breakpoints, e: int) -> np.ndarray:
+    def segment_starts(self, breakpoints, e) -> np.ndarray:
         """``S_j(e)``: per breakpoint, the smallest input code of the segment above it (int64, any
         shape), in ``[code_min, code_max + 1]``: ``P_j(e)`` ("ge") or ``P_j(e) + 1`` ("gt").
+        ``e``: an exponent, or an integer array broadcasting against ``breakpoints`` (every
+        scale of a population at once).
 
         The one segment primitive: everywhere ``i(q) = #{j : q >= S_j(e)}``.
         """
