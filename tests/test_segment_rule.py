@@ -81,6 +81,14 @@ def test_segment_rules_on_ties_and_ends():
     assert ints(gt.segment_starts(bps, 0)) == [-128, -1, 1, 3, 128]
     assert ge.breakpoint_code_range == (-128, 128) and gt.breakpoint_code_range == (-129, 127)
     assert ge.segment_starts(np.zeros((2, 3)), 0).shape == (2, 3)
+    # an exponent array broadcasts: every scale of a population in one call
+    pop = np.array([[-3.3, -0.5, 0.25, 2.0], [-1.0, -1.0, 0.75, 3.9]])
+    scales = np.arange(-2, 9)
+    for dp in (ge, gt):
+        many = dp.segment_starts(pop[:, None, :], scales[:, None])
+        assert many.shape == (2, scales.size, 4)
+        for s, e in enumerate(scales):
+            assert np.array_equal(many[:, s], dp.segment_starts(pop, int(e)))
 
 
 @given(st.sampled_from(ref.SEGMENT_RULES), st.integers(2, 12), scales_st, st.data())
