@@ -37,10 +37,10 @@ def _overrides(a) -> dict:
     return {f: getattr(a, f) for f in DATAPATH_FIELDS if getattr(a, f) is not None}
 
 
-def _load_table(path, overrides: dict | None = None) -> PWLTable:
+def _load_table(path, overrides: dict | None = None, segment_rule: str | None = None) -> PWLTable:
     import gqa_lut
 
-    table = gqa_lut.load(path)
+    table = gqa_lut.load(path, segment_rule=segment_rule)
     if overrides:
         dp = dataclasses.replace(table.datapath, **overrides)
         # re-validates: coefficients that exceed the declared widths are refused with the field named
@@ -60,7 +60,7 @@ def _unit_config(a):
             raise GQAError("--entries", "given together with a table", "the table fixes the entry count; drop one")
         if a.scales is not None:
             raise GQAError("--scales", "given together with a table", "the table fixes its scale set; drop --scales")
-        table = _load_table(a.table, _overrides(a))
+        table = _load_table(a.table, _overrides(a), a.segment_rule)
         return UnitConfig.from_table(table, None, **kw), table
     if a.entries is None:
         raise GQAError("table", "no table file and no --entries", "give a table file, or --entries N and the widths")
@@ -165,7 +165,7 @@ def cmd_rtl(a) -> int:
     check_writable(a.output, "--output")
     if a.testbench:
         check_writable(a.testbench, "--testbench")
-    table = _load_table(a.table)
+    table = _load_table(a.table, segment_rule=a.segment_rule)
     unit = generate(table, _parse_scale(a.scale), name=a.name, pipeline=a.pipeline)
     p = unit.plan
     unit.write(a.output)
@@ -183,6 +183,8 @@ def cmd_rtl(a) -> int:
 
 def register(sub) -> None:
     """Add ``hw`` and ``rtl`` to the ``gqa`` subcommands."""
+    from .main import SEGMENT_RULE_FOR_FILES, add_segment_rule_arg
+
     h = sub.add_parser("hw", help="area and power of a PWL unit against its FP32 and INT32 counterparts")
     h.add_argument("table", nargs="?", help="table file (gqa-sim or GQA-LUT JSON); or give --entries")
     h.add_argument("--entries", "-n", type=int, default=None, help="LUT entries, without a table")
@@ -198,6 +200,7 @@ def register(sub) -> None:
                    help="paper: fitted on the GQA-LUT INT8 unit; none: component data as published")
     h.add_argument("--json", action="store_true", help="print a JSON object (keys int, fp32, int32, ...)")
     h.add_argument("--synth", action="store_true", help="also run yosys on the generated Verilog (needs a table)")
+    add_segment_rule_arg(h, None, SEGMENT_RULE_FOR_FILES)
     h.add_argument("--components", action="store_true",
                    help="print the component table at --node and exit (published, derived and structural FP rows)")
     h.set_defaults(run=cmd_hw)
@@ -210,4 +213,5 @@ def register(sub) -> None:
     r.add_argument("--pipeline", type=int, default=0, choices=(0, 1), help="1: register after the multiplier")
     r.add_argument("--testbench", default=None,
                    help="also write a self-checking testbench here, with its vectors (.hex) beside it")
+    add_segment_rule_arg(r, None, SEGMENT_RULE_FOR_FILES)
     r.set_defaults(run=cmd_rtl)
