@@ -1003,3 +1003,13 @@ def test_softmax_difference_table_equals_the_per_element_path(case, exp_name, re
     assert np.array_equal(p1, p2)
     assert s1.saturations == s2.saturations and s1.totals() == s2.totals()
     assert smod.exp_of_difference(sm.m0, sm.n, sm.exp_lut, sm.q_min)[0] == d_lo
+
+
+@pytest.mark.parametrize("s,shift,expect", [(2**62, -64, 0), (2**62, -62, 1), (5, -70, 0), (2**63 - 1, -63, 0),
+                                            (3, 4, 48), (2**62, -61, 2)])
+def test_mantissa_alignment_shifts_past_63_bits(s, shift, expect):
+    """floor(s * 2**shift): a right shift of 64 or more bits is 0 (found by hypothesis: s = 2**62
+    on an s3 table at e_r = -2 gave 1; LLVM's shift by >= 64 bits is undefined)."""
+    from intsim.rangereduce import _align
+
+    assert _align(np.int64(s), np.int64(shift)) == expect == (s * 2**shift if shift >= 0 else s >> -shift)
