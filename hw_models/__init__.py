@@ -20,13 +20,13 @@ Layers (Accelergy's split of data and estimators):
 
 from .model_energy import model_energy
 from .plan import UnitPlan, plan_datapath, plan_table
-from .pwl_unit import (Calibration, UnitConfig, UnitCost, calibrate, compare, estimate, estimate_fp, fidelity,
+from .pwl_unit import (PaperFit, UnitConfig, UnitCost, fit_to_paper, compare, estimate, estimate_fp, fidelity,
                        int_counterpart, paper_units)
 from .scaling import ComponentLibrary, Cost, area_factor, energy_factor
 from .verilog import VerilogUnit, check_name, generate, testbench, write_testbench
 
 __all__ = [
-    "model_energy", "UnitPlan", "plan_datapath", "plan_table", "Calibration", "UnitConfig", "UnitCost", "calibrate",
+    "model_energy", "UnitPlan", "plan_datapath", "plan_table", "PaperFit", "UnitConfig", "UnitCost", "fit_to_paper",
     "compare", "estimate", "estimate_fp", "fidelity", "int_counterpart", "paper_units", "ComponentLibrary", "Cost",
     "area_factor", "energy_factor", "VerilogUnit", "check_name", "generate", "testbench", "write_testbench",
 ]

@@ -34,9 +34,9 @@ follows the structure.
 Power at ``freq_mhz`` and ``activity`` (fraction of cycles that evaluate):
 ``P = f * (activity * E_logic + E_registers) + leakage``, leakage proportional to area.
 
-Calibration (:class:`Calibration`): one area factor and one energy factor, fitted on one of
-the GQA-LUT paper's synthesized units (:func:`calibrate`; by default the INT8 unit) and applied
-to every estimate; ``Calibration.none()`` leaves the component data as published.
+Paper fit (:class:`PaperFit`): one area factor and one energy factor, fitted on one of
+the GQA-LUT paper's synthesized units (:func:`fit_to_paper`; by default the INT8 unit) and applied
+to every estimate; ``PaperFit.none()`` leaves the component data as published.
 
 ``variant`` (a dict of :class:`~hw_models.scaling.ComponentLibrary` options, e.g.
 ``{"fp_model": "horowitz", "mult_energy": "horowitz"}``, the model before the structural FP
@@ -91,7 +91,7 @@ class UnitConfig:
 
 
 @dataclass(frozen=True)
-class Calibration:
+class PaperFit:
     """Multiplicative factors on area and dynamic energy, and where they come from."""
 
     area: float = 1.0
@@ -100,7 +100,7 @@ class Calibration:
     note: str = "component data as published, no fit"
 
     @classmethod
-    def none(cls) -> "Calibration":
+    def none(cls) -> "PaperFit":
         return cls()
 
     def to_dict(self) -> dict:
@@ -125,7 +125,7 @@ class UnitCost:
     node_nm: int
     freq_mhz: float
     activity: float
-    calibration: Calibration
+    calibration: PaperFit
     parts: list[Part]
     leakage_nw_per_um2: float
     description: str = ""
@@ -257,14 +257,14 @@ def int_counterpart(cfg: UnitConfig, bits: int = 32) -> UnitConfig:
 
 # --- estimates -------------------------------------------------------------------------------------
 
-def _resolve_calibration(calibration, variant=None) -> Calibration:
+def _resolve_calibration(calibration, variant=None) -> PaperFit:
     if calibration is None or calibration == "none":
-        return Calibration.none()
-    if isinstance(calibration, Calibration):
+        return PaperFit.none()
+    if isinstance(calibration, PaperFit):
         return calibration
     if calibration == "paper":
-        return calibrate("int8", variant)
-    raise GQAError("calibration", f"unknown calibration {calibration!r}", "use 'paper', 'none' or a Calibration")
+        return fit_to_paper("int8", variant)
+    raise GQAError("calibration", f"unknown calibration {calibration!r}", "use 'paper', 'none' or a PaperFit")
 
 
 def _cost(label, parts, cfg_desc, node, freq_mhz, activity, calibration, lib) -> UnitCost:
@@ -345,32 +345,32 @@ def paper_units(calibration=None, variant=None) -> dict[str, UnitCost]:
             "int32": estimate(int_counterpart(cfg, 32), node, f, 1.0, cal, variant)}
 
 
-def calibrate(on: str = "int8", variant=None) -> Calibration:
+def fit_to_paper(on: str = "int8", variant=None) -> PaperFit:
     """Fit one area factor and one energy factor on one of the paper's units (``int8``, ``fp32``, ``int32``).
 
     ``area = paper_area / model_area``; ``energy = (paper_power - leakage) / model_dynamic_power``
     at the paper's node and frequency (activity 1), leakage at the calibrated area.
     """
-    return _calibrate(on, _variant(variant))
+    return _fit_to_paper(on, _variant(variant))
 
 
 @lru_cache(maxsize=None)
-def _calibrate(on: str, variant: tuple) -> Calibration:
+def _fit_to_paper(on: str, variant: tuple) -> PaperFit:
     points = C.PAPER_POINTS["units"]
     if on not in points:
         raise GQAError("calibration", f"no paper point {on!r}", f"use one of {', '.join(points)}")
-    raw = paper_units(Calibration.none(), variant)[on]
+    raw = paper_units(PaperFit.none(), variant)[on]
     ka = points[on]["area_um2"] / raw.area_um2
     leak = raw.leakage_mw * ka
     ke = (points[on]["power_mw"] - leak) / raw.dynamic_mw
     tag = "" if not variant else " [" + ", ".join(f"{k}={v}" for k, v in variant) + "]"
-    return Calibration(area=ka, energy=ke, name=f"paper-{on}",
+    return PaperFit(area=ka, energy=ke, name=f"paper-{on}",
                        note=f"fitted on the GQA-LUT {on.upper()} unit (28 nm, 500 MHz, 8 entries){tag}")
 
 
 def fidelity(on: str = "int8", variant=None) -> list[dict]:
     """Calibrate on one paper point, predict all three: rows of model vs paper with % error."""
-    cal = calibrate(on, variant)
+    cal = fit_to_paper(on, variant)
     ours = paper_units(cal, variant)
     rows = []
     for unit, ref in C.PAPER_POINTS["units"].items():
