@@ -67,6 +67,10 @@ class UnitConfig:
     pipeline: int = 0
     io_registers: bool = True
     label: str = "int"
+    # fixed coefficients only: how many bit positions of the slope and intercept codes differ
+    # between entries (the others are the same constant in every entry, so synthesis folds them:
+    # the coefficient mux and the multiplier only see the varying bits); None: every bit varies
+    varying_bits: tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.pipeline, bool) or self.pipeline not in (0, 1):
@@ -79,7 +83,10 @@ class UnitConfig:
 
     @classmethod
     def from_table(cls, table, scale=None, **kw) -> "UnitConfig":
-        return cls(plan_table(table, scale, align=kw.pop("align", False)), **kw)
+        plan = plan_table(table, scale, align=kw.pop("align", False))
+        if not kw.get("programmable", True) and "varying_bits" not in kw:
+            kw["varying_bits"] = (varying_bits(table.slopes, plan.slope_bits), varying_bits(table.intercepts, plan.icpt_bits))
+        return cls(plan, **kw)
 
     def describe(self) -> str:
         p = self.plan
@@ -88,6 +95,16 @@ class UnitConfig:
                 f"acc {p.acc_bits} b, output {out}, {len(p.scales)} scale(s), "
                 f"{'programmable' if self.programmable else 'fixed'} coefficients, pipeline {self.pipeline}, "
                 f"{'registered' if self.io_registers else 'unregistered'} I/O")
+
+
+def varying_bits(codes, bits: int) -> int:
+    """Bit positions of ``bits``-bit two's complement ``codes`` that are not the same in every code."""
+    mask = (1 << bits) - 1
+    words = [int(c) & mask for c in codes]
+    differ = 0
+    for w in words:
+        differ |= w ^ words[0]
+    return bin(differ).count("1")
 
 
 @dataclass(frozen=True)
@@ -183,24 +200,30 @@ def int_parts(cfg: UnitConfig, lib: ComponentLibrary) -> list[Part]:
     """The integer unit's components (raw costs at ``lib``'s node)."""
     p = cfg.plan
     n, nb = p.entries, p.entries - 1
-    fixed_single = not cfg.programmable and not p.multi
-    parts = [
-        Part("comparators", lib.compare(p.bp_bits, constant=fixed_single) * nb,
-             detail=f"{nb} x {p.bp_bits}-bit >=" + (" constant" if fixed_single else "")),
-        Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"),
-    ]
     coeff_bits = p.slope_bits + p.icpt_bits
+    if cfg.programmable:
+        parts = [Part("comparators", lib.compare(p.bp_bits) * nb, detail=f"{nb} x {p.bp_bits}-bit >=")]
+    else:
+        # fixed constants: P_j(e) = round(p_j * 2**e), so comparing x against the active scale's
+        # constants is comparing x aligned to the finest scale (one shift shared by all
+        # comparators) against the finest constants: N-1 constant comparators on wider codes
+        span = p.scales[-1].e - p.scales[0].e
+        parts = [Part("comparators", lib.compare(p.bp_bits + span, constant=True) * nb,
+                      detail=f"{nb} x {p.bp_bits + span}-bit >= constant")]
+    parts.append(Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"))
     if cfg.programmable:
         parts.append(Part("breakpoint_storage", lib.load_register(nb * p.bp_bits), clocked=True,
                           detail=f"{nb} x {p.bp_bits}-bit registers (active scale)"))
         parts.append(Part("coefficient_storage", lib.load_register(n * coeff_bits), clocked=True,
                           detail=f"{n} x ({p.slope_bits}+{p.icpt_bits})-bit registers"))
     elif p.multi:
-        parts.append(Part("breakpoint_storage", lib.mux(len(p.scales), nb * p.bp_bits, constant=True),
-                          detail=f"{len(p.scales)}-way constant mux of {nb} x {p.bp_bits} bits"))
-    parts.append(Part("coefficient_mux", lib.mux(n, coeff_bits, constant=not cfg.programmable),
-                      detail=f"{n}:1 x {coeff_bits} bits"))
-    parts.append(Part("multiplier", lib.int_mult(p.slope_bits, p.in_bits), detail=f"{p.slope_bits} x {p.in_bits}"))
+        parts.append(Part("breakpoint_storage", lib.barrel_shifter(p.bp_bits + span, span),
+                          detail=f"constants: x aligned to the finest scale, shift 0..{span} (shared)"))
+    kb, bb = cfg.varying_bits if cfg.varying_bits is not None else (p.slope_bits, p.icpt_bits)
+    parts.append(Part("coefficient_mux", lib.mux(n, kb + bb, constant=not cfg.programmable),
+                      detail=f"{n}:1 x {kb + bb} bits" + ("" if cfg.varying_bits is None else " (varying)")))
+    parts.append(Part("multiplier", lib.int_mult(max(kb, 1), p.in_bits) if kb else ZERO,
+                      detail=f"{kb} x {p.in_bits}" + ("" if cfg.varying_bits is None else " (varying slope bits)")))
     lo_k, hi_k = p.shift_range("sk")
     lo_b, hi_b = p.shift_range("sb")
     shifters = lib.barrel_shifter(p.prod_bits + hi_k, hi_k - lo_k) + lib.barrel_shifter(p.icpt_bits + hi_b, hi_b - lo_b)
