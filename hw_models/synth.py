@@ -17,6 +17,7 @@ from pathlib import Path
 
 from intsim import GQAError
 
+from . import components as _components
 from .verilog import VerilogUnit, check_name, testbench
 
 DEBIAN_PACKAGE = {"yosys": "yosys", "iverilog": "iverilog", "vvp": "iverilog", "verilator": "verilator"}
@@ -279,11 +280,16 @@ def write_sources(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb") ->
     return [f"{tb_name}.v"] + sources
 
 
-def run_iverilog(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb", timeout: int = 600) -> SimResult:
-    """Compile with ``iverilog -g2005`` and run with ``vvp``."""
+def run_iverilog(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb", timeout: int = 600,
+                 extra_sources=(), flags=()) -> SimResult:
+    """Compile with ``iverilog -g2005`` and run with ``vvp``.
+
+    ``extra_sources`` (e.g. cell models of a mapped netlist) and ``flags`` (``-I``, ``-D``) go to iverilog.
+    """
     iverilog, vvp = find_tool("iverilog"), find_tool("vvp")
     sources = write_sources(units, workdir, tb_name)
-    _run([iverilog, "-g2005", "-s", tb_name, "-o", f"{tb_name}.vvp", *sources], workdir, timeout, "iverilog")
+    _run([iverilog, "-g2005", *flags, "-s", tb_name, "-o", f"{tb_name}.vvp", *sources, *map(str, extra_sources)],
+         workdir, timeout, "iverilog")
     out = _run([vvp, "-n", f"{tb_name}.vvp"], workdir, timeout, "vvp")
     return parse_sim_output("iverilog", out)
 
@@ -318,6 +324,7 @@ def lint_verilator(verilog_text: str, top: str, timeout: int = 120) -> str:
 # --- the unit on sky130 against the model ---------------------------------------------------------------
 
 SKY130_NODE_NM = 130
+SKY130_FIT = _components.SKY130_FIT
 
 
 def unit_on_sky130(table, scale=None, pipeline: int = 0, name: str | None = None) -> dict:
@@ -327,8 +334,9 @@ def unit_on_sky130(table, scale=None, pipeline: int = 0, name: str | None = None
     no I/O registers) priced by :func:`hw_models.pwl_unit.estimate` at 130 nm with the component
     data as published (no paper fit: the fit belongs to TSMC 28 nm). Returns the keys of
     ``gqa hw --synth sky130 --json``'s ``sky130`` object: ``area_um2`` (synthesized),
-    ``model_area_um2``, ``cells``, ``depth``, and more (``model_breakdown``, transistor counts,
-    ``synth``: :meth:`MappedResult.to_dict`).
+    ``model_area_um2``, ``cells``, ``depth``, and more (``model_fit_area_um2``: the model times
+    :data:`hw_models.components.SKY130_FIT`, the one area factor fitted on the benchmark's training
+    configurations; ``model_breakdown``, transistor counts, ``synth``: :meth:`MappedResult.to_dict`).
     """
     from .pwl_unit import UnitConfig, estimate
     from .verilog import generate
@@ -337,8 +345,11 @@ def unit_on_sky130(table, scale=None, pipeline: int = 0, name: str | None = None
     res = synthesize_sky130(unit.text, unit.name)
     cfg = UnitConfig.from_table(table, scale, programmable=False, pipeline=pipeline, io_registers=False, align=True)
     est = estimate(cfg, node=SKY130_NODE_NM, calibration="none")
+    fit = SKY130_FIT["area"]
     return {"area_um2": res.area_um2, "model_area_um2": est.area_um2, "cells": res.cells, "depth": res.depth,
-            "model_error_pct": 100.0 * (est.area_um2 / res.area_um2 - 1), "flip_flops": res.flip_flops,
+            "model_error_pct": 100.0 * (est.area_um2 / res.area_um2 - 1), "sky130_fit": fit,
+            "model_fit_area_um2": fit * est.area_um2, "model_fit_error_pct": 100.0 * (fit * est.area_um2 / res.area_um2 - 1),
+            "flip_flops": res.flip_flops,
             "transistors_spice": res.transistors, "transistors_yosys_cmos": res.cmos_transistors,
             "model_structure": cfg.describe() + f", {SKY130_NODE_NM} nm, no paper fit",
             "model_breakdown": {k: v["area_um2"] for k, v in est.breakdown().items()},

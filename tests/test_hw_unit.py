@@ -289,11 +289,11 @@ def test_fidelity_target_calibrated_on_int8():
 
 def test_the_monolithic_fp_variant_reproduces_the_previous_model():
     """The ablation in the docs: Horowitz's FP rows and multiplier energies (the model before the
-    structural FP units) miss the FP32 point by +58% in area."""
+    structural FP units) miss the FP32 point by +59% in area."""
     old = {"fp_model": "horowitz", "mult_energy": "horowitz"}
     rows = {r["unit"]: r for r in fidelity("int8", old)}
-    assert rows["fp32"]["area_err_pct"] == pytest.approx(58.0, abs=0.1)
-    assert rows["int32"]["power_err_pct"] == pytest.approx(23.1, abs=0.1)
+    assert rows["fp32"]["area_err_pct"] == pytest.approx(58.9, abs=0.1)
+    assert rows["int32"]["power_err_pct"] == pytest.approx(24.0, abs=0.1)
     assert fit_to_paper("int8", old).energy == pytest.approx(fit_to_paper("int8").energy)  # INT8 unit unchanged
     assert estimate(_cfg(8), variant=old).area_um2 == pytest.approx(estimate(_cfg(8)).area_um2)
     with pytest.raises(GQAError) as exc:
