@@ -123,12 +123,12 @@ def figure(rows: list[dict], factor: float) -> None:
     for held, marker, name in ((False, "o", "training"), (True, "s", "held out")):
         sel = [r for r in rows if r["held_out"] == held]
         ax.scatter([r["area_um2"] for r in sel], [factor * r["model_area_um2"] for r in sel], marker=marker,
-                   label=f"{name} ({len(sel)})", alpha=0.8)
+                   label=f"{name} ({len(sel)})", alpha=0.85, zorder=3)
     lo = min(r["area_um2"] for r in rows) * 0.7
     hi = max(r["area_um2"] for r in rows) * 1.4
     xs = np.array([lo, hi])
-    ax.plot(xs, xs, "k-", lw=0.8, label="model = synthesis")
-    ax.fill_between(xs, xs * 0.8, xs * 1.2, color="0.85", label="+-20%")
+    ax.plot(xs, xs, "k-", lw=0.8, label="model = synthesis", zorder=2)
+    ax.fill_between(xs, xs * 0.8, xs * 1.2, color="0.88", label="+-20%", zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("synthesized area on sky130_fd_sc_hd (um2)")
