@@ -380,11 +380,20 @@ def _per_column(v, cols: int, field: str) -> np.ndarray:
     return np.broadcast_to(v, (cols,)).copy()
 
 
+def _accumulator(acc) -> np.ndarray:
+    """An integer accumulator array, or a float32/float64 one holding exact int32 integers (an
+    ``int_gemm(..., float_out=True)`` result: read as integers, element by element, unconverted)."""
+    acc = np.asarray(acc)
+    if acc.dtype.kind not in "iuf" or acc.ndim < 1 or (acc.dtype.kind == "f" and acc.dtype.itemsize < 4):
+        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give an integer accumulator array")
+    return acc
+
+
 def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=None, out_dtype=None,
                         row_shift=None):
     """Per-column requantization of a GEMM accumulator, optionally followed by a residual add.
 
-    Formats: ``acc`` int32 (..., N); ``bias`` int32 per column at the accumulator's scale;
+    Formats: ``acc`` int32 (..., N) (or its exact float copy, see :func:`_accumulator`); ``bias`` int32 per column at the accumulator's scale;
     ``multipliers`` (int32 ``M0``) and ``shifts`` (``n``) per column as for :func:`requantize`;
     ``residual`` (optional) integer codes already at the output scale. Per element:
 
@@ -400,9 +409,7 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     Returns ``(y, saturated, overflowed, peak)``, ``peak`` the largest ``|acc + bias|`` (the
     accumulator's width report).
     """
-    acc = np.asarray(acc)
-    if acc.dtype.kind not in "iu" or acc.ndim < 1:
-        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give an integer accumulator array")
+    acc = _accumulator(acc)
     if not 2 <= out_bits <= 32:
         raise GQAError("out_bits", f"{out_bits} is outside [2, 32]", "requantized outputs are at most int32")
     shape = acc.shape
@@ -466,7 +473,7 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
     rounding can still reach ``2**(bits-1)``: clipped). Row ``r``'s real scale is ``s * 2**t_r``.
     Returns ``(y, t)`` with ``y`` int8 (bits <= 8) and ``t`` int64 per row.
     """
-    acc = np.asarray(acc)
+    acc = _accumulator(acc)
     if not 2 <= bits <= 16:
         raise GQAError("bits", f"{bits} is outside [2, 16]", "dynamic per-token operands are int8 or int16")
     shape = acc.shape

@@ -133,19 +133,20 @@ def _as(x, dtype=None):
 
 
 # backends ------------------------------------------------------------------------------------
-def _run_int_mm(a, b):
+def _run_int_mm(a, b, float_out=False):
     import torch
 
     return torch._int_mm(_as(a), _as(b)).numpy()
 
 
-def _run_f32(a, b):
+def _run_f32(a, b, float_out=False):
     import torch
 
     ta, tb = _as(a, torch.float32), _as(b, torch.float32)
     k, kc = a.shape[-1], f32_chunk(a.dtype, b.dtype)
     if k <= kc:
-        return torch.matmul(ta, tb).to(torch.int32).numpy()
+        c = torch.matmul(ta, tb)
+        return (c if float_out else c.to(torch.int32)).numpy()
     n = -(-k // kc)
     step = -(-k // n)       # equal chunks (K=1536: 2 x 768), each <= kc
     out = None
@@ -155,13 +156,14 @@ def _run_f32(a, b):
     return out.numpy()
 
 
-def _run_f64(a, b):
+def _run_f64(a, b, float_out=False):
     import torch
 
-    return torch.matmul(_as(a, torch.float64), _as(b, torch.float64)).to(torch.int32).numpy()
+    c = torch.matmul(_as(a, torch.float64), _as(b, torch.float64))
+    return (c if float_out else c.to(torch.int32)).numpy()
 
 
-def _run_numpy(a, b):
+def _run_numpy(a, b, float_out=False):
     return np.matmul(_array(a).astype(np.int64), _array(b).astype(np.int64)).astype(np.int32)
 
 
@@ -386,10 +388,13 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     return choice["backend"]
 
 
-def int_gemm(a: np.ndarray, b, backend: str = "auto") -> np.ndarray:
+def int_gemm(a: np.ndarray, b, backend: str = "auto", float_out: bool = False) -> np.ndarray:
     """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N).
 
     ``b`` may be a :class:`Constant` (weights): the same product, without converting it each call.
+    ``float_out=True``: a float backend may return its float32/float64 result, which holds the
+    same int32 integers exactly, saving a conversion pass when the consumer converts anyway (the
+    requantizers of :mod:`intsim.fixedpoint` read such accumulators element by element).
     """
     if backend not in BACKENDS:
         raise GQAError("backend", f"{backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
@@ -402,4 +407,4 @@ def int_gemm(a: np.ndarray, b, backend: str = "auto") -> np.ndarray:
     if not is_exact(backend):
         raise GQAError("backend", f"{backend} is not exact on this machine (it failed its known-answer test)",
                        "use backend 'auto', 'f32' or 'f64'")
-    return be.run(a, b)
+    return be.run(a, b, float_out) if float_out else be.run(a, b)

@@ -1013,3 +1013,37 @@ def test_mantissa_alignment_shifts_past_63_bits(s, shift, expect):
     from intsim.rangereduce import _align
 
     assert _align(np.int64(s), np.int64(shift)) == expect == (s * 2**shift if shift >= 0 else s >> -shift)
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 7), st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]))
+def test_requantizers_read_exact_float_accumulators_as_their_integers(rows, cols, seed, fdt):
+    """``int_gemm(..., float_out=True)`` hands the requantizers float copies of the int32
+    accumulator: the results and counts equal those of the int32 array."""
+    from intsim.fixedpoint import requantize_channels, requantize_dynamic
+
+    rng = np.random.default_rng(seed)
+    lim = 2**24 if fdt == np.float32 else 2**31 - 1       # float32 holds every integer below 2**24
+    acc = rng.integers(-lim, lim, (rows, cols)).astype(np.int32)
+    acc[0, 0] = -lim
+    m0 = rng.integers(2**30, 2**31 - 1, cols)
+    n = rng.integers(-3, 20, cols)
+    bias = rng.integers(-5000, 5000, cols)
+    a = requantize_channels(acc, bias, m0, n, 8)
+    b = requantize_channels(acc.astype(fdt), bias, m0, n, 8)
+    assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+    n = np.abs(n)
+    a, b = requantize_dynamic(acc, m0, n, 8), requantize_dynamic(acc.astype(fdt), m0, n, 8)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_int_gemm_float_out_holds_the_same_integers():
+    from intsim.gemm import Constant, int_gemm
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (40, 700)).astype(np.int8)
+    b = rng.integers(-128, 128, (700, 30)).astype(np.int8)
+    ref_ = a.astype(np.int64) @ b.astype(np.int64)
+    for be in ("auto", "f32", "f64", "numpy"):
+        c = int_gemm(a, Constant(b), be, float_out=True)
+        assert c.dtype in (np.int32, np.float32, np.float64) and np.array_equal(c.astype(np.int64), ref_), be
