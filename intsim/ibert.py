@@ -42,7 +42,8 @@ i-softmax. Input: int32 scores ``a`` (B, H, Tq, Tk) at the real scale ``S = in_s
 value of one score code, fixed offline; ``S < ln 2`` is required so that ``q_ln2 >= 1``), a
 key mask (B, Tk). Per row:
 
-1. ``mx = max_t a_t`` over unmasked keys; ``d_t = max(a_t - mx, -2**31)`` (``<= 0``; int64, the
+1. ``mx = max_t a_t`` over unmasked keys (the mask policy of :func:`intsim.softmax.score_rows`:
+   padding and/or causal); ``d_t = max(a_t - mx, -2**31)`` (``<= 0``; int64, the
    clamp as in :mod:`intsim.softmax`).
 2. i-exp (Algorithm 3): ``q_ln2 = floor(ln2 / S)``; ``z = floor(-d / q_ln2)`` (``>= 0``);
    ``q_p = d + z * q_ln2`` in ``(-q_ln2, 0]``; I-POLY with ``a = 0.3585``, ``b = 1.353``,
@@ -79,7 +80,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
-from .softmax import masked_row_max, score_rows
+from .softmax import last_key, masked_row_max, score_rows
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -205,17 +206,18 @@ class IBertGelu:
 # --- i-softmax -------------------------------------------------------------------------------
 
 @numba.njit(cache=True, parallel=True)
-def _ibert_softmax(scores, mask, rows_per_batch, q_ln2, q_b, q_c, s, out_bits, out, peaks):
+def _ibert_softmax(scores, mask, rows_per_batch, q_len, key_offset, q_ln2, q_b, q_c, s, out_bits, out, peaks):
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
         b = r // rows_per_batch
-        mx = masked_row_max(scores, mask, r, b)
+        last = last_key(r, q_len, key_offset)
+        mx = masked_row_max(scores, mask, r, b, last)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         lmax = np.int64(0)
         for t in range(T):
-            if mask[b, t]:
+            if mask[b, t] and t <= last:
                 d = max(np.int64(scores[r, t]) - mx, INT32_MIN)
                 k = (-d) // q_ln2
                 qp = d + k * q_ln2
@@ -270,9 +272,9 @@ class IBertSoftmax:
         self.e_max = self.l_max >> s
         self.exp_scale = EXP_A * S * S * 2.0**s
 
-    def __call__(self, scores, key_mask, stats=None, name="softmax"):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> probabilities at scale 2**-out_bits."""
-        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+    def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at 2**-out_bits."""
+        s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         Tk = s2.shape[1]
         if scores.size == 0:
             return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
@@ -281,7 +283,7 @@ class IBertSoftmax:
                            "set exp_bits (16 follows I-BERT)")
         out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        _ibert_softmax(s2, mask, rows_per_batch, self.q_ln2, self.q_b, self.q_c,
+        _ibert_softmax(s2, mask, rows_per_batch, q_len, key_offset, self.q_ln2, self.q_b, self.q_c,
                        self.s, self.out_bits, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)
