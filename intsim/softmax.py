@@ -29,8 +29,7 @@ from .errors import GQAError
 from .fixedpoint import INT32_MIN, quantize_multiplier, requantize1
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
-
-RECIPROCALS = ("pwl", "divider")
+from .registry import RECIPROCALS
 
 
 def exp_input_scale(table) -> int:
@@ -135,7 +134,7 @@ class IntSoftmax:
 
     def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None):
         if recip not in RECIPROCALS:
-            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS)}")
+            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS.names())}")
         if recip == "pwl" and recip_table is None:
             raise GQAError("softmax.reciprocal", "'pwl' needs a reciprocal mantissa table", "give recip_table")
         self.exp_table, self.recip = exp_table, recip
