@@ -89,7 +89,7 @@ CHUNK = 1 << 14          # elements per parallel work item of the elementwise ke
 INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
 
-def _bits(v: int) -> int:
+def signed_width(v: int) -> int:
     """Signed width of a register holding values up to ``|v|``."""
     return int(abs(int(v))).bit_length() + 1
 
@@ -185,9 +185,9 @@ class IBertGelu:
 
     def _count(self, stats, name, n, peaks):
         b = self.in_bits
-        p_bits = _bits(self.q_b)
-        l_bits = _bits(self.l_max)
-        s_bits = max(l_bits - self.t, _bits(self.q_1)) + 1
+        p_bits = signed_width(self.q_b)
+        l_bits = signed_width(self.l_max)
+        s_bits = max(l_bits - self.t, signed_width(self.q_1)) + 1
         stats.count("compare", f"{name}.sign", n, bits=b)
         stats.count("compare", f"{name}.clip", n, bits=p_bits)
         stats.count("add", f"{name}.poly_b", n, bits=p_bits)
@@ -292,21 +292,21 @@ class IBertSoftmax:
     def _count(self, stats, name, rows, T, peaks):
         n = rows * T
         z_max = self.e_max * T
-        l_bits = _bits(self.l_max)
-        p_bits = _bits(self.q_b)
-        k_bits = _bits((1 << 31) // self.q_ln2 + 1)
+        l_bits = signed_width(self.l_max)
+        p_bits = signed_width(self.q_b)
+        k_bits = signed_width((1 << 31) // self.q_ln2 + 1)
         div_bits = max(32, int(self.e_max * ((1 << self.out_bits) + T)).bit_length())
         stats.count("compare", f"{name}.max", n, bits=32)
         stats.count("add", f"{name}.sub_max", n, bits=32)
         stats.count("div", f"{name}.exp_quotient", n, bits=32)
-        stats.count("mul", f"{name}.exp_remainder", n, a_bits=k_bits, b_bits=_bits(self.q_ln2))
+        stats.count("mul", f"{name}.exp_remainder", n, a_bits=k_bits, b_bits=signed_width(self.q_ln2))
         stats.count("add", f"{name}.exp_remainder", n, bits=32)
         stats.count("add", f"{name}.poly_b", n, bits=p_bits)
         stats.count("mul", f"{name}.poly_square", n, a_bits=p_bits, b_bits=p_bits)
         stats.count("add", f"{name}.poly_c", n, bits=l_bits)
         stats.count("shift", f"{name}.exp_shift", n, bits=l_bits)
-        stats.count("add", f"{name}.sum", n, bits=_bits(z_max))
+        stats.count("add", f"{name}.sum", n, bits=signed_width(z_max))
         stats.count("div", f"{name}.divide", n, bits=div_bits)
         stats.accumulator(f"{name}.exp_poly", int(peaks[:, 1].max()), l_bits)
-        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), max(32, _bits(z_max)))
+        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), max(32, signed_width(z_max)))
         stats.saturated(f"{name}.prob_max", int(peaks[:, 2].sum()))

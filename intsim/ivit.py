@@ -79,7 +79,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
-from .ibert import _bits, check_codes, int_codes
+from .ibert import check_codes, int_codes, signed_width
 from .softmax import last_key, masked_row_max, score_rows
 
 REF_DIV_BITS = 31
@@ -121,10 +121,10 @@ def _count_shift_exp(stats, op, n, in_bits, i0, e_bits):
     stats.count("shift", f"{op}.log2e", 2 * n, bits=in_bits)
     stats.count("add", f"{op}.log2e", 2 * n, bits=p_bits)
     stats.count("div", f"{op}.quotient", n, bits=p_bits)
-    stats.count("mul", f"{op}.remainder", n, a_bits=p_bits, b_bits=_bits(i0))
+    stats.count("mul", f"{op}.remainder", n, a_bits=p_bits, b_bits=signed_width(i0))
     stats.count("add", f"{op}.remainder", n, bits=p_bits)
-    stats.count("shift", f"{op}.linear", n, bits=_bits(i0))
-    stats.count("add", f"{op}.linear", n, bits=_bits(i0))
+    stats.count("shift", f"{op}.linear", n, bits=signed_width(i0))
+    stats.count("add", f"{op}.linear", n, bits=signed_width(i0))
     stats.count("shift", f"{op}.pow2", n, bits=e_bits)
 
 
@@ -204,8 +204,8 @@ class Shiftmax:
 
     def _count(self, stats, name, rows, T, peaks):
         n = rows * T
-        e_bits = _bits(self.e_max) - 1                            # unsigned
-        z_bits = _bits(self.e_max * T)                            # signed, as OpStats measures
+        e_bits = signed_width(self.e_max) - 1                            # unsigned
+        z_bits = signed_width(self.e_max * T)                            # signed, as OpStats measures
         f_bits = ((1 << self.div_bits) // self.e_max).bit_length()  # Z >= E at the row max = e_max
         stats.count("compare", f"{name}.max", n, bits=32)
         stats.count("add", f"{name}.sub_max", n, bits=32)

@@ -54,6 +54,11 @@ class Registry:
         self._entries[name] = Entry(name, doc, impl)
         return impl
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests, experiments); unknown names raise as :meth:`get` does."""
+        self.get(name)
+        del self._entries[name]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 

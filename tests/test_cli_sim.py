@@ -79,3 +79,14 @@ def test_sim_bench_prints_both_times_and_ratio(capsys):
     assert "fp32 torch:" in out and "integer:" in out and "ratio (integer / FP32):" in out
     rc, _, err = run(capsys, "sim-bench", "--batch", "0")
     assert rc == 2 and "--batch" in err
+
+
+def test_options_lists_every_registered_choice(capsys):
+    from intsim.registry import choices
+
+    rc, out, _ = run(capsys, "sim", "--options")
+    assert rc == 0
+    for field, names in choices().items():
+        assert field in out and all(n in out for n in names), field
+    rc, _, err = run(capsys, "sim")
+    assert rc == 2 and "--text" in err
