@@ -80,7 +80,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
-from .softmax import last_key, masked_row_max, score_rows
+from .softmax import score_rows, visible_row
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -210,9 +210,7 @@ def _ibert_softmax(scores, mask, rows_per_batch, q_len, key_offset, q_ln2, q_b, 
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        last = last_key(r, q_len, key_offset)
-        mx = masked_row_max(scores, mask, r, b, last)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         lmax = np.int64(0)

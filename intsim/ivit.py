@@ -80,7 +80,7 @@ import numpy as np
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
 from .ibert import check_codes, int_codes, signed_width
-from .softmax import last_key, masked_row_max, score_rows
+from .softmax import score_rows, visible_row
 
 REF_DIV_BITS = 31
 
@@ -135,9 +135,7 @@ def _shiftmax(scores, mask, rows_per_batch, q_len, key_offset, i0, n_exp, m_div,
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        last = last_key(r, q_len, key_offset)
-        mx = masked_row_max(scores, mask, r, b, last)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         for t in range(T):

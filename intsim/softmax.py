@@ -76,6 +76,16 @@ def last_key(r, q_len, key_offset):
 
 
 @numba.njit(cache=True, inline="always")
+def visible_row(scores, mask, r, rows_per_batch, q_len, key_offset):
+    """Steps 0 and 1 of every softmax kernel for row ``r``: ``(b, last, mx)`` -- its batch row (key
+    mask row), its last visible key and its largest score over the visible keys (key ``t`` is
+    visible iff ``mask[b, t] and t <= last``)."""
+    b = r // rows_per_batch
+    last = last_key(r, q_len, key_offset)
+    return b, last, masked_row_max(scores, mask, r, b, last)
+
+
+@numba.njit(cache=True, inline="always")
 def masked_row_max(scores, mask, r, b, last):
     """Step 1 of every softmax kernel: the largest score of row ``r`` over its unmasked keys
     (batch row ``b``'s key mask, keys up to ``last``)."""
@@ -91,9 +101,7 @@ def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_
              out, peaks):
     rows, T = scores.shape
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        last = last_key(r, q_len, key_offset)
-        mx = masked_row_max(scores, mask, r, b, last)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         low = 0

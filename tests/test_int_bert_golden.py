@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from intsim.bert import Tokenizer, load_model
 from intsim.config import SimConfig
 from intsim.int_bert import IntBert
 from intsim.opstats import OpStats
@@ -31,16 +30,6 @@ _spec.loader.exec_module(gold)
 def data():
     with np.load(GOLDEN) as d:
         return {k: d[k] for k in d.files}, d.files
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 @pytest.fixture(scope="module")
