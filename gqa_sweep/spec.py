@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
-from intsim import GQAError
+from intsim import GQAError, PWLDatapath
+from intsim.config import TABLE_SLOTS
 
 SWEEP_VERSION = 1
 
@@ -20,8 +22,7 @@ DEFAULT_SCALES = "0:6"
 TOP_KEYS = ("functions", "entries", "methods", "formats", "scales", "domains", "seed", "hw", "minilm")
 # plus one optional table per search method of gqa_lut.METHODS: its options, passed to gqa_lut.search
 
-FORMAT_KEYS = ("in_bits", "slope_bits", "slope_frac", "icpt_bits", "icpt_frac", "out_bits", "out_frac",
-               "out_rounding")
+FORMAT_KEYS = tuple(f.name for f in fields(PWLDatapath))     # a format is a PWLDatapath
 
 GA_DEFAULTS = {"population": 50, "generations": 500, "dp_seed": True}
 # methods whose options have defaults: always written into the canonical spec (so the hash of a spec
@@ -34,7 +35,7 @@ HW_DEFAULTS = {"node": 28, "freq_mhz": 500.0, "activity": 1.0, "calibration": "p
 
 MINILM_DEFAULTS = {"sentences": 32, "calib_sentences": 32, "batch": 32, "model": None, "plug_table": True}
 
-MINILM_SLOTS = {"gelu": "gelu_table", "exp": "exp_table", "reciprocal": "recip_table", "rsqrt": "rsqrt_table"}
+MINILM_SLOTS = {fn: key for key, fn in TABLE_SLOTS.items()}   # function -> the SimConfig table it can serve
 
 
 def is_int(v) -> bool:
@@ -95,7 +96,7 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
     in spelling (an omitted default, a reordered table) have the same hash.
     """
     import gqa_lut
-    from intsim import PWLDatapath, get_function
+    from intsim import get_function
     from intsim.table import check_scales
 
     if not isinstance(raw, dict):

@@ -22,7 +22,9 @@ from .table import PWLTable
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
 
 ALIASES = {"activation": "gelu", "activation_table": "gelu_table"}   # slot names of the gelu* fields
-TABLE_KEYS = ("gelu_table", "exp_table", "recip_table", "rsqrt_table")
+TABLE_SLOTS = {"gelu_table": "gelu", "exp_table": "exp", "recip_table": "reciprocal",  # table field -> the
+               "rsqrt_table": "rsqrt"}                                                # function it holds
+TABLE_KEYS = tuple(TABLE_SLOTS)
 
 
 @dataclass
