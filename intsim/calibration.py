@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .bert import SentenceBert, Tokenizer
+from .errors import GQAError
 
 HIST_BINS = 48  # log2-spaced bins of |x| from 2**-16 to 2**8
 
@@ -68,14 +69,20 @@ class Calibration:
         self.sentences, self.tokens = sentences, tokens
         self.residual = tuple(residual)     # residual-stream tensors (the outlier report's)
 
+    def tensor(self, name: str) -> TensorStats:
+        if name not in self.stats:
+            raise GQAError("calibration", f"observed no tensor {name!r}",
+                           "calibrate with the model's calibration sites (calibrate(..., sites=SITES))")
+        return self.stats[name]
+
     def absmax(self, name: str, percentile: float = 100.0) -> float:
-        return self.stats[name].range(percentile)
+        return self.tensor(name).range(percentile)
 
     def token_max(self, name: str) -> float:
-        return self.stats[name].token_max_p50
+        return self.tensor(name).token_max_p50
 
     def channel_max(self, name: str) -> np.ndarray:
-        return self.stats[name].channel_max
+        return self.tensor(name).channel_max
 
     def outlier_report(self, top: int = 5) -> list[dict]:
         """Residual-stream tensors: outlier channels, their ratio to the median, kurtosis, tokens."""
@@ -116,7 +123,6 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
         from .int_bert import SITES as sites   # the default model's declaration
     sentences = list(sentences)
     if not sentences:
-        from .errors import GQAError
         raise GQAError("calibration sentences", "are empty", "give at least one sentence")
     rows: dict[str, list] = {}
     where: list = []     # (sentence, position, token id) of every real token, in row order
