@@ -37,7 +37,7 @@ from .calibration import Calibration
 from .config import SimConfig
 from .errors import GQAError
 from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic
-from .gemm import int_gemm
+from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
 
@@ -190,7 +190,7 @@ class IntLinear:
         if col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
             w = w * col_factor[None, :]
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
-        self.wt = np.ascontiguousarray(q.T)     # (out, in) -> (in, out): the GEMM's right operand
+        self.wt = Constant(q.T)     # (out, in) -> (in, out): the GEMM's right operand, converted once per backend
         self.acc_scale = in_scale * sw
         b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
         self.bias = np.rint(b / self.acc_scale).astype(np.int64)

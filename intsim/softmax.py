@@ -18,6 +18,13 @@ K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
      ``p_t = round_half_up(E_t * R / 2**(sh - 8))``;
    - ``recip="divider"``: ``p_t = floor((E_t * 2**8 + floor(Z/2)) / Z)`` (an integer divider).
    A row with every key masked gives zeros.
+
+Steps 2-3 are a pure, monotone function of ``d`` (``requantize`` is non-decreasing in ``d`` for
+``M0 > 0``): below ``d_lo``, the smallest ``d`` whose ``u`` reaches ``q_min``, every input saturates
+to ``q_min``. So the simulator tabulates ``E(d)`` once per kernel for ``d_lo <= d <= 0``
+(:func:`exp_of_difference`, entry 0 for ``d < d_lo``) and each element costs one gather:
+bit-identical to evaluating steps 2-3 per element, which it still does when the table would
+exceed ``DIFF_LUT_MAX`` entries.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .fixedpoint import INT32_MIN, quantize_multiplier, requantize1
+from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
 from .registry import RECIPROCALS
+
+DIFF_LUT_MAX = 1 << 22      # entries of the E(d) table (int32); beyond it, steps 2-3 per element
 
 
 def exp_input_scale(table) -> int:
@@ -135,6 +144,92 @@ def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_
         peaks[r, 2] = sat
 
 
+@numba.njit(cache=True)
+def _first_unsaturated(m0, n, q_min):
+    """``d_lo``: the smallest ``d`` in [INT32_MIN, 0] with ``requantize(d) >= q_min`` (bisection on a
+    non-decreasing function); 1 if even ``d = 0`` saturates."""
+    if requantize1(np.int64(0), m0, n) < q_min:
+        return np.int64(1)
+    lo, hi = np.int64(INT32_MIN), np.int64(0)     # invariant: u(hi) >= q_min
+    if requantize1(lo, m0, n) >= q_min:
+        return lo
+    while hi - lo > 1:                            # u(lo) < q_min
+        mid = (lo + hi) // 2
+        if requantize1(mid, m0, n) >= q_min:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@numba.njit(cache=True)
+def _fill_exp_of_difference(m0, n, exp_lut, q_min, d_lo, out):
+    out[0] = max(exp_lut[0], 0)                   # d < d_lo: u saturates to q_min
+    for i in range(1, out.shape[0]):
+        out[i] = max(exp_lut[requantize1(d_lo + i - 1, m0, n) - q_min], 0)
+
+
+def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
+    """``(d_lo, E)``: steps 2-3 tabulated, ``E[0]`` for ``d < d_lo``, ``E[1 + d - d_lo]`` for
+    ``d_lo <= d <= 0``; None when the table would exceed DIFF_LUT_MAX entries."""
+    d_lo = int(_first_unsaturated(np.int64(m0), np.int64(n), np.int64(q_min)))
+    size = 2 + max(0, -d_lo)
+    if size > DIFF_LUT_MAX or np.abs(exp_lut).max() >= 2**31:
+        return None
+    table = np.empty(size, np.int32)
+    _fill_exp_of_difference(np.int64(m0), np.int64(n), exp_lut, np.int64(q_min), np.int64(d_lo), table)
+    return d_lo, table
+
+
+@numba.njit(cache=True, parallel=True)
+def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
+                 out, peaks):
+    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical)."""
+    rows, T = scores.shape
+    last = e_of_d.shape[0] - 1
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            b, last_t, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
+            z = np.int64(0)
+            low = np.int64(0)
+            for t in range(T):
+                m = np.int64(mask[b, t] != 0) * np.int64(t <= last_t)
+                d = np.int64(scores[r, t]) - mx
+                # masked keys may lie above the row max: clamp the index, then zero them
+                i = min(max(d - d_lo, np.int64(-1)) + 1, last)
+                e[t] = e_of_d[i] * m
+                low += (d < d_lo) * m
+                z += e[t]
+            sat = np.int64(0)
+            if z == 0:
+                for t in range(T):
+                    out[r, t] = 0
+            elif use_divider:
+                for t in range(T):
+                    p = (np.int64(e[t]) * 256 + (z >> 1)) // z
+                    sat += p > 255
+                    out[r, t] = min(p, 255)
+            else:
+                rr, sh = reciprocal1(z, rec_u, e_r, f_r)
+                rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
+                s = sh - 8
+                if s <= 0:
+                    for t in range(T):
+                        p = (np.int64(e[t]) * rr32) << -s
+                        sat += p > 255
+                        out[r, t] = min(p, 255)
+                else:   # round half up: floor((x + 2**(s-1)) / 2**s), x >= 0
+                    half = np.int64(1) << (s - 1)
+                    for t in range(T):
+                        p = (np.int64(e[t]) * rr32 + half) >> s
+                        sat += p > 255
+                        out[r, t] = min(p, 255)
+            peaks[r, 0] = z
+            peaks[r, 1] = low
+            peaks[r, 2] = sat
+
+
 class IntSoftmax:
     """The PWL softmax for scores at real scale ``in_scale`` (see the module docstring)."""
 
@@ -153,6 +248,10 @@ class IntSoftmax:
         # only codes q_min..0 reach the unit (d <= 0): evaluate it once per code (bit-identical)
         self.exp_lut = unit_lut(self.exp_unit, self.q_min, 0)
         self.recip_table = MantissaTable(recip_table, "reciprocal") if recip == "pwl" else None
+        self.diff_lut = exp_of_difference(self.m0, self.n, self.exp_lut, self.q_min)
+        rt = self.recip_table
+        if rt is not None and rt.table.datapath.acc_bits(rt.e) > 32:
+            self.diff_lut = None        # the tabulated kernel multiplies E by R in 32 x 32 bits
 
     def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> uint8 probabilities (2**-8)."""
@@ -161,8 +260,13 @@ class IntSoftmax:
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec = self.recip_table
         rec_u = rec.unit if rec is not None else self.exp_unit
-        _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
-                 self.recip == "divider", rec_u, rec.e if rec else 0, rec.frac if rec else 0, out, peaks)
+        e_r, f_r = (rec.e, rec.frac) if rec else (0, 0)
+        if self.diff_lut is not None:
+            _softmax_lut(s2, mask, rows_per_batch, q_len, key_offset, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
+                         rec_u, e_r, f_r, out, peaks)
+        else:
+            _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
+                     self.recip == "divider", rec_u, e_r, f_r, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)

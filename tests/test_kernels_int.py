@@ -987,6 +987,41 @@ def test_softmax_empty_rows_with_stats():
     assert out.shape == (1, 2, 3, 0) and out.dtype == np.uint8
 
 
+@SLOW
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]), st.booleans())
+def test_softmax_difference_table_equals_the_per_element_path(case, exp_name, recip, causal):
+    """The tabulated E(d) kernel and the per-element kernel give the same bytes and counts (either mask policy)."""
+    import intsim.softmax as smod
+
+    scores, mask, in_scale = case
+    causal = causal and scores.shape[2] <= scores.shape[3]
+    et, rt = table(exp_name), table("recip_mantissa16")
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    assert sm.diff_lut is not None
+    d_lo, e_of_d = sm.diff_lut
+    # the table's edges: d_lo is the first unsaturated difference
+    assert ref.requantize(d_lo, sm.m0, sm.n)[0] >= sm.q_min
+    if d_lo > ref.INT32_MIN:
+        assert ref.requantize(d_lo - 1, sm.m0, sm.n)[0] < sm.q_min
+    s1, s2 = OpStats(), OpStats()
+    p1 = sm(scores, mask, stats=s1, causal=causal)
+    sm.diff_lut = None                        # force steps 2-3 per element
+    p2 = sm(scores, mask, stats=s2, causal=causal)
+    assert np.array_equal(p1, p2)
+    assert s1.saturations == s2.saturations and s1.totals() == s2.totals()
+    assert smod.exp_of_difference(sm.m0, sm.n, sm.exp_lut, sm.q_min)[0] == d_lo
+
+
+@pytest.mark.parametrize("s,shift,expect", [(2**62, -64, 0), (2**62, -62, 1), (5, -70, 0), (2**63 - 1, -63, 0),
+                                            (3, 4, 48), (2**62, -61, 2)])
+def test_mantissa_alignment_shifts_past_63_bits(s, shift, expect):
+    """floor(s * 2**shift): a right shift of 64 or more bits is 0 (found by hypothesis: s = 2**62
+    on an s3 table at e_r = -2 gave 1; LLVM's shift by >= 64 bits is undefined)."""
+    from intsim.rangereduce import _align
+
+    assert _align(np.int64(s), np.int64(shift)) == expect == (s * 2**shift if shift >= 0 else s >> -shift)
+
+
 def _softmax_kernels():
     from intsim.ibert import IBertSoftmax
     from intsim.ivit import Shiftmax
