@@ -1,6 +1,7 @@
 """``gqa sim`` and ``gqa sim-bench``: the integer encoder on all-MiniLM-L6-v2 from the command line.
 
     gqa sim --text sentences.txt --out emb.npy --compare-fp32 --report report.json
+    gqa sim --options                   # every kernel and method a --config may choose
     gqa sim-bench --batch 32 --seq 128
 """
 
@@ -54,6 +55,12 @@ def cmd_sim(a) -> int:
     from intsim.metrics import compare
     from intsim.opstats import OpStats
 
+    if a.options:
+        from intsim.registry import describe
+        print(describe())
+        return 0
+    if a.text is None:
+        raise GQAError("--text", "is required", "give a text file with one sentence per line")
     for path, name in ((a.out, "--out"), (a.report, "--report")):
         if path:
             check_writable(path, name)
@@ -177,7 +184,9 @@ def cmd_sim_bench(a) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("sim", help="integer-only all-MiniLM-L6-v2 sentence embeddings")
-    s.add_argument("--text", required=True, help="UTF-8 text file, one sentence per line")
+    s.add_argument("--text", help="UTF-8 text file, one sentence per line (required)")
+    s.add_argument("--options", action="store_true", help="list the config's kernel and method choices "
+                   "(intsim.registry) and exit")
     s.add_argument("--config", help="datapath config (JSON, or TOML with a .toml suffix)")
     s.add_argument("--out", help="write embeddings here (.npy, float32, rows in input order)")
     s.add_argument("--compare-fp32", action="store_true", help="print cosine and nearest-neighbour agreement to FP32")

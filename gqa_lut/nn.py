@@ -1,10 +1,10 @@
 """PWL activations for quantization-aware fine-tuning, bit-identical to intsim at inference.
 
     >>> import torch, gqa_lut
-    >>> from gqa_lut.nn import calibrate, export_scales, replace_activations
+    >>> from gqa_lut.nn import export_scales, fit_input_scales, replace_activations
     >>> table = gqa_lut.search("gelu", entries=8)
     >>> model = replace_activations(model, {torch.nn.GELU: table}, learn=True)
-    >>> with calibrate(model):               # absmax of each unit's input -> its exponent
+    >>> with fit_input_scales(model):        # absmax of each unit's input -> its exponent
     ...     model(*calibration_batch)
     >>> ...                                  # fine-tune as usual
     >>> export_scales(model)                 # {"blocks.0.gelu": 2, ...}
@@ -235,7 +235,7 @@ class PWLActivation(nn.Module):
     Scale (exactly one way):
     - ``exp=e`` or ``scale=2.0**-e``: a fixed power-of-two input scale, ``e`` in ``table.scales``;
     - neither: fixed at the first batch's absmax (the largest ``e`` with ``absmax * 2**e <= code_max``),
-      or by :func:`calibrate`;
+      or by :func:`fit_input_scales`;
     - ``learn=True``: the learned parameter ``log2_scale`` (initialised from ``exp``/``scale`` if
       given, else from calibration or the first batch's absmax), rounded to the nearest scale of
       the table in every forward.
@@ -491,7 +491,7 @@ def export_scales(model: nn.Module) -> dict[str, int]:
         e = unit.exponent
         if e is None:
             raise GQAError(name or "model", "has no input scale yet",
-                           "calibrate the model, run a forward pass, or give exp=e")
+                           "fit_input_scales on a forward pass, or give exp=e")
         out[name] = e
     return out
 
@@ -507,7 +507,7 @@ def set_scales(model: nn.Module, scales: Mapping[str, int]) -> None:
 
 
 @contextmanager
-def calibrate(model: nn.Module):
+def fit_input_scales(model: nn.Module):
     """Within the block every PWLActivation runs its float function and records its input's absmax;
     on leaving, each unit that saw input takes the largest ``e`` of its table's scales with
     ``absmax * 2**e <= code_max`` (learned scales: the initial value). Yields ``{name: module}``."""

@@ -1,8 +1,11 @@
 """Integer-only softmax: row max, exp through a PWL table, integer sum, reciprocal, UINT8 out.
 
 Specification, per row of int32 scores ``a`` (real value ``a * S``, S the product of the Q and
-K scales and 1/sqrt(head_dim), fixed offline) with a key mask:
+K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
 
+0. the mask (:func:`score_rows`, shared by every softmax kernel): key ``t`` of query ``i`` in
+   batch row ``b`` is *unmasked* iff ``key_mask[b, t]`` (padding; no mask: every key) and, for
+   a causal mask, ``t <= i + Tk - Tq`` (the queries are the last ``Tq`` of the ``Tk`` positions);
 1. ``mx = max_t a_t`` over unmasked keys; ``d_t = a_t - mx <= 0`` (int64, clamped to int32).
 2. exp-table input ``u_t = max(requantize(d_t, M0, n), q_min)``: the dyadic multiplier
    ``M0 * 2**-(31+n) ~= S * 2**e_x`` maps ``d`` to codes of the table at scale ``e_x``, the
@@ -33,8 +36,8 @@ from .errors import GQAError
 from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
+from .registry import RECIPROCALS
 
-RECIPROCALS = ("pwl", "divider")
 DIFF_LUT_MAX = 1 << 22      # entries of the E(d) table (int32); beyond it, steps 2-3 per element
 
 
@@ -48,44 +51,71 @@ def exp_input_scale(table) -> int:
     return max(ok)
 
 
-def score_rows(scores, key_mask):
-    """Check int32 scores (B, H, Tq, Tk) and a (B, Tk) key mask, the interface of every softmax kernel.
+def score_rows(scores, key_mask=None, causal: bool = False):
+    """Check int32 scores (B, H, Tq, Tk) and the mask policy, the interface of every softmax kernel.
 
-    Returns ``(rows, mask, rows_per_batch)``: the scores as contiguous (B*H*Tq, Tk) rows, the mask
-    as uint8, and how many rows share one batch row of the mask (row ``r`` uses ``mask[r // that]``).
+    ``key_mask``: (B, Tk) 0/1 flags (padding), or None (every key); ``causal``: query ``i`` also
+    sees only keys ``t <= i + Tk - Tq`` (module docstring, step 0). Returns
+    ``(rows, mask, rows_per_batch, q_len, key_offset)``: the scores as contiguous (B*H*Tq, Tk)
+    rows, the key mask as uint8 (B, Tk), how many rows share one batch row of the mask (row ``r``
+    uses ``mask[r // rows_per_batch]``), and the two numbers :func:`last_key` turns into row
+    ``r``'s last visible key (``key_offset = Tk`` without a causal mask: no limit).
     """
     if not isinstance(scores, np.ndarray) or scores.ndim != 4 or scores.dtype != np.int32:
         raise GQAError("scores", f"are {getattr(scores, 'dtype', type(scores))} of shape "
                        f"{getattr(scores, 'shape', '?')}", "give int32 (B, H, Tq, Tk)")
     B, H, Tq, Tk = scores.shape
+    if key_mask is None:
+        key_mask = np.ones((B, Tk), np.uint8)
     key_mask = np.asarray(key_mask)
     if key_mask.shape != (B, Tk):
         raise GQAError("key_mask", f"has shape {key_mask.shape}, the scores need ({B}, {Tk})",
                        "one 0/1 flag per batch row and key")
-    return np.ascontiguousarray(scores.reshape(B * H * Tq, Tk)), np.ascontiguousarray(key_mask, np.uint8), H * Tq
+    if causal and Tq > Tk:
+        raise GQAError("causal", f"{Tq} queries over {Tk} keys", "a causal mask needs at least as many keys as queries")
+    rows = np.ascontiguousarray(scores.reshape(B * H * Tq, Tk))    # (B, H, Tq, Tk) -> (B*H*Tq, Tk)
+    return (rows, np.ascontiguousarray(key_mask, np.uint8), H * Tq, max(Tq, 1),
+            Tk - Tq if causal else Tk)
 
 
 @numba.njit(cache=True, inline="always")
-def masked_row_max(scores, mask, r, b):
-    """Step 1 of every softmax kernel: the largest score of row ``r`` over batch row ``b``'s unmasked keys."""
+def last_key(r, q_len, key_offset):
+    """The last key row ``r`` may see (step 0): its query index ``r % q_len`` plus the offset."""
+    return r % q_len + key_offset
+
+
+@numba.njit(cache=True, inline="always")
+def visible_row(scores, mask, r, rows_per_batch, q_len, key_offset):
+    """Steps 0 and 1 of every softmax kernel for row ``r``: ``(b, last, mx)`` -- its batch row (key
+    mask row), its last visible key and its largest score over the visible keys (key ``t`` is
+    visible iff ``mask[b, t] and t <= last``)."""
+    b = r // rows_per_batch
+    last = last_key(r, q_len, key_offset)
+    return b, last, masked_row_max(scores, mask, r, b, last)
+
+
+@numba.njit(cache=True, inline="always")
+def masked_row_max(scores, mask, r, b, last):
+    """Step 1 of every softmax kernel: the largest score of row ``r`` over its unmasked keys
+    (batch row ``b``'s key mask, keys up to ``last``)."""
     mx = np.int64(INT32_MIN)
-    for t in range(scores.shape[1]):
+    for t in range(min(scores.shape[1], last + 1)):
         if mask[b, t] and scores[r, t] > mx:
             mx = np.int64(scores[r, t])
     return mx
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax(scores, mask, rows_per_batch, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r, out, peaks):
+def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r,
+             out, peaks):
     rows, T = scores.shape
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        mx = masked_row_max(scores, mask, r, b)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         low = 0
         for t in range(T):
-            if mask[b, t]:
+            if mask[b, t] and t <= last:
                 d = max(np.int64(scores[r, t]) - mx, INT32_MIN)
                 u = requantize1(d, m0, n)
                 if u < q_min:
@@ -152,19 +182,19 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax_lut(scores, mask, rows_per_batch, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, out, peaks):
+def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
+                 out, peaks):
     """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical)."""
     rows, T = scores.shape
     last = e_of_d.shape[0] - 1
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
-            b = r // rows_per_batch
-            mx = masked_row_max(scores, mask, r, b)
+            b, last_t, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
             z = np.int64(0)
             low = np.int64(0)
             for t in range(T):
-                m = np.int64(mask[b, t] != 0)
+                m = np.int64(mask[b, t] != 0) * np.int64(t <= last_t)
                 d = np.int64(scores[r, t]) - mx
                 # masked keys may lie above the row max: clamp the index, then zero them
                 i = min(max(d - d_lo, np.int64(-1)) + 1, last)
@@ -207,7 +237,7 @@ class IntSoftmax:
 
     def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None):
         if recip not in RECIPROCALS:
-            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS)}")
+            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS.names())}")
         if recip == "pwl" and recip_table is None:
             raise GQAError("softmax.reciprocal", "'pwl' needs a reciprocal mantissa table", "give recip_table")
         self.exp_table, self.recip = exp_table, recip
@@ -223,19 +253,19 @@ class IntSoftmax:
         if rt is not None and rt.table.datapath.acc_bits(rt.e) > 32:
             self.diff_lut = None        # the tabulated kernel multiplies E by R in 32 x 32 bits
 
-    def __call__(self, scores, key_mask, stats=None, name="softmax"):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> uint8 probabilities (scale 2**-8)."""
-        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+    def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> uint8 probabilities (2**-8)."""
+        s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         out = np.empty(s2.shape, np.uint8)
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec = self.recip_table
         rec_u = rec.unit if rec is not None else self.exp_unit
         e_r, f_r = (rec.e, rec.frac) if rec else (0, 0)
         if self.diff_lut is not None:
-            _softmax_lut(s2, mask, rows_per_batch, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
+            _softmax_lut(s2, mask, rows_per_batch, q_len, key_offset, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
                          rec_u, e_r, f_r, out, peaks)
         else:
-            _softmax(s2, mask, rows_per_batch, self.m0, self.n, self.exp_lut, self.q_min,
+            _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
                      self.recip == "divider", rec_u, e_r, f_r, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)

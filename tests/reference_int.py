@@ -469,6 +469,14 @@ def rsqrt(s: int, table, e_r: int) -> tuple[int, int]:
     return table_output(M, e_r, table), output_frac(e_r, table.datapath) + j
 
 
+def visible_keys(key_mask, i: int, q_len: int, causal: bool) -> list[bool]:
+    """The mask policy of every softmax kernel for query ``i`` of ``q_len``: a key is visible iff
+    its padding flag is set and, with a causal mask, it is not after the query (the queries are
+    the last ``q_len`` of the keys)."""
+    k_len = len(key_mask)
+    return [bool(m) and (not causal or t <= i + k_len - q_len) for t, m in enumerate(key_mask)]
+
+
 def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
     """One row of intsim.softmax's specification.
 

@@ -84,3 +84,14 @@ def test_sim_bench_prints_both_times_and_ratio(capsys):
     assert rc == 2 and "--batch" in err
     rc, out, err = run(capsys, "sim-bench", "--repeats", "0")
     assert rc == 2 and "--repeats" in err and "nan" not in out
+
+
+def test_options_lists_every_registered_choice(capsys):
+    from intsim.registry import choices
+
+    rc, out, _ = run(capsys, "sim", "--options")
+    assert rc == 0
+    for field, names in choices().items():
+        assert field in out and all(n in out for n in names), field
+    rc, _, err = run(capsys, "sim")
+    assert rc == 2 and "--text" in err
