@@ -207,6 +207,10 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(int(i))
 
+    def lengths(self, sentences) -> np.ndarray:
+        """Token count of each sentence after truncation to ``max_len``."""
+        return np.array([min(len(e.ids), self.max_len) for e in self._tok.encode_batch(list(sentences))], np.int64)
+
     def __call__(self, sentences, warn: bool = True):
         """(ids, mask) int64 arrays of shape (batch, longest); too-long sentences are truncated."""
         enc = self._tok.encode_batch(list(sentences))
@@ -225,11 +229,32 @@ class Tokenizer:
         return ids, mask
 
 
+def length_batches(tokenizer: Tokenizer, sentences, batch_size: int) -> list[np.ndarray]:
+    """Sentence indices in batches of similar token length (shortest first).
+
+    Each sentence's embedding depends on its own tokens only (padding is masked), so batching by
+    length changes no result and pads far less than batching in input order.
+    """
+    order = np.argsort(tokenizer.lengths(sentences), kind="stable")
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def embed_batched(forward, tokenizer: Tokenizer, sentences, batch_size: int, width: int, progress: bool = False,
+                  desc: str = "forward") -> np.ndarray:
+    """``forward(ids, mask) -> (B, width)`` over length-sorted batches; rows in input order."""
+    from tqdm import tqdm
+
+    sentences = list(sentences)
+    out = np.zeros((len(sentences), width), np.float32)
+    for idx in tqdm(length_batches(tokenizer, sentences, batch_size), desc=desc, unit="batch", disable=not progress):
+        ids, mask = tokenizer([sentences[i] for i in idx])
+        out[idx] = forward(ids, mask)
+    return out
+
+
 def embed_fp32(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: int = 64) -> np.ndarray:
     """FP32 sentence embeddings (float32, rows in input order)."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(sentences), batch_size):
-            ids, mask = tokenizer(sentences[i: i + batch_size])
-            out.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
+    def forward(ids, mask):
+        with torch.inference_mode():
+            return model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    return embed_batched(forward, tokenizer, sentences, batch_size, model.config.hidden)

@@ -171,15 +171,11 @@ class IntBert:
 
 
 def embed_int(encoder: IntBert, tokenizer, sentences, batch_size: int = 64, stats=None, progress=False) -> np.ndarray:
-    """Integer-path sentence embeddings (float32, rows in input order)."""
-    from tqdm import tqdm
+    """Integer-path sentence embeddings (float32, rows in input order; batched by length)."""
+    from .bert import embed_batched
 
-    out = []
-    starts = range(0, len(sentences), batch_size)
-    for i in tqdm(starts, desc="integer forward", unit="batch", disable=not progress):
-        ids, mask = tokenizer(sentences[i: i + batch_size])
-        out.append(encoder.embed(ids, mask, stats))
-    return np.concatenate(out) if out else np.zeros((0, encoder.config.hidden), np.float32)
+    return embed_batched(lambda ids, mask: encoder.embed(ids, mask, stats), tokenizer, sentences, batch_size,
+                         encoder.config.hidden, progress, desc="integer forward")
 
 
 def build(cfg: SimConfig | None = None, model_dir=None, calib_sentences=None):

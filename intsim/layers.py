@@ -202,7 +202,8 @@ class IntLinear:
     def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
         lead = x8.shape[:-1]
         x2 = x8.reshape(-1, x8.shape[-1])                            # (..., in) -> (M, in)
-        acc = int_gemm(x2, self.wt, self.backend)                      # (M, out) int32
+        # (M, out) int32 values; a float backend's exact float copy is read as is (no conversion pass)
+        acc = int_gemm(x2, self.wt, self.backend, float_out=True)
         y, sat, ovf, peak = requantize_channels(acc, self.bias, self.m0, self.n, self.out_bits,
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
@@ -214,7 +215,7 @@ class IntLinear:
                 stats.count("add", f"{name}.residual", acc.size, bits=self.out_bits)
             stats.accumulator(f"{name}.acc", peak, 32, ovf)
             stats.saturated(f"{name}.out", sat)
-        return y.reshape(*lead, -1), acc                               # (M, out) -> (..., out)
+        return y.reshape(*lead, -1), acc    # (M, out) -> (..., out); acc: the int32 values (maybe their exact float copy)
 
 
 class OperandRequant:
