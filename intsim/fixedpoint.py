@@ -332,8 +332,16 @@ def _requantize_bf(ac, m0, n):
 
 
 @numba.njit(cache=True, inline="always")
-def _rdbpot_bf(x, t):
-    """RDBPOT (round half away from zero) of ``x`` by ``t >= 0`` bits, branch-free."""
+def round_half_up_bf(x, s):
+    """``round_shift(x, s, "half_up")`` for ``s >= 0``, branch-free: ``(x + 2**(s-1)) >> s``
+    (``s = 0``: ``x``)."""
+    return (x + ((np.int64(1) << s) >> 1)) >> s
+
+
+@numba.njit(cache=True, inline="always")
+def rdbpot_bf(x, t):
+    """RDBPOT (round half away from zero) of ``x`` by ``t >= 0`` bits, branch-free; the same as
+    ``round_shift(x, t, "half_away")``."""
     mask = (np.int64(1) << t) - 1
     return (x >> t) + ((x & mask) > ((mask >> 1) + ((x >> 63) & 1)))
 
@@ -462,7 +470,7 @@ def _requantize_dynamic(acc, m0, n, bits, out, shifts):
                 t += 1
             shifts[r] = t
             for c in range(cols):        # round half away from zero, as RDBPOT
-                out[r, c] = min(max(_rdbpot_bf(v[c], t), -hi - 1), hi)
+                out[r, c] = min(max(rdbpot_bf(v[c], t), -hi - 1), hi)
 
 
 def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):

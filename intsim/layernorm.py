@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .pwl import round_shift1
+from .fixedpoint import ROW_BLOCK, rdbpot_bf, round_half_up_bf
 from .rangereduce import MantissaTable, isqrt_newton, msb, rsqrt1
 
 RSQRTS = ("pwl", "newton")
@@ -74,63 +74,69 @@ class LNOutput:
 @numba.njit(cache=True, parallel=True)
 def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
                G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks):
+    # the module docstring's steps; every rounding a branch-free shift (round_half_up_bf: steps 2
+    # and 3, rdbpot_bf = half away from zero: step 4) so the channel loops vectorise
     rows, C = x.shape
-    for r in numba.prange(rows):
-        s = np.int64(0)
-        for c in range(C):
-            s += x[r, c]
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         d = np.empty(C, np.int64)
-        dmax = np.int64(0)
-        for c in range(C):
-            d[c] = C * np.int64(x[r, c]) - s
-            dmax = max(dmax, abs(d[c]))
-        sh = max(0, msb(dmax) + 2 - d_bits)
-        v = np.int64(0)
-        for c in range(C):
-            d[c] = round_shift1(d[c], sh, 1)
-            v += d[c] * d[c]
-        it = 0
-        root = np.int64(1)
-        rr = np.int64(0)
-        rsh = np.int64(0)
-        if v > 0:
-            if use_newton:
-                root, it = isqrt_newton(v)
-            else:
-                rr, rsh = rsqrt1(v, rs_u, e_r, f_r)
-        sat = 0
-        for c in range(C):
-            if v == 0:
-                d[c] = 0
-            elif use_newton:
-                d[c] = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
-            else:
-                d[c] = round_shift1(d[c] * rr, rsh - z_frac, 1)
-        t1 = T1
-        if dyn1:   # per-token: the smallest extra shift that fits the row (a leading-one detector)
-            vmax = np.int64(0)
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            s = np.int64(0)
             for c in range(C):
-                vmax = max(vmax, abs(d[c] * G1[c] + H1[c]))
-            while t1 < 62 and (vmax >> t1) > hi1 - 1:
-                t1 += 1
-            row_shift[r] = t1 - T1
-        for c in range(C):
-            z = d[c]
-            y = round_shift1(z * G1[c] + H1[c], t1, 2)
-            if y < lo1 or y > hi1:
-                sat += 1
-                y = min(max(y, lo1), hi1)
-            out1[r, c] = y
+                s += x[r, c]
+            dmax = np.int64(0)
+            for c in range(C):
+                d[c] = C * np.int64(x[r, c]) - s
+                dmax = max(dmax, abs(d[c]))
+            sh = max(0, msb(dmax) + 2 - d_bits)
+            v = np.int64(0)
+            for c in range(C):
+                d[c] = round_half_up_bf(d[c], sh)
+                v += d[c] * d[c]
+            it = 0
+            root = np.int64(1)
+            rr = np.int64(0)
+            rsh = np.int64(0)
+            if v > 0:
+                if use_newton:
+                    root, it = isqrt_newton(v)
+                else:
+                    rr, rsh = rsqrt1(v, rs_u, e_r, f_r)
+            if v == 0:
+                for c in range(C):
+                    d[c] = 0
+            elif use_newton:
+                for c in range(C):
+                    d[c] = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
+            elif rsh - z_frac <= 0:
+                for c in range(C):
+                    d[c] = (d[c] * rr) << (z_frac - rsh)
+            else:
+                for c in range(C):
+                    d[c] = round_half_up_bf(d[c] * rr, rsh - z_frac)
+            t1 = T1
+            if dyn1:   # per-token: the smallest extra shift that fits the row (a leading-one detector)
+                vmax = np.int64(0)
+                for c in range(C):
+                    vmax = max(vmax, abs(d[c] * G1[c] + H1[c]))
+                while t1 < 62 and (vmax >> t1) > hi1 - 1:
+                    t1 += 1
+                row_shift[r] = t1 - T1
+            sat = np.int64(0)
+            for c in range(C):
+                y = rdbpot_bf(d[c] * G1[c] + H1[c], t1)
+                yc = min(max(y, lo1), hi1)
+                sat += yc != y
+                out1[r, c] = yc
             if two:
-                y = round_shift1(z * G2[c] + H2[c], T2, 2)
-                if y < lo2 or y > hi2:
-                    sat += 1
-                    y = min(max(y, lo2), hi2)
-                out2[r, c] = y
-        peaks[r, 0] = abs(s)
-        peaks[r, 1] = v
-        peaks[r, 2] = sat
-        peaks[r, 3] = it
+                for c in range(C):
+                    y = rdbpot_bf(d[c] * G2[c] + H2[c], T2)
+                    yc = min(max(y, lo2), hi2)
+                    sat += yc != y
+                    out2[r, c] = yc
+            peaks[r, 0] = abs(s)
+            peaks[r, 1] = v
+            peaks[r, 2] = sat
+            peaks[r, 3] = it
 
 
 class IntLayerNorm:
