@@ -37,13 +37,15 @@ def scales_of(fn: str):
     return tuple(range(6)) if fn == "rsqrt" else tuple(range(7))
 
 
+def once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def times(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), min(out)
+    runs = [once(fn) for _ in range(repeats)]
+    return statistics.median(runs), min(runs)
 
 
 def speed(repeats: int):

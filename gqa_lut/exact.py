@@ -187,6 +187,33 @@ def _shrink(v, r):
 
 
 @numba.njit(cache=True)
+def _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy, r, rmin, rmax, a, b, C, q_lo,
+                     bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out, dmax, metric):
+    """Rounded outputs, slope ``K``: intercept codes outward from ``B0`` until the bound reaches ``best``.
+
+    The bound grows outward from ``B0`` in both directions (a convex quadratic in ``B`` for the
+    MSE, ``|b - mid| + half-range`` for max |err|), minus what the output rounding can remove.
+    """
+    bs, bmin, bmax = fmt[1], int(fmt[4]), int(fmt[5])
+    for bdir in (1, -1):
+        B = B0 if bdir == 1 else B0 - 1
+        while bmin <= B <= bmax:
+            bb = B * bs
+            if metric == 0:
+                lb = _shrink(sl * sl * sxx + 2 * sl * bb * sx + bb * bb * s1 - 2 * sl * sxy - 2 * bb * sy + syy, r)
+            else:
+                lb = max(bb - rmin, rmax - bb) - dmax
+            if lb >= best:
+                break
+            c = _seg_error(K, B, a, b, C, q_lo, bounds, codes, y, w, sk, sb, osh, omode, omin, omax, oscale,
+                           has_out, metric)
+            if c < best:
+                best, best_k, best_b = c, K, B
+            B += bdir
+    return best, best_k, best_b
+
+
+@numba.njit(cache=True)
 def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out,
              dmax, metric):
     """``(K, B, cost)``: the exact best integer line of segment ``(a, b)`` (module docstring, step 3)."""
@@ -231,18 +258,9 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode,
                 if _shrink(g, r) >= best:
                     break  # g is convex in K: every K further out is bounded below as well
                 B0 = min(max(int(np.rint((sy - sl * sx) / s1 / bs)), bmin), bmax)
-                for bdir in (1, -1):
-                    B = B0 if bdir == 1 else B0 - 1
-                    while bmin <= B <= bmax:
-                        bb = B * bs
-                        qd = sl * sl * sxx + 2 * sl * bb * sx + bb * bb * s1 - 2 * sl * sxy - 2 * bb * sy + syy
-                        if _shrink(qd, r) >= best:
-                            break  # the quadratic grows outward from B0 in both directions
-                        c = _seg_error(K, B, a, b, C, q_lo, bounds, codes, y, w, sk, sb, osh, omode, omin, omax,
-                                       oscale, has_out, 0)
-                        if c < best:
-                            best, best_k, best_b = c, K, B
-                        B += bdir
+                best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
+                                                        r, 0.0, 0.0, a, b, C, q_lo, bounds, codes, y, w, fmt, sk, sb,
+                                                        osh, omode, omin, omax, oscale, has_out, dmax, 0)
                 K += kdir
         return best_k, best_b, best
     # max_abs: walk to the integer minimiser of the convex half-range h(K), then scan outward
@@ -274,17 +292,9 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode,
                 if c < best:
                     best, best_k, best_b = c, K, B0
             else:
-                for bdir in (1, -1):
-                    B = B0 if bdir == 1 else B0 - 1
-                    while bmin <= B <= bmax:
-                        bb = B * bs
-                        if max(bb - rmin, rmax - bb) - dmax >= best:
-                            break  # |bb - mid| + h grows outward from B0
-                        c = _seg_error(K, B, a, b, C, q_lo, bounds, codes, y, w, sk, sb, osh, omode, omin, omax,
-                                       oscale, has_out, 1)
-                        if c < best:
-                            best, best_k, best_b = c, K, B
-                        B += bdir
+                best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                                        0.0, 0.0, rmin, rmax, a, b, C, q_lo, bounds, codes, y, w, fmt,
+                                                        sk, sb, osh, omode, omin, omax, oscale, has_out, dmax, 1)
             K += kdir
     return best_k, best_b, best
 
