@@ -375,8 +375,9 @@ class ExactProblem:
             cand = candidates(objective) if bound <= 4 * max_candidates else None
             m = bound if cand is None else cand.reals.size
             if m > max_candidates:
-                raise ExactTooLarge("max_candidates", f"the exact search needs {m} breakpoint candidates "
-                                    f"({m * (m - 1) // 2} segment costs), over the limit {max_candidates}",
+                raise ExactTooLarge("max_candidates", f"the exact search needs {'up to ' if cand is None else ''}"
+                                    f"{m} breakpoint candidates ({m * (m - 1) // 2} segment costs), over the limit "
+                                    f"{max_candidates}",
                                     "raise max_candidates, or use fewer scales or a narrower input")
         else:
             cand = candidates(objective)

@@ -112,8 +112,8 @@ def _exact(req: Request) -> PWLTable:
     table, _ = req.exact
     if table is None:
         exc = req.exact_error
-        raise GQAError(exc.field, f"no exact optimum: {str(exc).split(': ', 1)[1]}",
-                       "or use method='ga', which reports its gap to a certified lower bound")
+        raise GQAError(exc.field, f"no exact optimum: {str(exc).split(': ', 1)[1]}; method='ga' reports its gap "
+                       "to a certified lower bound instead")
     table.provenance.update(dict(req.provenance, budget={"max_candidates": req.max_candidates,
                                                          "time_limit": req.time_limit}))
     table.provenance["coefficients"] = {"method": "exact", "refine": "exact", "clipped": 0}
