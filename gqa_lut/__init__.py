@@ -14,6 +14,7 @@ from .functions import FUNCTIONS, Function, get_function  # noqa: E402
 from .gqa_json import load_gqa_json, save_gqa_json  # noqa: E402
 from .exact import ExactTooLarge, ExactUnavailable, exact_optimum, lower_bound  # noqa: E402
 from .search import METHOD_REGISTRY, METHODS, search  # noqa: E402
+from .segexp import SegmentExponents  # noqa: E402
 
 
 def load(path) -> PWLTable:
@@ -24,4 +25,4 @@ def load(path) -> PWLTable:
 
 __all__ = ["search", "load", "load_gqa_json", "save_gqa_json", "PWLTable", "PWLDatapath", "FUNCTIONS",
            "Function", "get_function", "METHODS", "METHOD_REGISTRY", "exact_optimum", "lower_bound", "ExactTooLarge",
-           "ExactUnavailable", "__version__"]
+           "ExactUnavailable", "SegmentExponents", "__version__"]

@@ -214,9 +214,10 @@ def _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
 
 
 @numba.njit(cache=True)
-def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out,
+def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
              dmax, metric):
     """``(K, B, cost)``: the exact best integer line of segment ``(a, b)`` (module docstring, step 3)."""
+    fmt = fmts[0]
     ks, bs = fmt[0], fmt[1]
     kmin, kmax, bmin, bmax = int(fmt[2]), int(fmt[3]), int(fmt[4]), int(fmt[5])
     s1 = G[b, 0] - G[a, 0]
@@ -243,8 +244,16 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode,
     if metric == 0 and has_out == 0:
         if s1 <= 0.0:
             return 0, 0, 0.0
-        K, B, c = _best_integer_line(s1, sx, sxx, sy, sxy, syy, ks, bs, kmin, kmax, bmin, bmax, 0.0)
-        return K, B, max(c, 0.0)
+        # one row per coefficient format the segment may use (per-segment exponents: several);
+        # codes come back on the widest grid, scaled by the row's multipliers
+        best, best_k, best_b = np.inf, 0, 0
+        for f in range(fmts.shape[0]):
+            r = fmts[f]
+            K, B, c = _best_integer_line(s1, sx, sxx, sy, sxy, syy, r[0], r[1], int(r[2]), int(r[3]), int(r[4]),
+                                         int(r[5]), 0.0)
+            if c < best:
+                best, best_k, best_b = c, K * int(r[6]), B * int(r[7])
+        return best_k, best_b, max(best, 0.0)
     best, best_k, best_b = np.inf, k0, 0
     if metric == 0:
         if s1 <= 0.0:
@@ -300,10 +309,10 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode,
 
 
 @numba.njit(cache=True)
-def _cost_row(a, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out, dmax,
+def _cost_row(a, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out, dmax,
               metric, cap, cost):
     for b in range(a + 1, C.shape[0]):
-        c = _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out,
+        c = _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
                      dmax, metric)[2]
         cost[a, b] = c
         if c > cap:
@@ -315,15 +324,15 @@ def _cost_row(a, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, o
 
 
 @numba.njit(cache=True, parallel=True)
-def _cost_rows(r0, r1, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out,
+def _cost_rows(r0, r1, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
                dmax, metric, cap, cost):
     M = C.shape[0]
     # rows r and M-1-r in one task: every task has about the same number of pairs
     for r in numba.prange(r0, r1):
-        _cost_row(r, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale, has_out,
+        _cost_row(r, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
                   dmax, metric, cap, cost)
         if M - 1 - r != r:
-            _cost_row(M - 1 - r, C, xs, G, q_lo, bounds, codes, y, w, fmt, sk, sb, osh, omode, omin, omax, oscale,
+            _cost_row(M - 1 - r, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale,
                       has_out, dmax, metric, cap, cost)
 
 
@@ -364,7 +373,7 @@ def _no_saturation(objective: Objective) -> bool:
 class ExactProblem:
     """Arrays of one objective laid out for the kernels, and the candidate set."""
 
-    def __init__(self, objective: Objective, max_candidates: int = MAX_CANDIDATES):
+    def __init__(self, objective: Objective, max_candidates: int = MAX_CANDIDATES, formats=None):
         if objective.metric not in METRIC_IDS:
             raise GQAError("metric", f"the exact method does not know metric {objective.metric!r}")
         dp = objective.dp
@@ -384,6 +393,7 @@ class ExactProblem:
         self.cand = cand
         S = len(objective.scales)
         self.has_out = dp.out_bits is not None
+        self.metric = METRIC_IDS[objective.metric]
         if self.has_out and not _no_saturation(objective):
             raise ExactUnavailable("out_bits", f"the output {dp.out_format} can saturate for some coefficient codes, and "
                            "the exact search proves optimality only without saturation",
@@ -395,8 +405,14 @@ class ExactProblem:
             G += objective.prefix[objective.offset[s] + C[:, s] - objective.q_lo[s]]
         self.G = np.ascontiguousarray(G)
         kf, bf = dp.slope_format, dp.icpt_format
-        self.fmt = np.array([kf.resolution, bf.resolution, kf.min_int, kf.max_int, bf.min_int, bf.max_int],
-                            dtype=np.float64)
+        # coefficient formats: (slope LSB, intercept LSB, code ranges, multipliers onto the datapath's codes)
+        rows = [(kf.resolution, bf.resolution, kf.min_int, kf.max_int, bf.min_int, bf.max_int, 1, 1)]
+        if formats is not None:
+            if self.has_out or self.metric != 0:
+                raise ExactUnavailable("segment_exponents", "several coefficient formats per segment are searched "
+                                       "exactly for the full-precision MSE only", "drop out_bits / metric='max_abs'")
+            rows = formats
+        self.fmts = np.ascontiguousarray(np.array(rows, dtype=np.float64).reshape(-1, 8))
         self.sk = np.array([dp.slope_shift(e) for e in objective.scales], np.int64)
         self.sb = np.array([dp.icpt_shift(e) for e in objective.scales], np.int64)
         if self.has_out:
@@ -412,7 +428,6 @@ class ExactProblem:
             self.omin, self.omax, self.dmax = 0, 0, 0.0
         self.omode = ROUNDING_IDS[dp.out_rounding]
         self.oscale = np.array([2.0 ** -output_frac(e, dp) for e in objective.scales])
-        self.metric = METRIC_IDS[objective.metric]
         self.w = objective.w / S  # the objective's weight per code: each scale's MSE weights over S
 
     @property
@@ -423,7 +438,7 @@ class ExactProblem:
         """Kernel arguments; ``relaxed``: full-precision output and the MSE metric (the fast path)."""
         o = self.objective
         has_out, metric = (0, 0) if relaxed else (int(self.has_out), self.metric)
-        return (self.cand.starts, self.xs, self.G, o.q_lo, o.bounds, o.codes, o.y, self.w, self.fmt, self.sk, self.sb,
+        return (self.cand.starts, self.xs, self.G, o.q_lo, o.bounds, o.codes, o.y, self.w, self.fmts, self.sk, self.sb,
                 self.osh, self.omode, self.omin, self.omax, self.oscale, has_out, self.dmax, metric)
 
     def segment(self, a: int, b: int, relaxed: bool = False):
@@ -472,14 +487,17 @@ class ExactResult:
 
 
 def exact_optimum(objective: Objective, max_candidates: int = MAX_CANDIDATES,
-                  time_limit: float | None = None) -> ExactResult:
+                  time_limit: float | None = None, formats=None) -> ExactResult:
     """The global optimum of ``objective`` over every table of its entries (at most), datapath and scales.
 
     Raises :class:`ExactTooLarge` past ``max_candidates`` candidates or ``time_limit`` seconds.
+    ``formats``: rows ``(slope LSB, intercept LSB, kmin, kmax, bmin, bmax, k multiplier, b
+    multiplier)``, the coefficient grids a segment may choose from (:mod:`gqa_lut.segexp`);
+    default: the datapath's one format.
     """
     check_limits(max_candidates, time_limit)
     t0 = time.perf_counter()
-    prob = ExactProblem(objective, max_candidates)
+    prob = ExactProblem(objective, max_candidates, formats)
     relaxed = prob.metric == 0 and not prob.has_out
     cap = np.inf
     if not relaxed:
@@ -512,9 +530,9 @@ def objective_value(objective: Objective, table: PWLTable) -> float:
 
 
 def exact_table(objective: Objective, provenance: dict | None = None, max_candidates: int = MAX_CANDIDATES,
-                time_limit: float | None = None) -> tuple[PWLTable, ExactResult]:
+                time_limit: float | None = None, formats=None) -> tuple[PWLTable, ExactResult]:
     """The optimal table, its provenance recording the optimum, the candidate count and the method."""
-    res = exact_optimum(objective, max_candidates, time_limit)
+    res = exact_optimum(objective, max_candidates, time_limit, formats)
     prov = dict(provenance or {})
     prov["coefficients"] = {"method": "exact", "refine": "exact", "clipped": 0}
     table = PWLTable(function=objective.fn.name, domain=objective.fn.domain, datapath=objective.dp,

@@ -34,6 +34,7 @@ from .dp import dp_optimum
 from .exact import MAX_CANDIDATES, ExactUnavailable, check_limits, exact_table, gap, lower_bound, objective_value
 from .ga import evolve, make_toolbox
 from .objective import Objective
+from .segexp import SegmentExponents, segment_codes
 
 DEFAULT_SCALES = tuple(range(7))
 
@@ -46,6 +47,21 @@ def _datapath(datapath, overrides: dict) -> PWLDatapath:
             raise GQAError("datapath", f"must be a PWLDatapath, got {type(datapath).__name__}")
         return datapath
     return PWLDatapath(**overrides)
+
+
+def _segment_exponent_datapath(fmt, dp: PWLDatapath, method: str, fields: dict) -> PWLDatapath:
+    if not isinstance(fmt, SegmentExponents):
+        raise GQAError("segment_exponents", f"must be a SegmentExponents, got {type(fmt).__name__}")
+    if method != "exact":
+        raise GQAError("segment_exponents", f"method {method!r} does not search per-segment exponents",
+                       "use method='exact'")
+    coeff = ("slope_bits", "slope_frac", "icpt_bits", "icpt_frac")
+    given = [k for k in coeff if k in fields or getattr(dp, k) != getattr(PWLDatapath(), k)]
+    if given:
+        raise GQAError(given[0], "given together with segment_exponents, which sets the coefficient formats",
+                       "give the widths and exponent ranges in SegmentExponents")
+    return fmt.wide_datapath(in_bits=dp.in_bits, out_bits=dp.out_bits, out_frac=dp.out_frac,
+                             out_rounding=dp.out_rounding)
 
 
 def per_scale_optima(fn, entries: int, dp: PWLDatapath, scales) -> dict[int, tuple[np.ndarray, float]]:
@@ -70,6 +86,7 @@ class Request:
     max_candidates: int
     time_limit: float | None
     want_optimum: bool
+    segment_exponents: SegmentExponents | None = None
     provenance: dict = field(default_factory=dict)
     exact_error: ExactUnavailable | None = None
 
@@ -78,7 +95,8 @@ class Request:
         """``(optimal table or None, optimum record)``: the exact optimum, else a certified bound."""
         obj = self.objective
         try:
-            table, res = exact_table(obj, None, self.max_candidates, self.time_limit)
+            formats = None if self.segment_exponents is None else self.segment_exponents.formats()
+            table, res = exact_table(obj, None, self.max_candidates, self.time_limit, formats)
             return table, {"status": "exact", "metric": obj.metric, "value": objective_value(obj, table),
                            "candidates": res.candidates}
         except ExactUnavailable as exc:
@@ -117,6 +135,9 @@ def _exact(req: Request) -> PWLTable:
     table.provenance.update(dict(req.provenance, budget={"max_candidates": req.max_candidates,
                                                          "time_limit": req.time_limit}))
     table.provenance["coefficients"] = {"method": "exact", "refine": "exact", "clipped": 0}
+    if req.segment_exponents is not None:
+        table.provenance["coefficient_format"] = req.segment_exponents.to_dict()
+        table.provenance["segments"] = segment_codes(table, req.segment_exponents)
     return req.finish(table)
 
 
@@ -202,14 +223,17 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
            domain=None, metric: str = "mse", coeffs: str = "lsq", refine: bool = True, weights: dict | None = None,
            population: int = 50, generations: int = 500, seed: int = 0, dp_seed: bool = True,
            exact_seed: bool = True, max_candidates: int = MAX_CANDIDATES, time_limit: float | None = None,
-           optimum: bool = True, progress: bool | None = None, ga_options: dict | None = None,
-           **datapath_fields) -> PWLTable:
+           optimum: bool = True, segment_exponents: SegmentExponents | None = None, progress: bool | None = None,
+           ga_options: dict | None = None, **datapath_fields) -> PWLTable:
     """Find a PWL table for ``func`` (a library name or a callable with ``domain``).
 
     ``datapath`` or its fields (``in_bits=8, slope_bits=8, slope_frac=6, ...``) fix the formats;
     ``scales`` the power-of-two input scales one table serves. ``max_candidates`` and
     ``time_limit`` (seconds, per exact solve) bound the exact search; ``optimum=False`` skips
-    recording the optimum (and the GA's exact seed). ``progress``: a tqdm bar for the GA
+    recording the optimum (and the GA's exact seed). ``segment_exponents``
+    (:class:`~gqa_lut.segexp.SegmentExponents`, method ``exact`` only): every segment picks
+    its own coefficient exponents; the table lives on the format's wide datapath (the given
+    datapath's input and output fields are kept). ``progress``: a tqdm bar for the GA
     (``None``: shown when the search runs longer than a second on a terminal).
     """
     if method not in METHOD_REGISTRY:
@@ -219,10 +243,13 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
     check_limits(max_candidates, time_limit)
     fn = get_function(func, domain)
     dp = _datapath(datapath, datapath_fields)
+    if segment_exponents is not None:
+        dp = _segment_exponent_datapath(segment_exponents, dp, method, datapath_fields)
     objective = Objective(fn, entries, dp, scales, metric=metric, coeffs=coeffs, refine=refine, weights=weights)
     req = Request(fn=fn, objective=objective, weights=weights, seed=int(seed), population=population,
                   generations=generations, dp_seed=bool(dp_seed), exact_seed=bool(exact_seed) and bool(optimum),
                   progress=progress, ga_options=dict(ga_options or {}), max_candidates=max_candidates,
                   time_limit=time_limit, want_optimum=bool(optimum) or method == "exact",
+                  segment_exponents=segment_exponents,
                   provenance={"method": method, "seed": int(seed)})
     return METHOD_REGISTRY[method](req)

@@ -28,8 +28,11 @@ from intsim import GQAError, PWLDatapath, get_function, scale_points
 from intsim.pwl import pwl_output
 
 
-def brute_force(fn, entries, dp, scales, metric="mse", weights=None):
-    """The best objective value over every table (breakpoints, slopes, intercepts)."""
+def brute_force(fn, entries, dp, scales, metric="mse", weights=None, slope_codes=None, icpt_codes=None):
+    """The best objective value over every table (breakpoints, slopes, intercepts).
+
+    ``slope_codes`` / ``icpt_codes``: the codes a segment may use (default: every code of the formats).
+    """
     scales = sorted(scales)
     lo, hi = fn.domain
     step = 2.0 ** -(max(scales) + 3)
@@ -38,8 +41,8 @@ def brute_force(fn, entries, dp, scales, metric="mse", weights=None):
     codes = np.stack([dp.breakpoint_codes(grid, e) for e in scales], axis=1)
     placements = np.unique(codes, axis=0)  # distinct comparator constants, ascending in every column
     kf, bf = dp.slope_format, dp.icpt_format
-    K = np.arange(kf.min_int, kf.max_int + 1)
-    B = np.arange(bf.min_int, bf.max_int + 1)
+    K = np.arange(kf.min_int, kf.max_int + 1) if slope_codes is None else np.asarray(slope_codes, np.int64)
+    B = np.arange(bf.min_int, bf.max_int + 1) if icpt_codes is None else np.asarray(icpt_codes, np.int64)
     pts_err, pts_scale, pts_q = [], [], []
     for s, e in enumerate(scales):
         q = scale_points(fn.domain, e, dp)
