@@ -11,6 +11,10 @@ that wider datapath), the default GA (seeded with the exact optimum), the GA wit
 seed (the previous default: per-scale optima and equal-width seeds), the ``dp`` method, the
 exact optimum, and the per-scale optimum (each scale its own table: a lower bound of any
 shared table). Every method's ratio to the exact optimum is printed; the seeded GA's must be 1.
+
+Per-segment exponents (``--segexp``): the exact optimum with s8 slope and intercept codes whose
+fraction bits each segment picks (5..7 and 4..8) against the fixed s8.6 format, the same
+functions, entries and scales.
 """
 
 from __future__ import annotations
@@ -84,10 +88,30 @@ def quality():
     print(f"largest seeded-GA / exact ratio: {worst_seeded:.6f} (must be <= 1)")
 
 
+def segment_exponents():
+    fmts = [gqa_lut.SegmentExponents(8, (5, 7), 8, (5, 7)), gqa_lut.SegmentExponents(8, (4, 8), 8, (4, 8))]
+    print("| function | entries | exact s8.6 | s8, exponents 5..7 | ratio | s8, exponents 4..8 | ratio | time (4..8) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fn in FUNCS:
+        for n in ENTRIES:
+            base = gqa_lut.search(fn, entries=n, method="exact", scales=scales_of(fn)).error().mean_mse
+            cells = []
+            for fmt in fmts:
+                t = time.perf_counter()
+                v = gqa_lut.search(fn, entries=n, method="exact", scales=scales_of(fn),
+                                   segment_exponents=fmt).error().mean_mse
+                cells.append((v, time.perf_counter() - t))
+            print(f"| {fn} | {n} | {base:.3e} | {cells[0][0]:.3e} | {cells[0][0] / base:.3f} | {cells[1][0]:.3e} "
+                  f"| {cells[1][0] / base:.3f} | {cells[1][1]:.2f} s |", flush=True)
+
+
 def main(repeats: int = 7):
     import torch
 
     print(f"machine: {machine()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    if "--segexp" in sys.argv:
+        segment_exponents()
+        return
     speed(repeats)
     print()
     if "--speed" not in sys.argv:

@@ -42,11 +42,28 @@ def _summary(table) -> str:
              f"method: {prov.get('method', '?')}" + (f", seed {prov['seed']}" if "seed" in prov else "")]
     if prov.get("note"):
         lines.append(f"note: {prov['note']}")
+    if prov.get("segments"):
+        lines.append("per-segment exponents (slope, intercept as code*2^-frac): " + "; ".join(
+            f"{g['slope']}*2^-{g['slope_frac']}, {g['icpt']}*2^-{g['icpt_frac']}" for g in prov["segments"]))
     lines.append(_optimum_line(prov.get("optimum")))
     lines.append("breakpoints: " + ", ".join(f"{p:g}" for p in table.breakpoints))
     lines.append("slopes:      " + ", ".join(f"{k:g}" for k in table.slopes_real))
     lines.append("intercepts:  " + ", ".join(f"{b:g}" for b in table.intercepts_real))
     return "\n".join(lines)
+
+
+def _segment_exponents(a):
+    """``--segment-exponents S_LO:S_HI,T_LO:T_HI`` with the narrow widths --slope-bits/--icpt-bits."""
+    from gqa_lut.segexp import SegmentExponents
+
+    try:
+        s, t = (tuple(int(v) for v in part.split(":")) for part in a.segment_exponents.split(","))
+    except ValueError:
+        raise GQAError("--segment-exponents", f"{a.segment_exponents!r} is not S_LO:S_HI,T_LO:T_HI",
+                       "e.g. 4:8,4:8") from None
+    if len(s) != 2 or len(t) != 2:
+        raise GQAError("--segment-exponents", f"{a.segment_exponents!r} is not S_LO:S_HI,T_LO:T_HI", "e.g. 4:8,4:8")
+    return SegmentExponents(a.slope_bits, s, a.icpt_bits, t)
 
 
 def _optimum_line(opt) -> str:
@@ -73,8 +90,14 @@ def cmd_search(a) -> int:
         if path:
             check_writable(path, name)
     domain = tuple(a.domain) if a.domain else None
+    datapath, segexp = _datapath(a), None
+    if a.segment_exponents:
+        segexp = _segment_exponents(a)
+        datapath = PWLDatapath(in_bits=a.in_bits, out_bits=a.out_bits, out_frac=a.out_frac,
+                               out_rounding=a.out_rounding)
     t0 = time.perf_counter()
-    table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=_datapath(a),
+    table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=datapath,
+                           segment_exponents=segexp,
                            scales=parse_scales(a.scales), domain=domain, metric=a.metric, coeffs=a.coeffs,
                            refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
                            dp_seed=not a.no_dp_seed, exact_seed=not a.no_exact_seed,
@@ -146,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
                    help=f"exact search: most breakpoint candidates ({MAX_CANDIDATES}); beyond it a certified bound")
     s.add_argument("--time-limit", type=float, default=None, help="exact search: seconds per solve (no limit)")
+    s.add_argument("--segment-exponents", metavar="S_LO:S_HI,T_LO:T_HI",
+                   help="exact search, per-segment exponents: each segment's slope (intercept) code of --slope-bits "
+                        "(--icpt-bits) picks its own fraction bits in S_LO..S_HI (T_LO..T_HI)")
     s.add_argument("-o", "--output", help="write the table (gqa-sim JSON)")
     s.add_argument("--gqa-json", help="also write the GQA-LUT JSON layout")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -278,3 +278,22 @@ def test_cli_exact_search_and_eval_print_the_optimum(tmp_path, capsys):
     rc = main(["search", "gelu", "-n", "4", "--scales", "0:4", "--method", "exact", "--max-candidates", "50"])
     err = capsys.readouterr().err
     assert rc == 2 and "max_candidates" in err and err.count("\n") == 1
+
+
+def test_cli_per_segment_exponents(tmp_path, capsys):
+    from gqa_cli.main import main
+
+    path = tmp_path / "r.json"
+    assert main(["search", "reciprocal", "-n", "4", "--method", "exact", "--segment-exponents", "5:7,5:7",
+                 "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = PWLTable.load(path)
+    assert table.datapath.slope_bits == 10 and table.datapath.slope_frac == 7
+    segs = table.provenance["segments"]
+    assert "per-segment exponents" in out and f"{segs[0]['slope']}*2^-{segs[0]['slope_frac']}" in out
+    plain = gqa_lut.search("reciprocal", 4, "exact").error().mean_mse
+    assert table.error().mean_mse <= plain
+    for bad in ("5:7", "a:b,1:2", "7:5,5:7"):
+        rc = main(["search", "gelu", "-n", "4", "--method", "exact", "--segment-exponents", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and ("segment-exponents" in err or "slope_fracs" in err)
