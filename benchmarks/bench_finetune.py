@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import gqa_lut
-from gqa_lut.nn import calibrate, export_scales, pwl_modules, replace_activations, set_scales
+from gqa_lut.nn import export_scales, fit_input_scales, pwl_modules, replace_activations, set_scales
 from intsim.bert import Tokenizer, load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
 
     teacher, tok = load_model(), Tokenizer()
     student, table = make_student(teacher, a)
-    with calibrate(student):
+    with fit_input_scales(student):
         encode(student, tok, train_set[: a.calib])
     r = {"steps": a.steps, "batch": a.batch, "seed": a.seed, "lr": a.lr, "table_mse": table.error().mean_mse,
          "exp_before": export_scales(student)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 import gqa_lut
-from hw_models.pwl_unit import (UnitConfig, ablation_markdown, calibrate, fidelity, fidelity_markdown,
+from hw_models.pwl_unit import (UnitConfig, ablation_markdown, fit_to_paper, fidelity, fidelity_markdown,
                                 fp_crosscheck_markdown, fp_structure_markdown, model_gate_equivalents, paper_units,
                                 trends_markdown)
 from hw_models.synth import missing_tools, synthesize, tool_version
@@ -35,7 +35,7 @@ SYNTH_CASES = [("gelu", 8, {}), ("gelu", 16, {}), ("exp", 8, {}), ("exp", 16, {}
 
 def headline():
     for on in ("int8", "fp32", "int32"):
-        cal = calibrate(on)
+        cal = fit_to_paper(on)
         print(f"calibrated on the {on.upper()} point: area x{cal.area:.3f}, energy x{cal.energy:.3f}")
         misses = []
         for r in fidelity(on):

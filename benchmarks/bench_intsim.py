@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from gqa_cli.sim import bench_inputs, read_sentences, time_both  # noqa: E402
+from gqa_cli.sim import bench_inputs, print_machine, read_sentences, time_both  # noqa: E402
 from intsim.bert import Tokenizer, embed_fp32, load_model  # noqa: E402
 from intsim.calibration import calibrate  # noqa: E402
 from intsim.config import SimConfig  # noqa: E402
@@ -57,6 +57,7 @@ def speed(model, enc, batch, seq, repeats):
     t = time_both(model, enc, ids, mask, repeats)
     print(f"speed, batch {batch} x seq {seq} (median of {repeats}; torch threads {torch.get_num_threads()}):")
     print(f"  fp32 torch {t['fp32']:.3f} s, integer {t['int']:.3f} s, ratio (integer / FP32) {t['ratio']:.2f}")
+    print_machine()
     return t
 
 

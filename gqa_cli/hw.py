@@ -3,6 +3,7 @@
     gqa hw gelu8.json                         # the table's unit at 28 nm, 500 MHz
     gqa hw --entries 16 --in-bits 8 --json    # a unit from widths alone
     gqa hw gelu8.json --synth                 # plus yosys cell and transistor counts
+    gqa hw gelu8.json --synth sky130          # mapped onto SkyWater 130 nm cells, beside the model
     gqa hw --components --node 45             # the component table with its sources
     gqa rtl gelu8.json --scale 3 -o gelu8_e3.v --testbench gelu8_e3_tb.v
     gqa rtl gelu8.json -o gelu8.v             # the unit serving every scale (input e)
@@ -37,10 +38,10 @@ def _overrides(a) -> dict:
     return {f: getattr(a, f) for f in DATAPATH_FIELDS if getattr(a, f) is not None}
 
 
-def _load_table(path, overrides: dict | None = None) -> PWLTable:
+def _load_table(path, overrides: dict | None = None, segment_rule: str | None = None) -> PWLTable:
     import gqa_lut
 
-    table = gqa_lut.load(path)
+    table = gqa_lut.load(path, segment_rule=segment_rule)
     if overrides:
         dp = dataclasses.replace(table.datapath, **overrides)
         # re-validates: coefficients that exceed the declared widths are refused with the field named
@@ -60,7 +61,7 @@ def _unit_config(a):
             raise GQAError("--entries", "given together with a table", "the table fixes the entry count; drop one")
         if a.scales is not None:
             raise GQAError("--scales", "given together with a table", "the table fixes its scale set; drop --scales")
-        table = _load_table(a.table, _overrides(a))
+        table = _load_table(a.table, _overrides(a), a.segment_rule)
         return UnitConfig.from_table(table, None, **kw), table
     if a.entries is None:
         raise GQAError("table", "no table file and no --entries", "give a table file, or --entries N and the widths")
@@ -70,6 +71,23 @@ def _unit_config(a):
 
 def _fmt_row(name, u) -> str:
     return f"{name:<6} {u.area_um2:>11.1f} {u.power_mw:>10.4f} {u.energy_pj:>11.4f} {u.leakage_mw * 1e3:>11.3f}"
+
+
+def _print_sky130(sky):
+    s = sky["synth"]
+    print()
+    print(f"sky130_fd_sc_hd ({s['tool']}; synth, dfflibmap, abc -liberty, stat -liberty; "
+          f"Liberty from {s['library']['source'].split(' (')[0]}):")
+    print(f"  synthesized {sky['area_um2']:.1f} um2, {sky['cells']} cells ({sky['flip_flops']} flip-flops), "
+          f"depth {sky['depth']} cells (unit delay)")
+    print(f"  model at 130 nm ({sky['model_structure']}): {sky['model_area_um2']:.1f} um2 "
+          f"({sky['model_error_pct']:+.1f}%); x{sky['sky130_fit']:.3f} sky130 fit: {sky['model_fit_area_um2']:.1f} um2 "
+          f"({sky['model_fit_error_pct']:+.1f}%)")
+    print(f"  transistors: {sky['transistors_spice']} (cells' SPICE netlists), "
+          f"{sky['transistors_yosys_cmos']} (yosys stat -tech cmos before mapping)")
+    print("  model by component (the generated unit is one flat module):")
+    for name, area in sky["model_breakdown"].items():
+        print(f"    {name:<20} {area:>10.1f} um2")
 
 
 def _print_report(cfg, result, a, synth):
@@ -118,6 +136,14 @@ def _synth(table, pipeline: int) -> dict:
     return res
 
 
+def _sky130(table, pipeline: int) -> dict:
+    from hw_models.synth import unit_on_sky130
+
+    if table is None:
+        raise GQAError("--synth", "needs a table file", "the Verilog is generated from a table's coefficients")
+    return unit_on_sky130(table, None, pipeline)
+
+
 def cmd_hw(a) -> int:
     from hw_models import compare
     from hw_models.scaling import ComponentLibrary
@@ -134,7 +160,8 @@ def cmd_hw(a) -> int:
         return 0
     cfg, table = _unit_config(a)
     result = compare(cfg, node=a.node, freq_mhz=a.freq_mhz, activity=a.activity, calibration=a.calibration)
-    synth = _synth(table, a.pipeline) if a.synth else None
+    synth = _synth(table, a.pipeline) if a.synth == "cmos" else None
+    sky = _sky130(table, a.pipeline) if a.synth == "sky130" else None
     if a.json:
         out = {name: result["units"][name].to_dict() for name in ("int", "fp32", "int32")}
         out.update({"savings_pct": result["savings_pct"], "node_nm": result["units"]["int"].node_nm,
@@ -142,9 +169,13 @@ def cmd_hw(a) -> int:
                     "calibration": result["units"]["int"].calibration.to_dict()})
         if synth is not None:
             out["synth"] = synth
+        if sky is not None:
+            out["sky130"] = sky
         print(json.dumps(out, indent=2))
     else:
         _print_report(cfg, result, a, synth)
+        if sky is not None:
+            _print_sky130(sky)
     return 0
 
 
@@ -165,7 +196,7 @@ def cmd_rtl(a) -> int:
     check_writable(a.output, "--output")
     if a.testbench:
         check_writable(a.testbench, "--testbench")
-    table = _load_table(a.table)
+    table = _load_table(a.table, segment_rule=a.segment_rule)
     unit = generate(table, _parse_scale(a.scale), name=a.name, pipeline=a.pipeline)
     p = unit.plan
     unit.write(a.output)
@@ -183,6 +214,8 @@ def cmd_rtl(a) -> int:
 
 def register(sub) -> None:
     """Add ``hw`` and ``rtl`` to the ``gqa`` subcommands."""
+    from .main import SEGMENT_RULE_FOR_FILES, add_segment_rule_arg
+
     h = sub.add_parser("hw", help="area and power of a PWL unit against its FP32 and INT32 counterparts")
     h.add_argument("table", nargs="?", help="table file (gqa-sim or GQA-LUT JSON); or give --entries")
     h.add_argument("--entries", "-n", type=int, default=None, help="LUT entries, without a table")
@@ -197,7 +230,10 @@ def register(sub) -> None:
     h.add_argument("--calibration", default="paper", choices=("paper", "none"),
                    help="paper: fitted on the GQA-LUT INT8 unit; none: component data as published")
     h.add_argument("--json", action="store_true", help="print a JSON object (keys int, fp32, int32, ...)")
-    h.add_argument("--synth", action="store_true", help="also run yosys on the generated Verilog (needs a table)")
+    h.add_argument("--synth", nargs="?", const="cmos", default=None, choices=("cmos", "sky130"),
+                   help="also run yosys on the generated Verilog (needs a table): cmos (default) = generic cells "
+                        "and transistor estimate; sky130 = mapped onto the SkyWater 130 nm high-density cells")
+    add_segment_rule_arg(h, None, SEGMENT_RULE_FOR_FILES)
     h.add_argument("--components", action="store_true",
                    help="print the component table at --node and exit (published, derived and structural FP rows)")
     h.set_defaults(run=cmd_hw)
@@ -210,4 +246,5 @@ def register(sub) -> None:
     r.add_argument("--pipeline", type=int, default=0, choices=(0, 1), help="1: register after the multiplier")
     r.add_argument("--testbench", default=None,
                    help="also write a self-checking testbench here, with its vectors (.hex) beside it")
+    add_segment_rule_arg(r, None, SEGMENT_RULE_FOR_FILES)
     r.set_defaults(run=cmd_rtl)

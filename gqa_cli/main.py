@@ -13,6 +13,7 @@ import sys
 import time
 
 from intsim import GQAError, PWLDatapath
+from intsim.datapath import SEGMENT_RULES
 from intsim.fileio import check_writable
 from intsim.table import parse_scales
 
@@ -27,11 +28,23 @@ def _add_datapath_args(p: argparse.ArgumentParser):
     g.add_argument("--out-bits", type=int, default=None, help="round the output to this width (default: full precision)")
     g.add_argument("--out-frac", type=int, default=None)
     g.add_argument("--out-rounding", default="half_even", help="half_even | half_up | half_away | floor")
+    add_segment_rule_arg(g, "ge", "segment comparator: ge (q >= P_j, the GQA-LUT trainer's) or gt (q > P_j, "
+                         "the GQA-LUT torch operator's)")
+
+
+def add_segment_rule_arg(p, default, help):
+    """``--segment-rule`` (choices from intsim's registry); ``gqa hw``/``gqa rtl`` use it too."""
+    p.add_argument("--segment-rule", default=default, choices=tuple(SEGMENT_RULES), help=help)
+
+
+SEGMENT_RULE_FOR_FILES = ("comparator convention a GQA-LUT file's breakpoints are read with: ge (default, the "
+                          "trainer's np.digitize) or gt (the torch operator's bucketize); gqa-sim files store theirs")
 
 
 def _datapath(a) -> PWLDatapath:
     return PWLDatapath(in_bits=a.in_bits, slope_bits=a.slope_bits, slope_frac=a.slope_frac, icpt_bits=a.icpt_bits,
-                       icpt_frac=a.icpt_frac, out_bits=a.out_bits, out_frac=a.out_frac, out_rounding=a.out_rounding)
+                       icpt_frac=a.icpt_frac, out_bits=a.out_bits, out_frac=a.out_frac, out_rounding=a.out_rounding,
+                       segment_rule=a.segment_rule)
 
 
 def _summary(table) -> str:
@@ -42,6 +55,8 @@ def _summary(table) -> str:
              f"method: {prov.get('method', '?')}" + (f", seed {prov['seed']}" if "seed" in prov else "")]
     if prov.get("note"):
         lines.append(f"note: {prov['note']}")
+    if prov.get("segment_rule"):  # what a GQA-LUT import assumed
+        lines.append(f"segment rule: {prov['segment_rule']}")
     if prov.get("segments"):
         lines.append("per-segment exponents (slope, intercept as code*2^-frac): " + "; ".join(
             f"{g['slope']}*2^-{g['slope_frac']}, {g['icpt']}*2^-{g['icpt_frac']}" for g in prov["segments"]))
@@ -94,7 +109,7 @@ def cmd_search(a) -> int:
     if a.segment_exponents:
         segexp = _segment_exponents(a)
         datapath = PWLDatapath(in_bits=a.in_bits, out_bits=a.out_bits, out_frac=a.out_frac,
-                               out_rounding=a.out_rounding)
+                               out_rounding=a.out_rounding, segment_rule=a.segment_rule)
     t0 = time.perf_counter()
     table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=datapath,
                            segment_exponents=segexp,
@@ -119,7 +134,7 @@ def cmd_search(a) -> int:
 def cmd_eval(a) -> int:
     import gqa_lut
 
-    table = gqa_lut.load(a.table)
+    table = gqa_lut.load(a.table, segment_rule=a.segment_rule)
     err = table.error()
     if a.json:
         print(json.dumps({"function": table.function, "entries": table.entries, **err.to_dict(),
@@ -135,7 +150,7 @@ def cmd_plot(a) -> int:
     from .plot import plot_table
 
     check_writable(a.output, "--output")
-    table = gqa_lut.load(a.table)
+    table = gqa_lut.load(a.table, segment_rule=a.segment_rule)
     plot_table(table, a.output)
     print(f"wrote {a.output}")
     return 0
@@ -180,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="error report of a table file (gqa-sim or GQA-LUT JSON)")
     e.add_argument("table")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_segment_rule_arg(e, None, SEGMENT_RULE_FOR_FILES)
     e.set_defaults(run=cmd_eval)
 
     pl = sub.add_parser("plot", help="plot function, approximation and error per scale")
     pl.add_argument("table")
     pl.add_argument("-o", "--output", required=True, help="PNG file")
+    add_segment_rule_arg(pl, None, SEGMENT_RULE_FOR_FILES)
     pl.set_defaults(run=cmd_plot)
     from . import hw as _hw, sim as _sim
     _hw.register(sub)

@@ -1,6 +1,7 @@
 """``gqa sim`` and ``gqa sim-bench``: the integer encoder on all-MiniLM-L6-v2 from the command line.
 
     gqa sim --text sentences.txt --out emb.npy --compare-fp32 --report report.json
+    gqa sim --options                   # every kernel and method a --config may choose
     gqa sim-bench --batch 32 --seq 128
 """
 
@@ -54,6 +55,12 @@ def cmd_sim(a) -> int:
     from intsim.metrics import compare
     from intsim.opstats import OpStats
 
+    if a.options:
+        from intsim.registry import describe
+        print(describe())
+        return 0
+    if a.text is None:
+        raise GQAError("--text", "is required", "give a text file with one sentence per line")
     for path, name in ((a.out, "--out"), (a.report, "--report")):
         if path:
             check_writable(path, name)
@@ -97,7 +104,10 @@ def cmd_sim(a) -> int:
         print(f"energy of this run (hw_models, {energy['node_nm']} nm): integer {i['total_pj'] * 1e-9:.3f} mJ "
               f"(GEMM share {100 * i['gemm_share']:.1f}%), FP32 {f['total_pj'] * 1e-9:.3f} mJ; "
               f"savings {energy['savings_pct']['total']:.1f}%")
-        result.update(calibration=calib.to_dict(), op_stats=ops, energy=energy)
+        from intsim.gemm import machine_report
+
+        print_machine()
+        result.update(calibration=calib.to_dict(), op_stats=ops, energy=energy, machine=machine_report())
         atomic_write_json(a.report, result, "--report")
         print(f"wrote {a.report}")
     return 0
@@ -124,17 +134,28 @@ def time_both(model, enc, ids, mask, repeats: int = 3) -> dict:
     def integer():
         enc.embed(ids, mask)
 
-    times = {}
-    for name, fn in (("fp32", fp32), ("int", integer)):
-        fn()  # warm-up: numba compilation, oneDNN kernel selection
-        ts = []
-        for _ in range(repeats):
+    runs = {"fp32": fp32, "int": integer}
+    for fn in runs.values():
+        fn()  # warm-up: numba compilation, oneDNN kernel selection, the GEMM backend probes
+    ts = {name: [] for name in runs}
+    for _ in range(repeats):      # interleaved, so a burst of load from elsewhere slows both alike
+        for name, fn in runs.items():
             t0 = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t0)
-        times[name] = float(np.median(ts))
+            ts[name].append(time.perf_counter() - t0)
+    times = {name: float(np.median(v)) for name, v in ts.items()}
     times["ratio"] = times["int"] / times["fp32"]
     return times
+
+
+def print_machine() -> None:
+    """The CPU, torch's CPU capability and the GEMM backend measured for each operand class."""
+    from intsim.gemm import machine_report
+
+    m = machine_report()
+    print(f"cpu: {m['cpu']}, torch {m['torch']} capability {m['capability']}, {m['threads']} threads")
+    for cls, be in m["gemm_backends"].items():
+        print(f"  gemm {cls}: {be}")
 
 
 def cmd_sim_bench(a) -> int:
@@ -144,6 +165,8 @@ def cmd_sim_bench(a) -> int:
 
     if a.batch < 1 or a.seq < 2:
         raise GQAError("--batch/--seq", f"{a.batch} x {a.seq} is impossible", "batch >= 1, seq >= 2")
+    if a.repeats < 1:
+        raise GQAError("--repeats", f"{a.repeats} is impossible", "time at least one run")
     cfg = _config(a.config)
     model, tok, calib, enc = build(cfg, a.model, calibration_sentences(a.calib))
     if a.seq > model.config.max_position:
@@ -155,12 +178,15 @@ def cmd_sim_bench(a) -> int:
     print(f"fp32 torch: {t['fp32']:.3f} s")
     print(f"integer:    {t['int']:.3f} s")
     print(f"ratio (integer / FP32): {t['ratio']:.2f}")
+    print_machine()
     return 0
 
 
 def register(sub) -> None:
     s = sub.add_parser("sim", help="integer-only all-MiniLM-L6-v2 sentence embeddings")
-    s.add_argument("--text", required=True, help="UTF-8 text file, one sentence per line")
+    s.add_argument("--text", help="UTF-8 text file, one sentence per line (required)")
+    s.add_argument("--options", action="store_true", help="list the config's kernel and method choices "
+                   "(intsim.registry) and exit")
     s.add_argument("--config", help="datapath config (JSON, or TOML with a .toml suffix)")
     s.add_argument("--out", help="write embeddings here (.npy, float32, rows in input order)")
     s.add_argument("--compare-fp32", action="store_true", help="print cosine and nearest-neighbour agreement to FP32")

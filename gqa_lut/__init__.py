@@ -17,10 +17,15 @@ from .search import METHOD_REGISTRY, METHODS, search  # noqa: E402
 from .segexp import SegmentExponents  # noqa: E402
 
 
-def load(path) -> PWLTable:
-    """Load a table file: gqa-sim JSON, or the GQA-LUT reference layout."""
+def load(path, segment_rule: str | None = None) -> PWLTable:
+    """Load a table file: gqa-sim JSON, or the GQA-LUT reference layout.
+
+    ``segment_rule`` ("ge" or "gt") is the comparator convention a GQA-LUT file's breakpoints
+    are read with (default "ge"; the reference torch operator's is "gt"); gqa-sim files store
+    their own, which a given rule must match.
+    """
     from .io import load_any
-    return load_any(path)
+    return load_any(path, segment_rule=segment_rule)
 
 
 __all__ = ["search", "load", "load_gqa_json", "save_gqa_json", "PWLTable", "PWLDatapath", "FUNCTIONS",

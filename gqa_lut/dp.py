@@ -57,8 +57,9 @@ def _dp(cost, entries):
 def dp_optimum(fn: Function, entries: int, dp: PWLDatapath, e: int):
     """Best table at scale ``e``: ``(breakpoints (reals), MSE_e)``.
 
-    The breakpoints are the optimal comparator constants divided by ``2**e``, so the canonical
-    rounding gives them back exactly at that scale.
+    The DP finds the optimal segment starts; the breakpoints are the reals whose segment starts
+    at scale ``e`` are exactly those under the datapath's ``segment_rule``
+    (:meth:`PWLDatapath.breakpoints_for_starts`, the inverse of ``segment_starts``).
     """
     if isinstance(entries, bool) or not isinstance(entries, (int, np.integer)) or entries < 2:
         raise GQAError("entries", f"must be an integer >= 2, got {entries!r}")
@@ -77,4 +78,4 @@ def dp_optimum(fn: Function, entries: int, dp: PWLDatapath, e: int):
         cuts.append(a)
         b = a
     idx = np.array(cuts[::-1], dtype=np.int64)
-    return (q[0] + idx) * 2.0**-e, float(D[int(entries), q.size])
+    return dp.breakpoints_for_starts(q[0] + idx, e), float(D[int(entries), q.size])

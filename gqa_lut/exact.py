@@ -5,8 +5,8 @@ set ``E`` is ``mean_e MSE_e`` (weights ``w = 1/(S n_e)`` per domain code, or a h
 or, for ``max_abs``, the largest |error| over every scale and code. Why it can be solved:
 
 1. *Finitely many breakpoints.* At scale ``e`` a breakpoint ``p`` acts through the smallest
-   code of the segment above it, :func:`segment_starts` (``P(e) = round_half_even(p * 2**e)``
-   under today's ``q >= P`` rule). That value only changes where ``p * 2**e`` crosses a
+   code of the segment above it, :func:`segment_starts` (``P(e) = round_half_even(p * 2**e)``,
+   plus one under the "gt" segment rule). That value only changes where ``p * 2**e`` crosses a
    half-integer, an odd multiple of ``2**-(e+1)``; for every ``e <= e_max`` those are points
    of the grid ``u = 2**-(e_max+1)``. So ``p`` is equivalent to a grid point ``t*u`` or to the
    open cell ``(t*u, (t+1)*u)`` between two (represented by its midpoint, where no scale
@@ -80,13 +80,12 @@ class ExactTooLarge(ExactUnavailable):
 def segment_starts(dp, breakpoints, e: int) -> np.ndarray:
     """Per breakpoint, the smallest input code of the segment above it at scale ``e``.
 
-    The one place this module learns the datapath's segment rule. Today's rule ("ge",
-    ``i(q) = #{j : q >= P_j(e)}``) makes it ``P_j(e)`` itself. MERGE POINT: once
-    :class:`~intsim.PWLDatapath` has ``segment_starts`` (rules "ge" and "gt"), this becomes
-    ``return dp.segment_starts(breakpoints, e)``; the candidate set, the costs and the proofs
-    follow from it unchanged (the cells of step 1 do not depend on the rule).
+    The one place this module learns the datapath's segment rule
+    (:meth:`intsim.PWLDatapath.segment_starts`: ``P_j(e)`` under "ge", ``P_j(e) + 1`` under
+    "gt"); the candidate set, the costs and the proofs follow from it unchanged (the cells of
+    step 1 do not depend on the rule, only on where ``P_j(e)`` changes).
     """
-    return dp.breakpoint_codes(breakpoints, e)
+    return dp.segment_starts(breakpoints, e)
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -525,7 +524,7 @@ def _value(objective: Objective, bp, K, B, P=None) -> float:
 
 def objective_value(objective: Objective, table: PWLTable) -> float:
     """The objective's value for a finished table: its own comparator constants and codes through the unit."""
-    P = np.stack([table.breakpoint_codes(e) for e in objective.scales])
+    P = np.stack([table.segment_starts(e) for e in objective.scales])
     return _value(objective, table.breakpoints, table.slopes, table.intercepts, P)
 
 

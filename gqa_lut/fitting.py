@@ -2,9 +2,10 @@
 
 Every segment's line ``y = k*x + b`` is fitted to the points it serves: the input codes of
 every scale in the set whose real value ``x = q * 2**-e`` lies in the domain and whose
-segment index (under that scale's comparator constants) is the segment's. Point ``(x, y)``
-of scale ``e`` has weight ``w = 1 / (S * n_e)`` (``S`` scales, ``n_e`` codes), so the
-weighted squared error *is* the headline mean MSE; a code histogram reweights it.
+segment index (under that scale's segment starts, :meth:`intsim.PWLDatapath.segment_starts`)
+is the segment's. Point ``(x, y)`` of scale ``e`` has weight ``w = 1 / (S * n_e)`` (``S`` scales,
+``n_e`` codes), so the weighted squared error *is* the headline mean MSE; a code histogram
+reweights it.
 
 Methods:
 - ``chord``: the line through ``f`` at the segment's ends (breakpoints, domain ends), as the

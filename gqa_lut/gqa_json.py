@@ -5,15 +5,24 @@ and intercepts as reals. Older files use ``split_points``/``coeff``/``bias``. Th
 rounds each scale's breakpoints from float values it does not record, so an imported table
 keeps the per-scale comparator constants explicitly whenever no single set of real
 breakpoints reproduces them under the canonical rounding rule.
+
+The files do not say how a code equal to a breakpoint is segmented, and the reference's two
+evaluators disagree (docs/datapath.md): its trainer sends it to the segment above (intsim's
+default ``segment_rule="ge"``), its torch operator (``torch.bucketize``, used for QAT and
+deployment) to the segment below (``"gt"``). The importer takes the rule as an option
+(default "ge") and records the one it assumed in the provenance (``segment_rule``); the
+exporter writes breakpoints for an evaluator of a given rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from intsim import GQAError, PWLDatapath, PWLTable, get_function
+from intsim.datapath import check_segment_rule
 from intsim.fileio import atomic_write_json, read_json
 from intsim.functions import ALIASES
 from intsim.table import quantize_coefficients
@@ -52,14 +61,37 @@ def _min_bits(codes: np.ndarray) -> int:
     return hi.bit_length() + 1
 
 
+def _import_datapath(datapath: PWLDatapath | None, segment_rule: str | None) -> tuple[PWLDatapath, str]:
+    """The datapath an import starts from, and the provenance line saying which rule it assumed."""
+    if segment_rule is not None:
+        check_segment_rule(segment_rule)
+    if datapath is not None:
+        if not isinstance(datapath, PWLDatapath):
+            raise GQAError("datapath", f"must be a PWLDatapath, got {type(datapath).__name__}")
+        if segment_rule is not None and segment_rule != datapath.segment_rule:
+            raise GQAError("segment_rule", f"{segment_rule!r} contradicts the datapath's {datapath.segment_rule!r}",
+                           "give the rule in one place")
+        base, how = datapath, "given with the datapath"
+    else:
+        base = PWLDatapath(segment_rule=segment_rule or "ge")
+        how = "given" if segment_rule is not None else \
+            "assumed by default; the reference torch operator (torch.bucketize) segments with 'gt'"
+    rule = base.rule
+    return base, f"{rule.name} ({how}): q {rule.comparator} P_j, {rule.meaning}"
+
+
 def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_overflow: str = "error",
-                        source: str = "gqa-json") -> PWLTable:
+                        source: str = "gqa-json", segment_rule: str | None = None) -> PWLTable:
     """Build a :class:`PWLTable` from a parsed GQA-LUT JSON object.
 
     With ``datapath=None`` the defaults are used, the slope/intercept widths widened (never
     narrowed) to hold the file's coefficients; with an explicit datapath, coefficients that do
     not fit are refused (``on_overflow="error"``) or clipped and counted (``"clip"``).
+    ``segment_rule`` ("ge" or "gt", default the datapath's, else "ge") is the convention the
+    file's breakpoints were evaluated with; the provenance's ``segment_rule`` says which one
+    was assumed.
     """
+    base, rule_note = _import_datapath(datapath, segment_rule)
     if not isinstance(d, dict) or len(d) != 1:
         raise GQAError(source, "must be an object with exactly one function key, {func: {scale: entry}}")
     (fname, per_scale), = d.items()
@@ -96,7 +128,6 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
         if np.any(np.diff(parts["breakpoints"]) < 0):
             raise GQAError(f"{where}.breakpoints", "are not sorted")
 
-    base = datapath or PWLDatapath()
     k_codes = ref["slopes"] * 2.0**base.slope_frac
     b_codes = ref["intercepts"] * 2.0**base.icpt_frac
     for name, codes in (("slopes", k_codes), ("intercepts", b_codes)):
@@ -106,11 +137,8 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
             raise GQAError(f"{fname}.{scales[0]}.{name}[{i}]", f"{float(ref[name][i])!r} is not a multiple of 2**-{frac}",
                            "give a datapath with more fractional bits")
     if datapath is None:
-        base = PWLDatapath(in_bits=base.in_bits,
-                           slope_bits=max(base.slope_bits, _min_bits(k_codes.astype(np.int64))),
-                           slope_frac=base.slope_frac,
-                           icpt_bits=max(base.icpt_bits, _min_bits(b_codes.astype(np.int64))),
-                           icpt_frac=base.icpt_frac)
+        base = dataclasses.replace(base, slope_bits=max(base.slope_bits, _min_bits(k_codes.astype(np.int64))),
+                                   icpt_bits=max(base.icpt_bits, _min_bits(b_codes.astype(np.int64))))
     k, k_clipped = quantize_coefficients(ref["slopes"], base.slope_format, f"{fname}.slopes", on_overflow)
     b, b_clipped = quantize_coefficients(ref["intercepts"], base.icpt_format, f"{fname}.intercepts", on_overflow)
 
@@ -119,11 +147,11 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
         c = entries[e]["breakpoints"] * 2.0**e
         if not np.all(c == np.round(c)):
             raise GQAError(f"{fname}.{e}.breakpoints", f"are not rounded to multiples of 2**-{e}")
-        codes[e] = np.clip(c.astype(np.int64), base.code_min, base.code_max + 1)
+        codes[e] = base.breakpoint_codes(entries[e]["breakpoints"], e)  # exact integers, clamped by the rule
     finest = entries[scales[-1]]["breakpoints"]
     derived = all(np.array_equal(base.breakpoint_codes(finest, e), codes[e]) for e in scales)
     provenance = {"method": "gqa-lut-reference", "source": source, "keys": sorted(used_keys),
-                  "clipped_coefficients": k_clipped + b_clipped}
+                  "clipped_coefficients": k_clipped + b_clipped, "segment_rule": rule_note}
     if datapath is None and (base.slope_bits > 8 or base.icpt_bits > 8):
         provenance["note"] = (f"coefficients need s{base.slope_bits}.{base.slope_frac} slopes and "
                               f"s{base.icpt_bits}.{base.icpt_frac} intercepts: not an INT8 table")
@@ -131,32 +159,44 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
                     slopes=k, intercepts=b, explicit_codes=None if derived else codes, provenance=provenance)
 
 
-def load_gqa_json(path, datapath: PWLDatapath | None = None, domain=None, on_overflow: str = "error") -> PWLTable:
-    """Read a GQA-LUT reference JSON file into a :class:`PWLTable`."""
-    return table_from_gqa_dict(read_json(path, "gqa-json"), datapath, domain, on_overflow, source=str(path))
+def load_gqa_json(path, datapath: PWLDatapath | None = None, domain=None, on_overflow: str = "error",
+                  segment_rule: str | None = None) -> PWLTable:
+    """Read a GQA-LUT reference JSON file into a :class:`PWLTable` (``segment_rule``: see
+    :func:`table_from_gqa_dict`)."""
+    return table_from_gqa_dict(read_json(path, "gqa-json"), datapath, domain, on_overflow, source=str(path),
+                               segment_rule=segment_rule)
 
 
-def table_to_gqa_dict(table: PWLTable, legacy_keys: bool = False) -> dict:
-    """The GQA-LUT layout: per scale, breakpoints rounded for that scale, shared reals."""
+def table_to_gqa_dict(table: PWLTable, legacy_keys: bool = False, segment_rule: str | None = None) -> dict:
+    """The GQA-LUT layout: per scale, breakpoints rounded for that scale, shared reals.
+
+    ``segment_rule``: the convention of the evaluator the file is for (default: the table's
+    own). The breakpoints are those whose segment starts under that rule are the table's, so
+    an evaluator of that rule -- or :func:`table_from_gqa_dict` with that ``segment_rule`` --
+    reproduces this table's unit exactly; with the table's own rule they are its comparator
+    constants.
+    """
     bk, sk, ik = ("split_points", "coeff", "bias") if legacy_keys else ("breakpoints", "slopes", "intercepts")
     name = REFERENCE_NAMES.get(table.function, table.function)
+    target = table.datapath if segment_rule is None else \
+        dataclasses.replace(table.datapath, segment_rule=check_segment_rule(segment_rule))
     out = {}
     for e in table.scales:
         out[str(e)] = {
-            bk: [float(c) * 2.0**-e for c in table.breakpoint_codes(e)],
+            bk: [float(p) for p in target.breakpoints_for_starts(table.segment_starts(e), e)],
             sk: [float(v) for v in table.slopes_real],
             ik: [float(v) for v in table.intercepts_real],
         }
     return {name: out}
 
 
-def save_gqa_json(table: PWLTable, path, legacy_keys: bool = False):
-    """Write the GQA-LUT layout atomically.
+def save_gqa_json(table: PWLTable, path, legacy_keys: bool = False, segment_rule: str | None = None):
+    """Write the GQA-LUT layout atomically (``segment_rule``: see :func:`table_to_gqa_dict`).
 
-    Codes clamped to one past the top input code are written as such: the file's reals
-    reproduce this table's comparator constants exactly on import.
+    Codes clamped to the ends of the comparator range are written as such: the file's reals
+    reproduce this table's segment starts exactly on import with the same rule.
     """
     for e in table.scales:
         if not math.isfinite(2.0**-e):
             raise GQAError("scales", f"e={e} cannot be written")
-    return atomic_write_json(path, table_to_gqa_dict(table, legacy_keys), field="gqa_json")
+    return atomic_write_json(path, table_to_gqa_dict(table, legacy_keys, segment_rule), field="gqa_json")

@@ -1,10 +1,10 @@
 """PWL activations for quantization-aware fine-tuning, bit-identical to intsim at inference.
 
     >>> import torch, gqa_lut
-    >>> from gqa_lut.nn import calibrate, export_scales, replace_activations
+    >>> from gqa_lut.nn import export_scales, fit_input_scales, replace_activations
     >>> table = gqa_lut.search("gelu", entries=8)
     >>> model = replace_activations(model, {torch.nn.GELU: table}, learn=True)
-    >>> with calibrate(model):               # absmax of each unit's input -> its exponent
+    >>> with fit_input_scales(model):        # absmax of each unit's input -> its exponent
     ...     model(*calibration_batch)
     >>> ...                                  # fine-tune as usual
     >>> export_scales(model)                 # {"blocks.0.gelu": 2, ...}
@@ -17,7 +17,8 @@ exactly intsim's PWL unit (DESIGN.md "Canonical PWL semantics", :mod:`intsim.pwl
    codes. ``x * 2**e`` and the rounding are exact in the arithmetic used (float32 for
    float16, bfloat16 and float32 inputs, float64 for float64 inputs; codes are at most
    20 bits). NaN inputs give NaN outputs (intsim refuses NaN; a module propagates it);
-2. segment: ``i = #{j : q >= P_j(e)}`` (``torch.searchsorted`` on ``table.breakpoint_codes(e)``);
+2. segment: ``i = #{j : q >= S_j(e)}`` (``torch.searchsorted`` on ``table.segment_starts(e)``,
+   so the datapath's ``segment_rule`` holds: ``q >= P_j`` for "ge", ``q > P_j`` for "gt");
 3. accumulate: ``A = (K_i * q << slope_shift(e)) + (B_i << icpt_shift(e))`` in int64, exact;
 4. output code: ``A`` at full precision, or ``saturate(round_shift(A, F(e) - out_frac,
    out_rounding))`` in ``s{out_bits}.{out_frac}`` when the datapath has ``out_bits``;
@@ -160,11 +161,9 @@ def scale_exponent(scale, field: str = "scale") -> int:
 
 
 def _exponent_from_absmax(absmax: float, table: PWLTable) -> int:
-    """The largest ``e`` of the scale set whose code range holds ``absmax`` (``absmax * 2**e <= code_max``);
-    the smallest ``e`` when none does."""
-    code_max = table.datapath.code_max
-    fits = [e for e in table.scales if absmax * 2.0**e <= code_max]
-    return max(fits) if fits else min(table.scales)
+    """The largest ``e`` of the scale set whose code range holds ``absmax``, else the smallest:
+    :meth:`intsim.PWLDatapath.input_exponent`, the rule intsim's encoder picks scales by."""
+    return table.datapath.input_exponent(absmax, table.scales)
 
 
 def _nearest_scale(v: float, table: PWLTable) -> int:
@@ -177,7 +176,9 @@ def _nearest_scale(v: float, table: PWLTable) -> int:
 # --- integer arithmetic on torch tensors (mirrors intsim.fixedpoint / intsim.pwl) -----------
 
 def round_shift(x: torch.Tensor, shift: int, mode: str) -> torch.Tensor:
-    """``x / 2**shift`` rounded by ``mode`` in int64 (``shift <= 0``: left shift); intsim's round_shift."""
+    """Mirrors :func:`intsim.fixedpoint.round_shift` on torch int64 tensors: ``x / 2**shift``
+    rounded by ``mode`` (``shift <= 0``: left shift; right shifts up to 62). Tested equal to it
+    over tie-heavy inputs."""
     if shift <= 0:
         return x << -shift
     floor_q = x >> shift
@@ -234,7 +235,7 @@ class PWLActivation(nn.Module):
     Scale (exactly one way):
     - ``exp=e`` or ``scale=2.0**-e``: a fixed power-of-two input scale, ``e`` in ``table.scales``;
     - neither: fixed at the first batch's absmax (the largest ``e`` with ``absmax * 2**e <= code_max``),
-      or by :func:`calibrate`;
+      or by :func:`fit_input_scales`;
     - ``learn=True``: the learned parameter ``log2_scale`` (initialised from ``exp``/``scale`` if
       given, else from calibration or the first batch's absmax), rounded to the nearest scale of
       the table in every forward.
@@ -272,8 +273,8 @@ class PWLActivation(nn.Module):
         self._observing = False
         self._observed: float | None = None
 
-        self.register_buffer("bp_codes", torch.as_tensor(np.stack([table.breakpoint_codes(e) for e in table.scales]),
-                                                         dtype=torch.int64), persistent=False)
+        self.register_buffer("starts", torch.as_tensor(np.stack([table.segment_starts(e) for e in table.scales]),
+                                                       dtype=torch.int64), persistent=False)
         self.register_buffer("slopes", torch.as_tensor(table.slopes, dtype=torch.int64), persistent=False)
         self.register_buffer("intercepts", torch.as_tensor(table.intercepts, dtype=torch.int64), persistent=False)
         self.register_buffer("n_clipped", torch.zeros((), dtype=torch.int64), persistent=False)
@@ -331,9 +332,14 @@ class PWLActivation(nn.Module):
             raise GQAError("codes", f"leave the s{dp.in_bits} range [{dp.code_min}, {dp.code_max}]")
         return self._codes(q, e)
 
+    def _segment(self, q: torch.Tensor, e: int) -> torch.Tensor:
+        """Mirrors the segment primitive (:meth:`intsim.PWLDatapath.segment_starts`):
+        ``i = #{j : q >= S_j(e)}`` for int64 codes ``q``."""
+        return torch.searchsorted(self.starts[self.table.scales.index(e)], q, right=True)
+
     def _codes(self, q: torch.Tensor, e: int, count: bool = False) -> torch.Tensor:
         dp = self.table.datapath
-        i = torch.searchsorted(self.bp_codes[self.table.scales.index(e)], q, right=True)
+        i = self._segment(q, e)
         acc = (self.slopes[i] * q << dp.slope_shift(e)) + (self.intercepts[i] << dp.icpt_shift(e))
         if dp.out_bits is None:
             return acc
@@ -362,7 +368,7 @@ class PWLActivation(nn.Module):
     def _derivative(self, q: torch.Tensor, e: int) -> torch.Tensor:
         """``dy/dx`` used by the backward at the quantized input (``q``: float codes)."""
         if self.grad == "pwl":
-            i = torch.searchsorted(self.bp_codes[self.table.scales.index(e)], q.to(torch.int64), right=True)
+            i = self._segment(q.to(torch.int64), e)
             return self.slopes[i].to(q.dtype) * 2.0 ** -self.table.datapath.slope_frac
         with torch.enable_grad():
             xh = (q * 2.0**-e).detach().requires_grad_(True)
@@ -485,7 +491,7 @@ def export_scales(model: nn.Module) -> dict[str, int]:
         e = unit.exponent
         if e is None:
             raise GQAError(name or "model", "has no input scale yet",
-                           "calibrate the model, run a forward pass, or give exp=e")
+                           "fit_input_scales on a forward pass, or give exp=e")
         out[name] = e
     return out
 
@@ -501,7 +507,7 @@ def set_scales(model: nn.Module, scales: Mapping[str, int]) -> None:
 
 
 @contextmanager
-def calibrate(model: nn.Module):
+def fit_input_scales(model: nn.Module):
     """Within the block every PWLActivation runs its float function and records its input's absmax;
     on leaving, each unit that saw input takes the largest ``e`` of its table's scales with
     ``absmax * 2**e <= code_max`` (learned scales: the initial value). Yields ``{name: module}``."""

@@ -2,10 +2,11 @@
 
 :class:`Objective` holds, once per search, every scale's domain codes, their reals, the
 function values and prefix sums of the fitting statistics. Given a population of breakpoint
-vectors ``(pop, N-1)`` it derives every scale's comparator constants (the canonical rule),
-fits each segment's integer slope and intercept (:mod:`gqa_lut.fitting`), runs the whole
-population through intsim's PWL unit (:class:`intsim.pwl.ScaleBatch`) and measures
-the error of the unit's real outputs: one vectorised call per generation.
+vectors ``(pop, N-1)`` it derives every scale's segment starts (the canonical rule,
+:meth:`intsim.PWLDatapath.segment_starts`, so either ``segment_rule``), fits each segment's
+integer slope and intercept (:mod:`gqa_lut.fitting`), runs the whole population through
+intsim's PWL unit (:class:`intsim.pwl.ScaleBatch`) and measures the error of the unit's real
+outputs: one vectorised call per generation.
 
 Metrics: ``mse`` (mean over scales of each scale's MSE, optionally histogram-weighted) and
 ``max_abs`` (largest |error| over every scale and code).
@@ -28,6 +29,8 @@ METRICS = ("mse", "max_abs")
 
 @numba.njit(cache=True)
 def _segment_stats(prefix, offset, q_lo, n, P, out):
+    """Segment ``i`` of scale ``s`` holds the codes ``P[p, s, i-1] <= q < P[p, s, i]`` (``P`` the
+    segment starts: mirrors ``i(q) = #{j : q >= S_j}``); sums its points' statistics."""
     pop, S, nb = P.shape
     for p in range(pop):
         for i in range(nb + 1):
@@ -102,17 +105,17 @@ class Objective:
         self.y = np.concatenate(ys)
         self.w = np.concatenate(scale_w)
         self.batch = ScaleBatch(self.codes, self.bounds, self.scales, dp)
+        self._scale_col = np.array(self.scales, dtype=np.int64)[:, None]  # broadcasts to (pop, S, N-1)
         self.out_scale = np.concatenate([np.full(n, 2.0 ** -output_frac(e, dp)) for e, n in zip(self.scales, self.n)])
-        self._exp = 2.0 ** np.array(self.scales, dtype=np.float64)[None, :, None]
 
     # --- pieces ---------------------------------------------------------------------------
-    def breakpoint_codes(self, bp: np.ndarray) -> np.ndarray:
-        """``(pop, S, N-1)`` comparator constants: half-even, clamped (the canonical rule)."""
-        codes = np.rint(np.asarray(bp, dtype=np.float64)[:, None, :] * self._exp)
-        return np.clip(codes, self.dp.code_min, self.dp.code_max + 1).astype(np.int64)
+    def segment_starts(self, bp: np.ndarray) -> np.ndarray:
+        """``(pop, S, N-1)`` segment starts of every scale (:meth:`PWLDatapath.segment_starts`)."""
+        return self.dp.segment_starts(np.asarray(bp, dtype=np.float64)[:, None, :], self._scale_col)
 
     def segment_stats(self, P: np.ndarray) -> np.ndarray:
-        """Summed fitting statistics of every segment over every scale: ``(pop, N, 6)``."""
+        """Summed fitting statistics of every segment over every scale: ``(pop, N, 6)``, from the
+        segment starts ``P`` ``(pop, S, N-1)``."""
         out = np.empty((P.shape[0], P.shape[2] + 1, 6))
         _segment_stats(self.prefix, self.offset, self.q_lo, self.n, np.ascontiguousarray(P), out)
         return out
@@ -136,7 +139,7 @@ class Objective:
         """
         if self.coeffs == "chord":
             return round_coefficients(*self.chord_lines(bp), self.dp)
-        stats = self.segment_stats(self.breakpoint_codes(bp) if P is None else P)
+        stats = self.segment_stats(self.segment_starts(bp) if P is None else P)
         fallback = self.chord_lines(bp)[0] if final else None
         return fit_lines(stats, self.dp, exact=self.refine, fallback=fallback)
 
@@ -149,7 +152,7 @@ class Objective:
         return acc * self.out_scale
 
     def per_scale_errors(self, P, K, B):
-        """``(mse, max_abs)``, each ``(pop, S)``, of the tables given by their codes."""
+        """``(mse, max_abs)``, each ``(pop, S)``, of the tables given by their segment starts and codes."""
         pop, S = P.shape[0], len(self.scales)
         mse, mx = np.empty((pop, S)), np.empty((pop, S))
         _scale_errors(self.outputs(P, K, B), self.y, self.w, self.bounds, mse, mx)
@@ -165,7 +168,7 @@ class Objective:
     def __call__(self, bp: np.ndarray) -> np.ndarray:
         """Fitness (lower is better) of every breakpoint vector in ``bp`` ``(pop, N-1)``."""
         bp = self.snap(bp)
-        P = self.breakpoint_codes(bp)
+        P = self.segment_starts(bp)
         K, B, _ = self.coefficients(bp, P)
         mse, mx = self.per_scale_errors(P, K, B)
         return mse.mean(axis=1) if self.metric == "mse" else mx.max(axis=1)

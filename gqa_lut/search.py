@@ -61,7 +61,7 @@ def _segment_exponent_datapath(fmt, dp: PWLDatapath, method: str, fields: dict) 
         raise GQAError(given[0], "given together with segment_exponents, which sets the coefficient formats",
                        "give the widths and exponent ranges in SegmentExponents")
     return fmt.wide_datapath(in_bits=dp.in_bits, out_bits=dp.out_bits, out_frac=dp.out_frac,
-                             out_rounding=dp.out_rounding)
+                             out_rounding=dp.out_rounding, segment_rule=dp.segment_rule)
 
 
 def per_scale_optima(fn, entries: int, dp: PWLDatapath, scales) -> dict[int, tuple[np.ndarray, float]]:

@@ -64,11 +64,12 @@ class SegmentExponents:
                 raise GQAError(name, f"{bits} bits over exponents {lo}..{hi} need a {bits + hi - lo}-bit wide code",
                                f"keep bits + (hi - lo) <= {MAX_COEFF_BITS}")
 
-    def wide_datapath(self, in_bits: int = 8, **out_fields) -> PWLDatapath:
-        """The canonical datapath whose codes hold every (code, exponent) pair of the format."""
+    def wide_datapath(self, in_bits: int = 8, **fields) -> PWLDatapath:
+        """The canonical datapath whose codes hold every (code, exponent) pair of the format
+        (``fields``: the other datapath fields, output and segment rule)."""
         (s_lo, s_hi), (t_lo, t_hi) = self.slope_fracs, self.icpt_fracs
         return PWLDatapath(in_bits=in_bits, slope_bits=self.slope_bits + s_hi - s_lo, slope_frac=s_hi,
-                           icpt_bits=self.icpt_bits + t_hi - t_lo, icpt_frac=t_hi, **out_fields)
+                           icpt_bits=self.icpt_bits + t_hi - t_lo, icpt_frac=t_hi, **fields)
 
     def formats(self) -> list[tuple]:
         """Rows for :func:`gqa_lut.exact.exact_optimum`: one per ``(s, t)`` exponent pair."""

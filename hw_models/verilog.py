@@ -10,6 +10,7 @@ datapath (:meth:`intsim.PWLTable.output_codes`), bit for bit:
   in the table's (ascending) scale set, ``ceil(log2 S)`` bits wide (for the default set 0..6
   the index equals the exponent); indices past the set use the last scale. At full precision
   every scale is aligned to the common ``Fc = max F(e)`` fractional bits;
+- comparators ``x >= P_j(e)`` or, with the datapath's ``segment_rule="gt"``, ``x > P_j(e)``;
 - ``pipeline=1``: one register stage after the multiplier (product, intercept and ``e``),
   a ``clk`` input, latency one cycle (``y`` follows ``x`` after one rising edge).
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim import GQAError
+from intsim.datapath import SEGMENT_RULES
 from intsim.fileio import atomic_write_text, check_writable
 from intsim.fixedpoint import ROUNDING_MODES
 
@@ -166,7 +168,8 @@ def _header(table, plan: UnitPlan, name: str, pipeline: int) -> list[str]:
                      f"indices past the set use the last scale")
     else:
         lines.append(f"// scale: e = {plan.scales[0].e} (x = q * 2**-{plan.scales[0].e})")
-    lines.append("// segment i = #{j : x >= P_j(e)}; acc = (K_i * x) <<< SK(e) + B_i <<< SB(e)"
+    lines.append(f"// segment i = #{{j : x {_cmp(plan)} P_j(e)}} (segment rule {plan.segment_rule}); "
+                 "acc = (K_i * x) <<< SK(e) + B_i <<< SB(e)"
                  + ("" if plan.out_bits is None else f"; y = saturate(round_{plan.rounding}(acc >>> T(e)))"))
     if plan.out_bits is None and plan.aligned:
         lines.append("// output: full precision, every scale aligned to the common fraction Fc = max F(e)")
@@ -178,6 +181,11 @@ def _header(table, plan: UnitPlan, name: str, pipeline: int) -> list[str]:
                                    if pipeline else "0 (combinational)"))
     lines.append(f"// y_frac_bits = {plan.y_frac}")
     return lines
+
+
+def _cmp(plan: UnitPlan) -> str:
+    """The comparator of the datapath's segment rule (Verilog spells it as Python does)."""
+    return SEGMENT_RULES[plan.segment_rule].comparator
 
 
 def _per_scale(plan: UnitPlan, name: str, values: list[int], sel: str, decl: list[str], cases: dict) -> str:
@@ -247,7 +255,9 @@ def _module(table, plan: UnitPlan, name: str, pipeline: int) -> str:
 
     # comparator constants
     decl, cases = [], {}
-    lines.append(f"  // comparator constants P_j(e), {CB} bits (one past the largest code reaches no segment above)")
+    lines.append(f"  // comparator constants P_j(e), {CB} bits (" + (
+        "one past the largest code reaches no segment above)" if plan.segment_rule == "ge" else
+        "one below the smallest code sends every code above)"))
     if plan.multi:
         for j in range(nb):
             lines.append(f"  reg signed [{CB - 1}:0] p{j};")
@@ -271,9 +281,9 @@ def _module(table, plan: UnitPlan, name: str, pipeline: int) -> str:
     # comparators, index, coefficient select, multiplier
     lines.append(f"  wire signed [{CB - 1}:0] xc = {_sext('x', IN, CB)};")
     for j in range(nb):
-        lines.append(f"  wire c{j} = (xc >= {bp_names[j]});")
+        lines.append(f"  wire c{j} = (xc {_cmp(plan)} {bp_names[j]});")
     terms = " + ".join(f"{{{IW - 1}'d0, c{j}}}" if IW > 1 else f"c{j}" for j in range(nb))
-    lines.append(f"  wire [{IW - 1}:0] idx = {terms};  // i = #{{j : x >= P_j}}")
+    lines.append(f"  wire [{IW - 1}:0] idx = {terms};  // i = #{{j : x {_cmp(plan)} P_j}}")
     lines += [f"  reg signed [{KW - 1}:0] k;", f"  reg signed [{BW - 1}:0] b;", "  always @(*) begin", "    case (idx)"]
     for i in range(n):
         label = "default" if i == n - 1 else _lit(i, IW, signed=False)

@@ -1,15 +1,11 @@
 """Calibration: run the FP32 model on sentences, collect per-tensor ranges, histograms and
 per-channel maxima, choose scales, and report outlier channels.
 
-Every tensor the integer encoder quantizes is observed at the matching point of the FP32 model
-(forward hooks), on real tokens only (padding is computed by the hardware but never read):
-
-    emb.ln_out                         embeddings after LayerNorm (the residual stream's start)
-    blocks.{i}.{q,k,v}                 attention projections
-    blocks.{i}.ctx                     attention context (softmax @ V)
-    blocks.{i}.{attn_out,ffn_out}      output projections (added to the residual stream)
-    blocks.{i}.{ln1,ln2}_{in,out}      LayerNorm inputs (residual sums) and outputs (residual copies)
-    blocks.{i}.gelu_{in,out}           the FFN non-linearity
+Every tensor the integer model quantizes is observed at the matching point of the FP32 model
+(forward hooks), on real tokens only (padding is computed by the hardware but never read). Which
+tensors, under which names, is the model's declaration of its calibration sites
+(:class:`intsim.layers.ModelSites`; the BERT encoder's is :data:`intsim.int_bert.SITES`), read
+both here and by the model's builder.
 
 Outliers (LLM.int8, SmoothQuant, Outlier Suppression+): for each residual-stream tensor the
 per-channel max |x|, its ratio to the median channel max, the kurtosis of all values, and the
@@ -19,15 +15,14 @@ tokens responsible for the largest values.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .bert import SentenceBert, Tokenizer
+from .errors import GQAError
 
-RESIDUAL_STREAM = re.compile(r"emb\.ln_out|blocks\.\d+\.ln[12]_(in|out)")  # LayerNorm inputs and outputs
 HIST_BINS = 48  # log2-spaced bins of |x| from 2**-16 to 2**8
 
 
@@ -50,6 +45,27 @@ class TensorStats:
 PERCENTILES = (99.0, 99.9, 99.99)
 
 
+def percentiles(a: np.ndarray, ps=PERCENTILES) -> dict:
+    """``{p: np.percentile(a, p)}`` for high percentiles, the same floats from one partition.
+
+    numpy's linear percentile is ``lerp(s[i], s[i+1], g)`` over the sorted values ``s`` with
+    ``v = (n-1) * (p/100)``, ``i = floor(v)``, ``g = v - i``; one partition at the smallest ``i``
+    gives every needed order statistic, and ``np.quantile([s[i], s[i+1]], g)`` is numpy's own lerp
+    (its virtual index is ``1 * g``), so the results are numpy's to the last bit (tested).
+    """
+    af = a.ravel()
+    n = af.size
+    vs = {p: (n - 1) * (p / 100) for p in ps}
+    lo = min(int(np.floor(v)) for v in vs.values())
+    top = np.sort(np.partition(af, lo)[lo:])          # order statistics lo .. n-1
+    out = {}
+    for p, v in vs.items():
+        i = int(np.floor(v))
+        pair = np.array([top[i - lo], top[min(i + 1, n - 1) - lo]], af.dtype)
+        out[p] = float(np.quantile(pair, v - i))
+    return out
+
+
 def _kurtosis(x: np.ndarray) -> float:
     x = x.ravel()
     d = x - x.mean(dtype=np.float64)
@@ -58,35 +74,43 @@ def _kurtosis(x: np.ndarray) -> float:
     return float((d2 * d2).mean() / var**2) if var > 0 else 0.0
 
 
-def _hist(x: np.ndarray) -> np.ndarray:
-    """Counts of |x| in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
-    a = np.abs(x.ravel()).astype(np.float32)
-    pos = (np.log2(np.maximum(a, 2.0**-16)) + 16.0) * (HIST_BINS / 24.0)
-    idx = np.clip(pos.astype(np.int64), 0, HIST_BINS - 1)
-    return np.bincount(idx, minlength=HIST_BINS)
+def _hist(a: np.ndarray) -> np.ndarray:
+    """Counts of ``a = |x|`` in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
+    pos = np.log2(np.maximum(a.ravel().astype(np.float32, copy=False), np.float32(2.0**-16)))
+    pos += np.float32(16.0)
+    pos *= np.float32(HIST_BINS / 24.0)
+    np.clip(pos, 0, HIST_BINS - 1, out=pos)      # clipping before truncation bins exactly as after it
+    return np.bincount(pos.astype(np.intp), minlength=HIST_BINS)
 
 
 class Calibration:
     """Per-tensor statistics of the FP32 model over calibration sentences."""
 
-    def __init__(self, stats: dict, sentences: int, tokens: int):
+    def __init__(self, stats: dict, sentences: int, tokens: int, residual=()):
         self.stats: dict[str, TensorStats] = stats
         self.sentences, self.tokens = sentences, tokens
+        self.residual = tuple(residual)     # residual-stream tensors (the outlier report's)
+
+    def tensor(self, name: str) -> TensorStats:
+        if name not in self.stats:
+            raise GQAError("calibration", f"observed no tensor {name!r}",
+                           "calibrate with the model's calibration sites (calibrate(..., sites=SITES))")
+        return self.stats[name]
 
     def absmax(self, name: str, percentile: float = 100.0) -> float:
-        return self.stats[name].range(percentile)
+        return self.tensor(name).range(percentile)
 
     def token_max(self, name: str) -> float:
-        return self.stats[name].token_max_p50
+        return self.tensor(name).token_max_p50
 
     def channel_max(self, name: str) -> np.ndarray:
-        return self.stats[name].channel_max
+        return self.tensor(name).channel_max
 
     def outlier_report(self, top: int = 5) -> list[dict]:
         """Residual-stream tensors: outlier channels, their ratio to the median, kurtosis, tokens."""
         out = []
         for name, s in self.stats.items():
-            if not RESIDUAL_STREAM.fullmatch(name):
+            if name not in self.residual:
                 continue
             med = float(np.median(s.channel_max))
             order = np.argsort(s.channel_max)[::-1][:top]
@@ -109,25 +133,18 @@ class Calibration:
                 "outliers": self.outlier_report()}
 
 
-def _hook_points(model: SentenceBert):
-    """(module, name, 'in'|'out') triples whose tensors the integer path quantizes."""
-    pts = [(model.embeddings.ln, "emb.ln_out", "out")]
-    for i, b in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        pts += [(b.attn.query, p + "q", "out"), (b.attn.key, p + "k", "out"), (b.attn.value, p + "v", "out"),
-                (b.attn, p + "ctx", "out"), (b.attn_out, p + "attn_out", "out"),
-                (b.ln1, p + "ln1_in", "in"), (b.ln1, p + "ln1_out", "out"),
-                (b.ffn_in, p + "gelu_in", "out"), (b.gelu, p + "gelu_out", "out"),
-                (b.ffn_out, p + "ffn_out", "out"), (b.ln2, p + "ln2_in", "in"), (b.ln2, p + "ln2_out", "out")]
-    return pts
-
-
 def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: int = 32,
-              top: int = 5) -> Calibration:
-    """Run FP32 on ``sentences`` and collect every quantized tensor's statistics."""
+              top: int = 5, sites=None) -> Calibration:
+    """Run FP32 on ``sentences`` and collect the statistics of every declared site.
+
+    ``model(ids, mask)`` is the FP32 model, ``tokenizer(sentences, warn=False) -> (ids, mask)``
+    and ``tokenizer.id_to_token``; ``sites``: the model's :class:`intsim.layers.ModelSites`
+    (default: the BERT encoder's, :data:`intsim.int_bert.SITES`).
+    """
+    if sites is None:
+        from .int_bert import SITES as sites   # the default model's declaration
     sentences = list(sentences)
     if not sentences:
-        from .errors import GQAError
         raise GQAError("calibration sentences", "are empty", "give at least one sentence")
     rows: dict[str, list] = {}
     where: list = []     # (sentence, position, token id) of every real token, in row order
@@ -139,7 +156,7 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
             current[name] = t.detach()
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in _hook_points(model)]
+    handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in sites.hooks(model)]
     try:
         with torch.inference_mode():
             for i in range(0, len(sentences), batch_size):
@@ -158,7 +175,7 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
     for name, parts in rows.items():
         x = np.concatenate(parts)            # (tokens, C)
         a = np.abs(x)
-        pct = {p: float(np.percentile(a, p)) for p in PERCENTILES}
+        pct = percentiles(a)
         af = a.ravel()
         k = min(top, af.size)
         flat = np.argpartition(af, af.size - k)[af.size - k:]
@@ -169,6 +186,6 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
             s_i, pos, tok = where[r]
             topv.append((float(x[r, c]), c, s_i, pos, tokenizer.id_to_token(tok)))
         stats[name] = TensorStats(absmax=float(a.max()), percentiles=pct, channel_max=a.max(0),
-                                  hist=_hist(x), kurtosis=_kurtosis(x),
+                                  hist=_hist(a), kurtosis=_kurtosis(x),
                                   token_max_p50=float(np.median(a.max(1))), top=topv)
-    return Calibration(stats, len(sentences), len(where))
+    return Calibration(stats, len(sentences), len(where), residual=sites.residual(model))

@@ -2,7 +2,9 @@
 weight-scale granularity, residual-stream width, outlier handling.
 
 A config is a flat mapping (a JSON or TOML file, or keyword arguments); every key is checked,
-unknown keys and impossible values are refused with the field named. Tables are given by the
+unknown keys and impossible values are refused with the field named. The allowed kernels and
+methods are those of :mod:`intsim.registry`. ``gelu``/``gelu_table`` are the FFN activation
+slot's kernel and table: files may also call them ``activation``/``activation_table``. Tables are given by the
 name of an embedded default (``intsim/tables/NAME.json``), a table file path, or a
 :class:`~intsim.table.PWLTable` object (Python API).
 """
@@ -14,21 +16,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import GQAError
+from .registry import choices
 from .table import PWLTable
 
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
 
-CHOICES = {
-    "weight_scales": ("per_channel", "per_tensor"),
-    "act_scales": ("dyadic", "pot"),
-    "gelu": ("pwl", "ibert", "ivit"),
-    "softmax": ("pwl", "ibert", "ivit"),
-    "reciprocal": ("pwl", "divider"),
-    "layernorm": ("pwl", "newton"),
-    "outliers": ("none", "smooth", "per_token", "smooth+per_token"),
-    "gemm_backend": ("auto", "int_mm", "f32", "f64", "numpy"),
-}
-TABLE_KEYS = ("gelu_table", "exp_table", "recip_table", "rsqrt_table")
+ALIASES = {"activation": "gelu", "activation_table": "gelu_table"}   # slot names of the gelu* fields
+TABLE_SLOTS = {"gelu_table": "gelu", "exp_table": "exp", "recip_table": "reciprocal",  # table field -> the
+               "rsqrt_table": "rsqrt"}                                                # function it holds
+TABLE_KEYS = tuple(TABLE_SLOTS)
 
 
 @dataclass
@@ -56,7 +52,7 @@ class SimConfig:
     gemm_backend: str = "auto"
 
     def __post_init__(self):
-        for k, allowed in CHOICES.items():
+        for k, allowed in choices().items():   # from intsim.registry: a registration adds a choice
             if getattr(self, k) not in allowed:
                 raise GQAError(k, f"{getattr(self, k)!r} is not an option", f"use one of {', '.join(allowed)}")
         for k, lo, hi in (("act_bits", 2, 8), ("weight_bits", 2, 8), ("embed_bits", 2, 16), ("residual_bits", 8, 32), ("ln_d_bits", 4, 24)):
@@ -79,6 +75,13 @@ class SimConfig:
         if not isinstance(d, dict):
             raise GQAError(source, "is not a mapping of option names to values")
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        for alias, name in ALIASES.items():
+            if alias in d:
+                if name in d and d[name] != d[alias]:
+                    raise GQAError(f"{source}: {alias}", f"is another name of {name}, which is given too",
+                                   f"give one of {alias} and {name}")
+                d[name] = d.pop(alias)
         unknown = sorted(set(d) - known)
         if unknown:
             raise GQAError(f"{source}: {unknown[0]}", "is not a config option", f"known options: {', '.join(sorted(known))}")
@@ -102,6 +105,15 @@ class SimConfig:
         except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
             raise GQAError(str(p), f"cannot be parsed: {exc}", "write valid JSON (or TOML with a .toml suffix)") from None
         return cls.from_dict(d, source=str(p))
+
+    @property
+    def activation(self) -> str:
+        """The FFN activation slot's kernel (the ``gelu`` field)."""
+        return self.gelu
+
+    @property
+    def activation_table(self) -> PWLTable:
+        return self.gelu_table
 
     def to_dict(self) -> dict:
         d = asdict(self)

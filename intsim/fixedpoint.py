@@ -305,16 +305,43 @@ def requantize1(acc, m0, n):
     return _rdbpot1(_srdhm1(acc, m0), n)
 
 
+@numba.njit(cache=True, inline="always")
+def _left_shift_bf(ac, n):
+    """Step 1 of :func:`_requantize_bf`: ``ac << min(-n, 32)`` for ``n < 0`` (else ``ac``), unsaturated."""
+    return ac << min(max(-n, 0), 32)
+
+
+@numba.njit(cache=True, inline="always")
+def _requantize_bf(ac, m0, n):
+    """:func:`requantize1` of an int32 value ``ac`` (held in int64), branch-free so it vectorises.
+
+    A left shift (``n < 0``) by ``min(-n, 32)`` then int32 saturation (the same values as
+    requantize1's ``min(-n, 31)``: any non-zero value saturates past 31; callers count the
+    saturation as ``sat32(_left_shift_bf(ac, n)) != _left_shift_bf(ac, n)``); SRDHM's nudge and C's
+    truncating division by masks of the product's sign, with ``m0`` an int32 so the product is a
+    32 x 32 -> 64-bit multiply (one vpmuldq lane on AVX2, which has no 64-bit multiply); SRDHM's
+    one overflow (``ac == m0 == -2**31``) clamped; RDBPOT's threshold likewise by masks.
+    """
+    a3 = min(max(_left_shift_bf(ac, n), INT32_MIN), INT32_MAX)
+    nn = max(n, 0)
+    s = np.int64(np.int32(a3)) * np.int64(m0)
+    s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
+    q = min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
+    mask = (np.int64(1) << nn) - 1
+    return (q >> nn) + ((q & mask) > ((mask >> 1) + ((q >> 63) & 1)))
+
+
+@numba.njit(cache=True, inline="always")
+def _rdbpot_bf(x, t):
+    """RDBPOT (round half away from zero) of ``x`` by ``t >= 0`` bits, branch-free."""
+    mask = (np.int64(1) << t) - 1
+    return (x >> t) + ((x & mask) > ((mask >> 1) + ((x >> 63) & 1)))
+
+
 @numba.njit(cache=True, parallel=True)
 def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res, out):
-    """The per-element arithmetic of :func:`requantize_channels`, written branch-free so it vectorises.
-
-    Exactly :func:`requantize1` after the bias add: SRDHM's nudge and C's truncating division by
-    masks of the product's sign, RDBPOT's threshold likewise; a left shift (``n < 0``) by
-    ``min(-n, 32)`` then int32 saturation (counted: the same values and counts as shifting by
-    ``min(-n, 31)`` with any non-zero value saturating beyond 31); SRDHM's one overflow
-    (``a == M0 == -2**31``) is the only result above int32 and is clamped.
-    """
+    """The per-element arithmetic of :func:`requantize_channels`: the bias add (int64, saturated to
+    int32 and counted), then exactly :func:`requantize1` as :func:`_requantize_bf`; ``m0`` int32."""
     rows, cols = acc.shape
     sat = np.zeros(rows, np.int64)
     ovf = np.zeros(rows, np.int64)
@@ -327,22 +354,14 @@ def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res,
         ov = np.int64(0)
         for c in range(cols):
             b = bias[c]
-            b = (b >> t) + ((b & tmask) > ((tmask >> 1) + ((b >> 63) & 1)))
-            a = np.int64(acc[r, c]) + b
+            a = np.int64(acc[r, c]) + (b >> t) + ((b & tmask) > ((tmask >> 1) + ((b >> 63) & 1)))
             pk = max(pk, abs(a))
             ac = min(max(a, INT32_MIN), INT32_MAX)
             ov += ac != a
             nc = n[c] - t
-            ls = min(max(-nc, 0), 32)
-            a2 = ac << ls
-            ac = min(max(a2, INT32_MIN), INT32_MAX)
-            ov += ac != a2
-            nc = max(nc, 0)
-            s = ac * m0[c]
-            s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
-            q = min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
-            mask = (np.int64(1) << nc) - 1
-            y = (q >> nc) + ((q & mask) > ((mask >> 1) + ((q >> 63) & 1)))
+            a2 = _left_shift_bf(ac, nc)
+            ov += min(max(a2, INT32_MIN), INT32_MAX) != a2
+            y = _requantize_bf(ac, m0[c], nc)
             if has_res:
                 y += residual[r, c]
             yc = min(max(y, lo), hi)
@@ -361,11 +380,20 @@ def _per_column(v, cols: int, field: str) -> np.ndarray:
     return np.broadcast_to(v, (cols,)).copy()
 
 
+def _accumulator(acc) -> np.ndarray:
+    """An integer accumulator array, or a float32/float64 one holding exact int32 integers (an
+    ``int_gemm(..., float_out=True)`` result: read as integers, element by element, unconverted)."""
+    acc = np.asarray(acc)
+    if acc.dtype.kind not in "iuf" or acc.ndim < 1 or (acc.dtype.kind == "f" and acc.dtype.itemsize < 4):
+        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give an integer accumulator array")
+    return acc
+
+
 def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=None, out_dtype=None,
                         row_shift=None):
     """Per-column requantization of a GEMM accumulator, optionally followed by a residual add.
 
-    Formats: ``acc`` int32 (..., N); ``bias`` int32 per column at the accumulator's scale;
+    Formats: ``acc`` int32 (..., N) (or its exact float copy, see :func:`_accumulator`); ``bias`` int32 per column at the accumulator's scale;
     ``multipliers`` (int32 ``M0``) and ``shifts`` (``n``) per column as for :func:`requantize`;
     ``residual`` (optional) integer codes already at the output scale. Per element:
 
@@ -381,9 +409,7 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     Returns ``(y, saturated, overflowed, peak)``, ``peak`` the largest ``|acc + bias|`` (the
     accumulator's width report).
     """
-    acc = np.asarray(acc)
-    if acc.dtype.kind not in "iu" or acc.ndim < 1:
-        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give an integer accumulator array")
+    acc = _accumulator(acc)
     if not 2 <= out_bits <= 32:
         raise GQAError("out_bits", f"{out_bits} is outside [2, 32]", "requantized outputs are at most int32")
     shape = acc.shape
@@ -413,30 +439,30 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
         raise GQAError("row_shift", f"has {rs.shape[0]} entries for {a2.shape[0]} rows")
     if np.any(rs < 0) or np.any(rs > 62):
         raise GQAError("row_shift", "must lie in [0, 62]", "per-token shifts only coarsen a row's scale")
-    sat, ovf, peak = _requantize_channels(a2, bias, m0, n, rs, lo, hi, res, residual is not None, out)
+    sat, ovf, peak = _requantize_channels(a2, bias, m0.astype(np.int32), n, rs, lo, hi, res, residual is not None, out)
     return out.reshape(shape), int(sat), int(ovf), int(peak)
+
+
+ROW_BLOCK = 64   # rows per parallel task of the row kernels: one scratch row allocated per block
 
 
 @numba.njit(cache=True, parallel=True)
 def _requantize_dynamic(acc, m0, n, bits, out, shifts):
     rows, cols = acc.shape
     hi = (1 << (bits - 1)) - 1
-    for r in numba.prange(rows):
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         v = np.empty(cols, np.int64)
-        mx = np.int64(0)
-        for c in range(cols):
-            v[c] = requantize1(np.int64(acc[r, c]), m0[c], n[c])
-            mx = max(mx, abs(v[c]))
-        t = 0
-        while (mx >> t) > hi:        # the smallest shift that fits the row (a leading-one detector)
-            t += 1
-        shifts[r] = t
-        for c in range(cols):
-            y = v[c]
-            if t > 0:                 # round half away from zero, as RDBPOT
-                mask = (np.int64(1) << t) - 1
-                y = (y >> t) + (1 if (y & mask) > ((mask >> 1) + (1 if y < 0 else 0)) else 0)
-            out[r, c] = min(max(y, -hi - 1), hi)
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            mx = np.int64(0)
+            for c in range(cols):
+                v[c] = _requantize_bf(np.int64(acc[r, c]), m0[c], n[c])
+                mx = max(mx, abs(v[c]))
+            t = 0
+            while (mx >> t) > hi:        # the smallest shift that fits the row (a leading-one detector)
+                t += 1
+            shifts[r] = t
+            for c in range(cols):        # round half away from zero, as RDBPOT
+                out[r, c] = min(max(_rdbpot_bf(v[c], t), -hi - 1), hi)
 
 
 def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
@@ -447,7 +473,7 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
     rounding can still reach ``2**(bits-1)``: clipped). Row ``r``'s real scale is ``s * 2**t_r``.
     Returns ``(y, t)`` with ``y`` int8 (bits <= 8) and ``t`` int64 per row.
     """
-    acc = np.asarray(acc)
+    acc = _accumulator(acc)
     if not 2 <= bits <= 16:
         raise GQAError("bits", f"{bits} is outside [2, 16]", "dynamic per-token operands are int8 or int16")
     shape = acc.shape
@@ -459,5 +485,5 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
         raise GQAError("multipliers", "need int32 M0 and shifts <= 62", "use dyadic_multiplier")
     out = np.empty(a2.shape, np.int8 if bits <= 8 else np.int16)
     t = np.empty(a2.shape[0], np.int64)
-    _requantize_dynamic(a2, m0, n, bits, out, t)
+    _requantize_dynamic(a2, m0.astype(np.int32), n, bits, out, t)
     return out.reshape(shape), t.reshape(shape[:-1])

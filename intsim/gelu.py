@@ -10,7 +10,8 @@ to integer codes:
 
 The PWL kernel's input scale is the power of two ``2**-e``: ``e`` is the largest scale of the
 table's set at which ``in_absmax`` still fits the code range (clipping nothing the calibration
-saw), or the scale given explicitly (``e=``, e.g. exported from quantization-aware training).
+saw; :meth:`intsim.PWLDatapath.input_exponent`, which :mod:`gqa_lut.nn` calibrates with too),
+or the scale given explicitly (``e=``, e.g. exported from quantization-aware training).
 The output is the unit's output code (its accumulator at ``F(e)`` fractional bits at full
 precision), so ``out_scale = 2**-output_frac(e)``. I-BERT's and I-ViT's kernels
 (:mod:`intsim.ibert`, :mod:`intsim.ivit`) follow the same interface.
@@ -24,13 +25,6 @@ from .errors import GQAError
 from .pwl import pwl_map
 
 
-def pot_exponent(absmax: float, in_bits: int, scales) -> int:
-    """Largest ``e`` in ``scales`` with ``absmax <= (2**(in_bits-1) - 1) * 2**-e`` (else the smallest)."""
-    top = (1 << (in_bits - 1)) - 1
-    ok = [e for e in scales if absmax <= top * 2.0**-e]
-    return max(ok) if ok else min(scales)
-
-
 class PWLGelu:
     name = "pwl"
 
@@ -38,7 +32,7 @@ class PWLGelu:
         self.table = table
         dp = table.datapath
         if e is None:
-            e = pot_exponent(in_absmax, dp.in_bits, table.scales)
+            e = dp.input_exponent(in_absmax, table.scales)
         elif e not in table.scales:
             raise GQAError("pwl_input_exp", f"e={e} is not among the table's scales {list(table.scales)}",
                            "use a scale the table was searched for")

@@ -5,34 +5,63 @@ Specification: ``C[m, n] = sum_k A[m, k] * B[k, n]`` over the integers, with A a
 ``K * max|a| * max|b| < 2**31``; :func:`check_gemm` refuses anything else, so no backend ever
 wraps.
 
-Backends (``backend="auto"`` picks the fastest exact one):
+Backends (the registry :data:`REGISTRY`; ``backend="auto"`` picks one by measurement):
 
-- ``int_mm``: ``torch._int_mm`` (oneDNN int8 kernels, AVX-512 VNNI here); int8 x int8 only.
-- ``f32``: float32 BLAS on the integer values. Every partial sum is an integer below
-  ``K * max|a| * max|b|``; float32 represents all integers below ``2**24`` exactly, so the
-  result is exact iff that bound is ``<= 2**24`` (``K * 2**14 <= 2**24``, K <= 1024, for
-  int8 x int8). Used for batched attention products, where ``_int_mm`` has no batched form.
+- ``int_mm``: ``torch._int_mm`` (oneDNN int8 kernels); 2-D int8 x int8 only. Fast with
+  AVX-512 VNNI, but 40x slower than float32 BLAS on CPUs without VNNI (Zen 3, many laptops).
+- ``f32``: float32 BLAS on the integer values, K split into chunks. Every partial sum of a
+  chunk of ``Kc`` products is an integer of magnitude ``<= Kc * max|a*b|``; float32 holds every
+  integer up to ``2**24`` exactly, so with ``Kc = floor(2**24 / max|a*b|)`` (1024 for
+  int8 x int8, 514 for uint8 x int8) each chunk's product is exact whatever order BLAS sums in;
+  the chunks' int32 results are then added exactly. Any K, batched (attention) included.
 - ``f64``: float64 BLAS, exact below ``2**53`` (every K that fits int32).
-- ``numpy``: int64 ``matmul``, the slow reference.
+- ``numpy``: int64 ``matmul``, the slow reference; never picked by ``auto``.
+
+``auto``: for each operand class (:func:`operand_class`: 2-D or batched, the dtypes, whether K
+needs f32 chunking, the size), the first call times every candidate backend on a bounded slice of
+its real operands (about ``PROBE_MACS`` multiply-adds, best of ``PROBE_REPEATS``) and keeps the
+fastest. The choice is cached per process and on disk (:func:`cache_path`), keyed by a
+fingerprint of the machine (CPU model, torch version and CPU capability, the ISA-limiting
+environment variables, thread count), so one machine's choice is never reused on another.
+Set ``GQA_GEMM_CACHE=off`` to keep choices in memory only.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import GQAError
 
-BACKENDS = ("auto", "int_mm", "f32", "f64", "numpy")
 F32_EXACT = 2**24
 F64_EXACT = 2**53
+PROBE_MACS = 2**26      # a probe multiplies about this many pairs per backend and round
+PROBE_REPEATS = 3       # rounds, each timing every backend once (a burst of load hits them all)
+SMALL_MACS = 2**20      # operand size classes: below this, between, and at or above LARGE_MACS
+LARGE_MACS = 2**26
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _mag(dt) -> int:
+    info = np.iinfo(dt)
+    return max(-int(info.min), int(info.max))
 
 
 def _bound(a_dtype, b_dtype) -> int:
     """Largest |a*b| for the operand dtypes."""
-    def mag(dt):
-        info = np.iinfo(dt)
-        return max(-int(info.min), int(info.max))
-    return mag(a_dtype) * mag(b_dtype)
+    return _mag(a_dtype) * _mag(b_dtype)
+
+
+def f32_chunk(a_dtype, b_dtype) -> int:
+    """Largest K whose float32 partial sums stay exact: ``floor(2**24 / max|a*b|)``."""
+    return F32_EXACT // _bound(a_dtype, b_dtype)
 
 
 def _check_operand(x, name: str):
@@ -44,6 +73,7 @@ def _check_operand(x, name: str):
 
 def check_gemm(a, b) -> int:
     """Validate shapes and dtypes; return the exactness bound ``K * max|a*b|``."""
+    a, b = _array(a), _array(b)
     da, db = _check_operand(a, "a"), _check_operand(b, "b")
     try:
         np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
@@ -61,12 +91,6 @@ def check_gemm(a, b) -> int:
     return bound
 
 
-def pick_backend(a, b, bound: int) -> str:
-    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype == np.int8:
-        return "int_mm"
-    return "f32" if bound <= F32_EXACT else "f64"
-
-
 def _tensor(x: np.ndarray):
     """A torch view of a C-contiguous, writable copy when needed (torch refuses read-only memory)."""
     import torch
@@ -74,28 +98,313 @@ def _tensor(x: np.ndarray):
     return torch.from_numpy(np.require(x, requirements=("C", "W")))
 
 
-def int_gemm(a: np.ndarray, b: np.ndarray, backend: str = "auto") -> np.ndarray:
-    """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N)."""
+class Constant:
+    """A GEMM operand fixed offline (weights): read-only, so its torch copies (the int8 view, the
+    float32 and float64 conversions) are made once and reused by every product."""
+
+    def __init__(self, x):
+        arr = np.array(x, copy=True, order="C")
+        _check_operand(arr, "constant")
+        arr.setflags(write=False)
+        self.array, self._tensors = arr, {}
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+
+    def tensor(self, dtype=None):
+        if dtype not in self._tensors:
+            t = _tensor(self.array)
+            self._tensors[dtype] = t if dtype is None else t.to(dtype)
+        return self._tensors[dtype]
+
+
+def _array(x) -> np.ndarray:
+    return x.array if isinstance(x, Constant) else x
+
+
+def _as(x, dtype=None):
+    """A torch tensor of ``x`` (converted to ``dtype``), cached for constants."""
+    if isinstance(x, Constant):
+        return x.tensor(dtype)
+    t = _tensor(x)
+    return t if dtype is None else t.to(dtype)
+
+
+# backends ------------------------------------------------------------------------------------
+def _run_int_mm(a, b, float_out=False):
+    import torch
+
+    return torch._int_mm(_as(a), _as(b)).numpy()
+
+
+def _run_f32(a, b, float_out=False):
+    import torch
+
+    ta, tb = _as(a, torch.float32), _as(b, torch.float32)
+    k, kc = a.shape[-1], f32_chunk(a.dtype, b.dtype)
+    if k <= kc:
+        c = torch.matmul(ta, tb)
+        return (c if float_out else c.to(torch.int32)).numpy()
+    n = -(-k // kc)
+    step = -(-k // n)       # equal chunks (K=1536: 2 x 768), each <= kc
+    out = None
+    for k0 in range(0, k, step):
+        part = torch.matmul(ta[..., k0:k0 + step], tb[..., k0:k0 + step, :]).to(torch.int32)
+        out = part if out is None else out.add_(part)
+    return out.numpy()
+
+
+def _run_f64(a, b, float_out=False):
+    import torch
+
+    c = torch.matmul(_as(a, torch.float64), _as(b, torch.float64))
+    return (c if float_out else c.to(torch.int32)).numpy()
+
+
+def _run_numpy(a, b, float_out=False):
+    return np.matmul(_array(a).astype(np.int64), _array(b).astype(np.int64)).astype(np.int32)
+
+
+def _is_2d_int8(a, b, bound) -> bool:
+    return a.ndim == 2 and b.ndim == 2 and a.dtype == np.int8 and b.dtype == np.int8
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One exact GEMM implementation: ``run(a, b) -> int32`` on operands that ``accepts``."""
+
+    name: str
+    run: Callable
+    accepts: Callable          # (a, b, bound) -> bool: shapes/dtypes it takes, exactly
+    requirement: str           # what ``accepts`` asks, for the error message
+    auto: bool = True          # a candidate of the measured pick
+
+
+REGISTRY: dict[str, Backend] = {b.name: b for b in (
+    Backend("int_mm", _run_int_mm, _is_2d_int8, "2-D int8 x int8 operands"),
+    Backend("f32", _run_f32, lambda a, b, bound: True, "any operands (K chunked for exactness)"),
+    Backend("f64", _run_f64, lambda a, b, bound: bound < F64_EXACT, "K * max|a*b| < 2**53"),
+    Backend("numpy", _run_numpy, lambda a, b, bound: True, "any operands", auto=False),
+)}
+BACKENDS = ("auto", *REGISTRY)
+
+
+# the measured choice -------------------------------------------------------------------------
+def operand_class(a, b) -> str:
+    """The class a measured choice holds for: layout, dtypes, K range and size."""
+    batch = int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), dtype=np.int64))
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    macs = batch * m * k * n
+    size = "small" if macs < SMALL_MACS else ("large" if macs >= LARGE_MACS else "medium")
+    layout = "2d" if a.ndim == b.ndim == 2 else "batched"
+    krange = f"K<={f32_chunk(a.dtype, b.dtype)}" if k <= f32_chunk(a.dtype, b.dtype) else \
+        f"K>{f32_chunk(a.dtype, b.dtype)}"
+    return f"{layout} {a.dtype}x{b.dtype} {krange} {size}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_fingerprint() -> dict:
+    """What a measured choice depends on; another machine (or ISA limit) gets its own choices."""
+    import torch
+
+    return {"cpu": _cpu_model(), "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "numpy": np.__version__, "env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}}
+
+
+def cache_path(fingerprint: dict | None = None) -> Path | None:
+    """The on-disk cache of this machine's choices, or None when ``GQA_GEMM_CACHE=off``."""
+    if os.environ.get("GQA_GEMM_CACHE", "").lower() in ("off", "0", "no"):
+        return None
+    root = os.environ.get("GQA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gqa-sim")
+    fp = fingerprint or machine_fingerprint()
+    digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"gemm_backends-{digest}.json"
+
+
+_CHOICES: dict[str, dict] = {}     # operand class -> {"backend": name, "seconds": {name: s}}
+_DISK_LOADED = False
+
+
+def _load_disk() -> None:
+    global _DISK_LOADED
+    _DISK_LOADED = True
+    fp = machine_fingerprint()
+    path = cache_path(fp)
+    if path is None or not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+        if data.get("machine") != json.loads(json.dumps(fp)):   # a hash collision or a stale file
+            return
+        for cls, choice in data.get("choices", {}).items():
+            if choice.get("backend") in REGISTRY:
+                _CHOICES.setdefault(cls, choice)
+    except (OSError, ValueError, AttributeError):
+        return      # an unreadable cache is re-measured and rewritten
+
+
+def _save_disk() -> None:
+    fp = machine_fingerprint()
+    path = cache_path(fp)
+    if path is None:
+        return
+    from .fileio import atomic_write_json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"machine": fp, "choices": _CHOICES}, field="GQA_CACHE_DIR")
+    except (OSError, GQAError):
+        pass        # a read-only home keeps the choice for this process only
+
+
+def clear_choices(disk: bool = False) -> None:
+    """Forget the measured choices and self-tests (and the on-disk cache with ``disk=True``)."""
+    global _DISK_LOADED
+    _CHOICES.clear()
+    _EXACT.clear()
+    _DISK_LOADED = False
+    path = cache_path() if disk else None
+    if path is not None and path.is_file():
+        path.unlink()
+
+
+def machine_report() -> dict:
+    """The machine fingerprint and the backend chosen for each operand class so far."""
+    return dict(machine_fingerprint(), gemm_backends=chosen_backends())
+
+
+def chosen_backends() -> dict[str, str]:
+    """Operand class -> backend, for every class measured (or loaded) in this process."""
+    return {cls: c["backend"] for cls, c in sorted(_CHOICES.items())}
+
+
+def _probe_slice(a, b):
+    """Leading rows (or batch items) of the operands, about ``PROBE_MACS`` multiply-adds."""
+    k, n = a.shape[-1], b.shape[-1]
+    if a.ndim == 2 and b.ndim == 2:
+        rows = max(1, min(a.shape[0], PROBE_MACS // max(1, k * n)))
+        return _array(a)[:rows], b          # a constant b keeps its cached conversions
+    a, b = _array(a), _array(b)
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_, b_ = np.broadcast_to(a, (*shape, *a.shape[-2:])), np.broadcast_to(b, (*shape, *b.shape[-2:]))
+    batch = int(np.prod(shape, dtype=np.int64))
+    a_, b_ = a_.reshape(batch, *a.shape[-2:]), b_.reshape(batch, *b.shape[-2:])
+    items = max(1, min(a_.shape[0], PROBE_MACS // max(1, a.shape[-2] * k * n)))
+    return a_[:items], b_[:items]
+
+
+def _adversarial_operands():
+    """Known-answer operands that expose a non-exact kernel: all extremes (every int16 pair sum of
+    u8*s8 products saturates), alternating signs, and random full-range values."""
+    rng = np.random.default_rng(20240601)
+    k = 256
+    cases = [(np.full((17, k), v, np.int8), np.full((k, 9), w, np.int8)) for v, w in
+             ((127, 127), (-128, -128), (127, -128), (-128, 127))]
+    alt = np.where(np.arange(k) % 2 == 0, 127, -128).astype(np.int8)
+    cases.append((np.tile(alt, (17, 1)), np.tile(alt[:, None], (1, 9))))
+    cases.append((rng.integers(-128, 128, (33, k)).astype(np.int8), rng.integers(-128, 128, (k, 24)).astype(np.int8)))
+    cases.append((rng.integers(0, 256, (5, 3, k)).astype(np.uint8), rng.integers(-128, 128, (5, k, 7)).astype(np.int8)))
+    return cases
+
+
+_EXACT: dict[str, bool] = {}        # backend -> passed its known-answer self-test in this process
+
+
+def is_exact(name: str) -> bool:
+    """Whether backend ``name`` multiplies exactly on this machine (a known-answer self-test, once).
+
+    Not a formality: with oneDNN limited to AVX2 (no VNNI), ``torch._int_mm`` sums pairs of u8*s8
+    products in saturating int16 (vpmaddubsw) and returns wrong integers.
+    """
+    if name not in _EXACT:
+        be = REGISTRY[name]
+        ok = True
+        for a, b in _adversarial_operands():
+            if be.accepts(a, b, check_gemm(a, b)):
+                ok = ok and np.array_equal(be.run(a, b).astype(np.int64), np.matmul(a.astype(np.int64), b.astype(np.int64)))
+        _EXACT[name] = bool(ok)
+    return _EXACT[name]
+
+
+def candidates(a, b) -> list[str]:
+    """Backends ``auto`` may pick for these operands: they accept them and passed the self-test."""
+    bound = check_gemm(a, b)
+    return [n for n, be in REGISTRY.items() if be.auto and be.accepts(a, b, bound) and is_exact(n)]
+
+
+def measure(a, b, names=None, repeats: int = PROBE_REPEATS) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each candidate backend on a bounded slice of ``a @ b``.
+
+    Every candidate must return the integers of the exact int64 product of the slice; one that
+    does not is left out (and remembered as inexact).
+    """
+    names = list(names or candidates(a, b))
+    pa, pb = _probe_slice(a, b)
+    expect = np.matmul(pa.astype(np.int64), _array(pb).astype(np.int64))
+    best = dict.fromkeys(names, float("inf"))
+    for _ in range(repeats):        # interleaved rounds: a burst of load slows every backend alike
+        for name in list(best):
+            t0 = time.perf_counter()
+            out = REGISTRY[name].run(pa, pb)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            if not np.array_equal(out.astype(np.int64), expect):
+                _EXACT[name] = False
+                del best[name]
+    seconds = best
+    if not seconds:
+        raise GQAError("backend", "no exact GEMM backend on this machine", "report this with `gqa sim-bench`")
+    return seconds
+
+
+def pick_backend(a, b, bound: int | None = None) -> str:
+    """The measured fastest exact backend for the operands' class (measured once, then cached)."""
+    if a.size == 0 or b.size == 0:
+        return "f32"        # nothing to multiply: any exact backend, and nothing worth measuring
+    if not _DISK_LOADED:
+        _load_disk()
+    cls = operand_class(a, b)
+    choice = _CHOICES.get(cls)
+    if choice is None:
+        seconds = measure(a, b)
+        choice = {"backend": min(seconds, key=seconds.get), "seconds": seconds}
+        _CHOICES[cls] = choice
+        _save_disk()
+    return choice["backend"]
+
+
+def int_gemm(a: np.ndarray, b, backend: str = "auto", float_out: bool = False) -> np.ndarray:
+    """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N).
+
+    ``b`` may be a :class:`Constant` (weights): the same product, without converting it each call.
+    ``float_out=True``: a float backend may return its float32/float64 result, which holds the
+    same int32 integers exactly, saving a conversion pass when the consumer converts anyway (the
+    requantizers of :mod:`intsim.fixedpoint` read such accumulators element by element).
+    """
     if backend not in BACKENDS:
         raise GQAError("backend", f"{backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
     bound = check_gemm(a, b)
     if backend == "auto":
         backend = pick_backend(a, b, bound)
-    if backend == "numpy":
-        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
-    import torch
-
-    if backend == "int_mm":
-        if not (a.ndim == 2 and b.ndim == 2 and a.dtype == np.int8 and b.dtype == np.int8):
-            raise GQAError("backend", "int_mm takes 2-D int8 x int8 operands", "use backend 'f32', 'f64' or 'auto'")
-        ta, tb = _tensor(a), _tensor(b)
-        return torch._int_mm(ta, tb).numpy()
-    if backend == "f32":
-        if bound > F32_EXACT:
-            raise GQAError("backend", f"f32 is not exact for this K ({a.shape[-1]}: bound {bound} > 2**24)",
-                           "use 'f64' or 'auto'")
-        dt = torch.float32
-    else:
-        dt = torch.float64
-    c = torch.matmul(_tensor(a).to(dt), _tensor(b).to(dt))
-    return c.to(torch.int32).numpy()
+    be = REGISTRY[backend]
+    if not be.accepts(a, b, bound):
+        raise GQAError("backend", f"{backend} takes {be.requirement}", "use backend 'f32', 'f64' or 'auto'")
+    if not is_exact(backend):
+        raise GQAError("backend", f"{backend} is not exact on this machine (it failed its known-answer test)",
+                       "use backend 'auto', 'f32' or 'f64'")
+    return be.run(a, b, float_out) if float_out else be.run(a, b)

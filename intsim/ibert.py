@@ -42,7 +42,8 @@ i-softmax. Input: int32 scores ``a`` (B, H, Tq, Tk) at the real scale ``S = in_s
 value of one score code, fixed offline; ``S < ln 2`` is required so that ``q_ln2 >= 1``), a
 key mask (B, Tk). Per row:
 
-1. ``mx = max_t a_t`` over unmasked keys; ``d_t = max(a_t - mx, -2**31)`` (``<= 0``; int64, the
+1. ``mx = max_t a_t`` over unmasked keys (the mask policy of :func:`intsim.softmax.score_rows`:
+   padding and/or causal); ``d_t = max(a_t - mx, -2**31)`` (``<= 0``; int64, the
    clamp as in :mod:`intsim.softmax`).
 2. i-exp (Algorithm 3): ``q_ln2 = floor(ln2 / S)``; ``z = floor(-d / q_ln2)`` (``>= 0``);
    ``q_p = d + z * q_ln2`` in ``(-q_ln2, 0]``; I-POLY with ``a = 0.3585``, ``b = 1.353``,
@@ -79,7 +80,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
-from .softmax import masked_row_max, score_rows
+from .softmax import score_rows, visible_row
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -88,7 +89,7 @@ CHUNK = 1 << 14          # elements per parallel work item of the elementwise ke
 INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
 
-def _bits(v: int) -> int:
+def signed_width(v: int) -> int:
     """Signed width of a register holding values up to ``|v|``."""
     return int(abs(int(v))).bit_length() + 1
 
@@ -184,9 +185,9 @@ class IBertGelu:
 
     def _count(self, stats, name, n, peaks):
         b = self.in_bits
-        p_bits = _bits(self.q_b)
-        l_bits = _bits(self.l_max)
-        s_bits = max(l_bits - self.t, _bits(self.q_1)) + 1
+        p_bits = signed_width(self.q_b)
+        l_bits = signed_width(self.l_max)
+        s_bits = max(l_bits - self.t, signed_width(self.q_1)) + 1
         stats.count("compare", f"{name}.sign", n, bits=b)
         stats.count("compare", f"{name}.clip", n, bits=p_bits)
         stats.count("add", f"{name}.poly_b", n, bits=p_bits)
@@ -205,17 +206,16 @@ class IBertGelu:
 # --- i-softmax -------------------------------------------------------------------------------
 
 @numba.njit(cache=True, parallel=True)
-def _ibert_softmax(scores, mask, rows_per_batch, q_ln2, q_b, q_c, s, out_bits, out, peaks):
+def _ibert_softmax(scores, mask, rows_per_batch, q_len, key_offset, q_ln2, q_b, q_c, s, out_bits, out, peaks):
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        mx = masked_row_max(scores, mask, r, b)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         lmax = np.int64(0)
         for t in range(T):
-            if mask[b, t]:
+            if mask[b, t] and t <= last:
                 d = max(np.int64(scores[r, t]) - mx, INT32_MIN)
                 k = (-d) // q_ln2
                 qp = d + k * q_ln2
@@ -270,9 +270,9 @@ class IBertSoftmax:
         self.e_max = self.l_max >> s
         self.exp_scale = EXP_A * S * S * 2.0**s
 
-    def __call__(self, scores, key_mask, stats=None, name="softmax"):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> probabilities at scale 2**-out_bits."""
-        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+    def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at 2**-out_bits."""
+        s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         Tk = s2.shape[1]
         if scores.size == 0:
             return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
@@ -281,7 +281,7 @@ class IBertSoftmax:
                            "set exp_bits (16 follows I-BERT)")
         out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        _ibert_softmax(s2, mask, rows_per_batch, self.q_ln2, self.q_b, self.q_c,
+        _ibert_softmax(s2, mask, rows_per_batch, q_len, key_offset, self.q_ln2, self.q_b, self.q_c,
                        self.s, self.out_bits, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)
@@ -290,21 +290,21 @@ class IBertSoftmax:
     def _count(self, stats, name, rows, T, peaks):
         n = rows * T
         z_max = self.e_max * T
-        l_bits = _bits(self.l_max)
-        p_bits = _bits(self.q_b)
-        k_bits = _bits((1 << 31) // self.q_ln2 + 1)
+        l_bits = signed_width(self.l_max)
+        p_bits = signed_width(self.q_b)
+        k_bits = signed_width((1 << 31) // self.q_ln2 + 1)
         div_bits = max(32, int(self.e_max * ((1 << self.out_bits) + T)).bit_length())
         stats.count("compare", f"{name}.max", n, bits=32)
         stats.count("add", f"{name}.sub_max", n, bits=32)
         stats.count("div", f"{name}.exp_quotient", n, bits=32)
-        stats.count("mul", f"{name}.exp_remainder", n, a_bits=k_bits, b_bits=_bits(self.q_ln2))
+        stats.count("mul", f"{name}.exp_remainder", n, a_bits=k_bits, b_bits=signed_width(self.q_ln2))
         stats.count("add", f"{name}.exp_remainder", n, bits=32)
         stats.count("add", f"{name}.poly_b", n, bits=p_bits)
         stats.count("mul", f"{name}.poly_square", n, a_bits=p_bits, b_bits=p_bits)
         stats.count("add", f"{name}.poly_c", n, bits=l_bits)
         stats.count("shift", f"{name}.exp_shift", n, bits=l_bits)
-        stats.count("add", f"{name}.sum", n, bits=_bits(z_max))
+        stats.count("add", f"{name}.sum", n, bits=signed_width(z_max))
         stats.count("div", f"{name}.divide", n, bits=div_bits)
         stats.accumulator(f"{name}.exp_poly", int(peaks[:, 1].max()), l_bits)
-        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), max(32, _bits(z_max)))
+        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), max(32, signed_width(z_max)))
         stats.saturated(f"{name}.prob_max", int(peaks[:, 2].sum()))

@@ -27,7 +27,8 @@ The paper writes ``I_b << (N - q)`` with "N a sufficiently large integer" and it
 Shiftmax. Input: int32 scores ``a`` (B, H, Tq, Tk) at real scale ``S = in_scale`` (``S <= 2``),
 a key mask (B, Tk). Per row:
 
-1. ``mx = max_t a_t`` over unmasked keys; ``d_t = max(a_t - mx, -2**31) <= 0`` (int64; the
+1. ``mx = max_t a_t`` over unmasked keys (the mask policy of :func:`intsim.softmax.score_rows`:
+   padding and/or causal); ``d_t = max(a_t - mx, -2**31) <= 0`` (int64; the
    clamp as in :mod:`intsim.softmax`).
 2. ``E_t = ShiftExp_N(d_t)``; masked keys ``E_t = 0``; ``Z = sum_t E_t``.
    ``N = exp_bits - 1 - bits(I_0)`` (``bits`` = ``int.bit_length``): the largest ``N`` with
@@ -78,8 +79,8 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
-from .ibert import _bits, check_codes, int_codes
-from .softmax import masked_row_max, score_rows
+from .ibert import check_codes, int_codes, signed_width
+from .softmax import score_rows, visible_row
 
 REF_DIV_BITS = 31
 
@@ -120,26 +121,25 @@ def _count_shift_exp(stats, op, n, in_bits, i0, e_bits):
     stats.count("shift", f"{op}.log2e", 2 * n, bits=in_bits)
     stats.count("add", f"{op}.log2e", 2 * n, bits=p_bits)
     stats.count("div", f"{op}.quotient", n, bits=p_bits)
-    stats.count("mul", f"{op}.remainder", n, a_bits=p_bits, b_bits=_bits(i0))
+    stats.count("mul", f"{op}.remainder", n, a_bits=p_bits, b_bits=signed_width(i0))
     stats.count("add", f"{op}.remainder", n, bits=p_bits)
-    stats.count("shift", f"{op}.linear", n, bits=_bits(i0))
-    stats.count("add", f"{op}.linear", n, bits=_bits(i0))
+    stats.count("shift", f"{op}.linear", n, bits=signed_width(i0))
+    stats.count("add", f"{op}.linear", n, bits=signed_width(i0))
     stats.count("shift", f"{op}.pow2", n, bits=e_bits)
 
 
 # --- Shiftmax --------------------------------------------------------------------------------
 
 @numba.njit(cache=True, parallel=True)
-def _shiftmax(scores, mask, rows_per_batch, i0, n_exp, m_div, out_bits, out, peaks):
+def _shiftmax(scores, mask, rows_per_batch, q_len, key_offset, i0, n_exp, m_div, out_bits, out, peaks):
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        mx = masked_row_max(scores, mask, r, b)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         for t in range(T):
-            if mask[b, t]:
+            if mask[b, t] and t <= last:
                 d = max(np.int64(scores[r, t]) - mx, INT32_MIN)
                 e[t] = shift_exp1(d, i0, n_exp)
                 z += e[t]
@@ -183,9 +183,9 @@ class Shiftmax:
         self.e_max = self.i0 << self.n if self.n >= 0 else self.i0 >> -self.n
         self.exp_scale = self.in_scale * 2.0**-self.n
 
-    def __call__(self, scores, key_mask, stats=None, name="softmax"):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> probabilities at scale 2**-out_bits."""
-        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+    def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at 2**-out_bits."""
+        s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         Tk = s2.shape[1]
         if scores.size == 0:
             return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
@@ -194,7 +194,7 @@ class Shiftmax:
                            "IntDiv numerator", "raise div_bits or lower exp_bits")
         out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        _shiftmax(s2, mask, rows_per_batch, self.i0, self.n, self.div_bits,
+        _shiftmax(s2, mask, rows_per_batch, q_len, key_offset, self.i0, self.n, self.div_bits,
                   self.out_bits, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)
@@ -202,8 +202,8 @@ class Shiftmax:
 
     def _count(self, stats, name, rows, T, peaks):
         n = rows * T
-        e_bits = _bits(self.e_max) - 1                            # unsigned
-        z_bits = _bits(self.e_max * T)                            # signed, as OpStats measures
+        e_bits = signed_width(self.e_max) - 1                            # unsigned
+        z_bits = signed_width(self.e_max * T)                            # signed, as OpStats measures
         f_bits = ((1 << self.div_bits) // self.e_max).bit_length()  # Z >= E at the row max = e_max
         stats.count("compare", f"{name}.max", n, bits=32)
         stats.count("add", f"{name}.sub_max", n, bits=32)

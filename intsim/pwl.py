@@ -2,7 +2,7 @@
 
 Semantics are :mod:`intsim.datapath`'s, exactly:
 
-    i(q) = #{j : q >= P_j(e)}
+    i(q) = #{j : q >= S_j(e)}          S_j(e) = PWLDatapath.segment_starts (either segment_rule)
     A    = K_i * q * 2**slope_shift(e) + B_i * 2**icpt_shift(e)     (int64, exact)
     y    = A                                            (full precision, A * 2**-F(e))
          | saturate(round_shift(A, F(e) - out_frac, out_rounding), s{out_bits}.{out_frac})
@@ -10,7 +10,8 @@ Semantics are :mod:`intsim.datapath`'s, exactly:
 Two entry points share those formulas: :func:`pwl_accumulate` for one table over a vector of
 codes (the simulator), and :class:`ScaleBatch` / :func:`pwl_accumulate_population` for a whole
 population of candidate tables over several scales at once (the search's hot path, one numba
-kernel).
+kernel). Both take the segment starts ``S_j(e)``, never the comparator constants, so every
+kernel here is one rule whatever the datapath's ``segment_rule``.
 """
 
 from __future__ import annotations
@@ -37,19 +38,20 @@ def _check_acc_width(dp: PWLDatapath, e: int):
                        "the simulator holds accumulators in int64; narrow the formats or the scale")
 
 
-def pwl_accumulate(codes, e: int, bp_codes, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
+def pwl_accumulate(codes, e: int, starts, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
     """Accumulator ``A`` (int64, ``F(e)`` fractional bits) of one table at scale ``e``.
 
-    ``bp_codes`` are the comparator constants ``P_j(e)`` (non-decreasing), ``slopes`` and
-    ``icpts`` the integer codes ``K_i`` and ``B_i``.
+    ``starts`` are the segment starts ``S_j(e)`` (:meth:`PWLDatapath.segment_starts`,
+    non-decreasing; under "ge" the comparator constants themselves), ``slopes`` and ``icpts``
+    the integer codes ``K_i`` and ``B_i``.
     """
     q = np.asarray(codes, dtype=np.int64)
-    bp = np.asarray(bp_codes, dtype=np.int64)
+    bp = np.asarray(starts, dtype=np.int64)
     k = np.asarray(slopes, dtype=np.int64)
     b = np.asarray(icpts, dtype=np.int64)
     _check_shapes(bp, k, b)
     _check_acc_width(dp, e)
-    i = np.searchsorted(bp, q, side="right")  # == #{j : q >= P_j} for sorted P
+    i = np.searchsorted(bp, q, side="right")  # == #{j : q >= S_j} for sorted S
     return (k[i] * q << np.int64(dp.slope_shift(e))) + (b[i] << np.int64(dp.icpt_shift(e)))
 
 
@@ -78,6 +80,8 @@ def output_frac(e: int, dp: PWLDatapath) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _population_kernel(q, bounds, bp, k, b, s_k, s_b, ascending, out):
+    """Mirrors the segment primitive: ``i = #{j : x >= bp[p, s, j]}`` over segment starts
+    (:meth:`PWLDatapath.segment_starts`), then the accumulator of :func:`pwl_accumulate`."""
     pop, n_scales, nb = bp.shape
     for p in range(pop):
         for s in range(n_scales):
@@ -120,31 +124,31 @@ class ScaleBatch:
         self.s_b = np.array([dp.icpt_shift(e) for e in self.scales], dtype=np.int64)
         self.ascending = all(np.all(np.diff(self.codes[a:z]) >= 0) for a, z in zip(self.bounds[:-1], self.bounds[1:]))
 
-    def accumulate(self, bp_codes, slopes, icpts) -> np.ndarray:
-        """``(pop, S, N-1)`` comparator constants, ``(pop, N)`` codes -> ``(pop, n)`` accumulators.
+    def accumulate(self, starts, slopes, icpts) -> np.ndarray:
+        """``(pop, S, N-1)`` segment starts, ``(pop, N)`` codes -> ``(pop, n)`` accumulators.
 
         Each element is what :func:`pwl_accumulate` computes for that table, scale and code.
-        Comparator constants must be non-decreasing along each table (checked).
+        Segment starts must be non-decreasing along each table (checked).
         """
-        bp = np.ascontiguousarray(bp_codes, dtype=np.int64)
+        bp = np.ascontiguousarray(starts, dtype=np.int64)
         k = np.ascontiguousarray(slopes, dtype=np.int64)
         b = np.ascontiguousarray(icpts, dtype=np.int64)
         if bp.ndim != 3 or bp.shape[1] != len(self.scales):
             raise GQAError("breakpoints", f"expected (pop, {len(self.scales)}, N-1) codes, got {bp.shape}")
         _check_shapes(bp[:, 0], k, b)
         if bp.shape[2] > 1 and np.any(bp[:, :, 1:] < bp[:, :, :-1]):
-            raise GQAError("breakpoints", "comparator constants must be non-decreasing in every table")
+            raise GQAError("breakpoints", "segment starts must be non-decreasing in every table")
         out = np.empty((bp.shape[0], self.codes.shape[0]), dtype=np.int64)
         _population_kernel(self.codes, self.bounds, bp, k, b, self.s_k, self.s_b, self.ascending, out)
         return out
 
 
-def pwl_accumulate_population(codes, e: int, bp_codes, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
-    """Accumulators of ``pop`` tables at once: ``(pop, N-1)``, ``(pop, N)`` -> ``(pop, n)``.
+def pwl_accumulate_population(codes, e: int, starts, slopes, icpts, dp: PWLDatapath) -> np.ndarray:
+    """Accumulators of ``pop`` tables at once: ``(pop, N-1)`` starts, ``(pop, N)`` -> ``(pop, n)``.
 
-    Row ``r`` equals ``pwl_accumulate(codes, e, bp_codes[r], slopes[r], icpts[r], dp)``.
+    Row ``r`` equals ``pwl_accumulate(codes, e, starts[r], slopes[r], icpts[r], dp)``.
     """
-    bp = np.asarray(bp_codes)
+    bp = np.asarray(starts)
     if bp.ndim != 2:
         raise GQAError("breakpoints", f"a population is 2-D (pop, N-1), got shape {bp.shape}")
     q = np.asarray(codes)
@@ -158,7 +162,8 @@ ROUNDING_IDS = {"half_even": 0, "half_up": 1, "half_away": 2, "floor": 3}
 
 @numba.njit(cache=True, inline="always")
 def round_shift1(x, s, mode):
-    """Scalar :func:`intsim.fixedpoint.round_shift` (``mode`` an index into ROUNDING_IDS)."""
+    """Mirrors :func:`intsim.fixedpoint.round_shift` for one integer in numba (``mode`` an index
+    into ROUNDING_IDS; shifts ``s <= 62``); tested equal to it over tie-heavy inputs."""
     if s <= 0:
         return x << -s
     q = x >> s
@@ -175,7 +180,9 @@ def round_shift1(x, s, mode):
 
 @numba.njit(cache=True, inline="always")
 def pwl1(q, u):
-    """One evaluation of the unit packed by :func:`unit_constants` (its output code)."""
+    """One evaluation of the unit packed by :func:`unit_constants` (its output code).
+
+    Mirrors the segment primitive: ``i = #{j : q >= S_j}`` over the packed segment starts."""
     bp, k, b, p = u
     i = 0
     for j in range(bp.shape[0]):
@@ -189,7 +196,8 @@ def pwl1(q, u):
 
 
 def unit_constants(table, e: int) -> tuple:
-    """The table at scale ``e`` as numba-friendly constants ``(P, K, B, params)``.
+    """The table at scale ``e`` as numba-friendly constants ``(S, K, B, params)``, ``S`` the
+    segment starts (:meth:`intsim.PWLTable.segment_starts`).
 
     ``params = (slope_shift, icpt_shift, has_out, out_shift, rounding_id, out_min, out_max)``;
     with ``has_out == 0`` the output is the accumulator itself.
@@ -203,7 +211,7 @@ def unit_constants(table, e: int) -> tuple:
     if has_out and not 0 <= params[3] <= 62:
         raise GQAError("out_frac", f"needs an output shift of {params[3]} bits at e={e}",
                        "the fused kernels shift the output right by 0..62 bits")
-    return (np.ascontiguousarray(table.breakpoint_codes(e), np.int64), np.asarray(table.slopes, np.int64),
+    return (np.ascontiguousarray(table.segment_starts(e), np.int64), np.asarray(table.slopes, np.int64),
             np.asarray(table.intercepts, np.int64), params)
 
 

@@ -37,7 +37,8 @@ def msb(x):
 
 @numba.njit(cache=True, inline="always")
 def _align(s, shift):
-    return s << shift if shift >= 0 else s >> -shift
+    # s >= 0: a right shift by 63 already gives 0 (LLVM's shift by >= 64 bits is undefined)
+    return s << shift if shift >= 0 else s >> min(-shift, 63)
 
 
 @numba.njit(cache=True, inline="always")

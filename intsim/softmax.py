@@ -1,8 +1,11 @@
 """Integer-only softmax: row max, exp through a PWL table, integer sum, reciprocal, UINT8 out.
 
 Specification, per row of int32 scores ``a`` (real value ``a * S``, S the product of the Q and
-K scales and 1/sqrt(head_dim), fixed offline) with a key mask:
+K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
 
+0. the mask (:func:`score_rows`, shared by every softmax kernel): key ``t`` of query ``i`` in
+   batch row ``b`` is *unmasked* iff ``key_mask[b, t]`` (padding; no mask: every key) and, for
+   a causal mask, ``t <= i + Tk - Tq`` (the queries are the last ``Tq`` of the ``Tk`` positions);
 1. ``mx = max_t a_t`` over unmasked keys; ``d_t = a_t - mx <= 0`` (int64, clamped to int32).
 2. exp-table input ``u_t = max(requantize(d_t, M0, n), q_min)``: the dyadic multiplier
    ``M0 * 2**-(31+n) ~= S * 2**e_x`` maps ``d`` to codes of the table at scale ``e_x``, the
@@ -15,6 +18,13 @@ K scales and 1/sqrt(head_dim), fixed offline) with a key mask:
      ``p_t = round_half_up(E_t * R / 2**(sh - 8))``;
    - ``recip="divider"``: ``p_t = floor((E_t * 2**8 + floor(Z/2)) / Z)`` (an integer divider).
    A row with every key masked gives zeros.
+
+Steps 2-3 are a pure, monotone function of ``d`` (``requantize`` is non-decreasing in ``d`` for
+``M0 > 0``): below ``d_lo``, the smallest ``d`` whose ``u`` reaches ``q_min``, every input saturates
+to ``q_min``. So the simulator tabulates ``E(d)`` once per kernel for ``d_lo <= d <= 0``
+(:func:`exp_of_difference`, entry 0 for ``d < d_lo``) and each element costs one gather:
+bit-identical to evaluating steps 2-3 per element, which it still does when the table would
+exceed ``DIFF_LUT_MAX`` entries.
 """
 
 from __future__ import annotations
@@ -23,11 +33,12 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .fixedpoint import INT32_MIN, quantize_multiplier, requantize1
+from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
+from .registry import RECIPROCALS
 
-RECIPROCALS = ("pwl", "divider")
+DIFF_LUT_MAX = 1 << 22      # entries of the E(d) table (int32); beyond it, steps 2-3 per element
 
 
 def exp_input_scale(table) -> int:
@@ -40,44 +51,71 @@ def exp_input_scale(table) -> int:
     return max(ok)
 
 
-def score_rows(scores, key_mask):
-    """Check int32 scores (B, H, Tq, Tk) and a (B, Tk) key mask, the interface of every softmax kernel.
+def score_rows(scores, key_mask=None, causal: bool = False):
+    """Check int32 scores (B, H, Tq, Tk) and the mask policy, the interface of every softmax kernel.
 
-    Returns ``(rows, mask, rows_per_batch)``: the scores as contiguous (B*H*Tq, Tk) rows, the mask
-    as uint8, and how many rows share one batch row of the mask (row ``r`` uses ``mask[r // that]``).
+    ``key_mask``: (B, Tk) 0/1 flags (padding), or None (every key); ``causal``: query ``i`` also
+    sees only keys ``t <= i + Tk - Tq`` (module docstring, step 0). Returns
+    ``(rows, mask, rows_per_batch, q_len, key_offset)``: the scores as contiguous (B*H*Tq, Tk)
+    rows, the key mask as uint8 (B, Tk), how many rows share one batch row of the mask (row ``r``
+    uses ``mask[r // rows_per_batch]``), and the two numbers :func:`last_key` turns into row
+    ``r``'s last visible key (``key_offset = Tk`` without a causal mask: no limit).
     """
     if not isinstance(scores, np.ndarray) or scores.ndim != 4 or scores.dtype != np.int32:
         raise GQAError("scores", f"are {getattr(scores, 'dtype', type(scores))} of shape "
                        f"{getattr(scores, 'shape', '?')}", "give int32 (B, H, Tq, Tk)")
     B, H, Tq, Tk = scores.shape
+    if key_mask is None:
+        key_mask = np.ones((B, Tk), np.uint8)
     key_mask = np.asarray(key_mask)
     if key_mask.shape != (B, Tk):
         raise GQAError("key_mask", f"has shape {key_mask.shape}, the scores need ({B}, {Tk})",
                        "one 0/1 flag per batch row and key")
-    return np.ascontiguousarray(scores.reshape(B * H * Tq, Tk)), np.ascontiguousarray(key_mask, np.uint8), H * Tq
+    if causal and Tq > Tk:
+        raise GQAError("causal", f"{Tq} queries over {Tk} keys", "a causal mask needs at least as many keys as queries")
+    rows = np.ascontiguousarray(scores.reshape(B * H * Tq, Tk))    # (B, H, Tq, Tk) -> (B*H*Tq, Tk)
+    return (rows, np.ascontiguousarray(key_mask, np.uint8), H * Tq, max(Tq, 1),
+            Tk - Tq if causal else Tk)
 
 
 @numba.njit(cache=True, inline="always")
-def masked_row_max(scores, mask, r, b):
-    """Step 1 of every softmax kernel: the largest score of row ``r`` over batch row ``b``'s unmasked keys."""
+def last_key(r, q_len, key_offset):
+    """The last key row ``r`` may see (step 0): its query index ``r % q_len`` plus the offset."""
+    return r % q_len + key_offset
+
+
+@numba.njit(cache=True, inline="always")
+def visible_row(scores, mask, r, rows_per_batch, q_len, key_offset):
+    """Steps 0 and 1 of every softmax kernel for row ``r``: ``(b, last, mx)`` -- its batch row (key
+    mask row), its last visible key and its largest score over the visible keys (key ``t`` is
+    visible iff ``mask[b, t] and t <= last``)."""
+    b = r // rows_per_batch
+    last = last_key(r, q_len, key_offset)
+    return b, last, masked_row_max(scores, mask, r, b, last)
+
+
+@numba.njit(cache=True, inline="always")
+def masked_row_max(scores, mask, r, b, last):
+    """Step 1 of every softmax kernel: the largest score of row ``r`` over its unmasked keys
+    (batch row ``b``'s key mask, keys up to ``last``)."""
     mx = np.int64(INT32_MIN)
-    for t in range(scores.shape[1]):
+    for t in range(min(scores.shape[1], last + 1)):
         if mask[b, t] and scores[r, t] > mx:
             mx = np.int64(scores[r, t])
     return mx
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax(scores, mask, rows_per_batch, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r, out, peaks):
+def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r,
+             out, peaks):
     rows, T = scores.shape
     for r in numba.prange(rows):
-        b = r // rows_per_batch
-        mx = masked_row_max(scores, mask, r, b)
+        b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
         z = np.int64(0)
         low = 0
         for t in range(T):
-            if mask[b, t]:
+            if mask[b, t] and t <= last:
                 d = max(np.int64(scores[r, t]) - mx, INT32_MIN)
                 u = requantize1(d, m0, n)
                 if u < q_min:
@@ -106,6 +144,92 @@ def _softmax(scores, mask, rows_per_batch, m0, n, exp_lut, q_min, use_divider, r
         peaks[r, 2] = sat
 
 
+@numba.njit(cache=True)
+def _first_unsaturated(m0, n, q_min):
+    """``d_lo``: the smallest ``d`` in [INT32_MIN, 0] with ``requantize(d) >= q_min`` (bisection on a
+    non-decreasing function); 1 if even ``d = 0`` saturates."""
+    if requantize1(np.int64(0), m0, n) < q_min:
+        return np.int64(1)
+    lo, hi = np.int64(INT32_MIN), np.int64(0)     # invariant: u(hi) >= q_min
+    if requantize1(lo, m0, n) >= q_min:
+        return lo
+    while hi - lo > 1:                            # u(lo) < q_min
+        mid = (lo + hi) // 2
+        if requantize1(mid, m0, n) >= q_min:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@numba.njit(cache=True)
+def _fill_exp_of_difference(m0, n, exp_lut, q_min, d_lo, out):
+    out[0] = max(exp_lut[0], 0)                   # d < d_lo: u saturates to q_min
+    for i in range(1, out.shape[0]):
+        out[i] = max(exp_lut[requantize1(d_lo + i - 1, m0, n) - q_min], 0)
+
+
+def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
+    """``(d_lo, E)``: steps 2-3 tabulated, ``E[0]`` for ``d < d_lo``, ``E[1 + d - d_lo]`` for
+    ``d_lo <= d <= 0``; None when the table would exceed DIFF_LUT_MAX entries."""
+    d_lo = int(_first_unsaturated(np.int64(m0), np.int64(n), np.int64(q_min)))
+    size = 2 + max(0, -d_lo)
+    if size > DIFF_LUT_MAX or np.abs(exp_lut).max() >= 2**31:
+        return None
+    table = np.empty(size, np.int32)
+    _fill_exp_of_difference(np.int64(m0), np.int64(n), exp_lut, np.int64(q_min), np.int64(d_lo), table)
+    return d_lo, table
+
+
+@numba.njit(cache=True, parallel=True)
+def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
+                 out, peaks):
+    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical)."""
+    rows, T = scores.shape
+    last = e_of_d.shape[0] - 1
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            b, last_t, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
+            z = np.int64(0)
+            low = np.int64(0)
+            for t in range(T):
+                m = np.int64(mask[b, t] != 0) * np.int64(t <= last_t)
+                d = np.int64(scores[r, t]) - mx
+                # masked keys may lie above the row max: clamp the index, then zero them
+                i = min(max(d - d_lo, np.int64(-1)) + 1, last)
+                e[t] = e_of_d[i] * m
+                low += (d < d_lo) * m
+                z += e[t]
+            sat = np.int64(0)
+            if z == 0:
+                for t in range(T):
+                    out[r, t] = 0
+            elif use_divider:
+                for t in range(T):
+                    p = (np.int64(e[t]) * 256 + (z >> 1)) // z
+                    sat += p > 255
+                    out[r, t] = min(p, 255)
+            else:
+                rr, sh = reciprocal1(z, rec_u, e_r, f_r)
+                rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
+                s = sh - 8
+                if s <= 0:
+                    for t in range(T):
+                        p = (np.int64(e[t]) * rr32) << -s
+                        sat += p > 255
+                        out[r, t] = min(p, 255)
+                else:   # round half up: floor((x + 2**(s-1)) / 2**s), x >= 0
+                    half = np.int64(1) << (s - 1)
+                    for t in range(T):
+                        p = (np.int64(e[t]) * rr32 + half) >> s
+                        sat += p > 255
+                        out[r, t] = min(p, 255)
+            peaks[r, 0] = z
+            peaks[r, 1] = low
+            peaks[r, 2] = sat
+
+
 class IntSoftmax:
     """The PWL softmax for scores at real scale ``in_scale`` (see the module docstring)."""
 
@@ -113,7 +237,7 @@ class IntSoftmax:
 
     def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None):
         if recip not in RECIPROCALS:
-            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS)}")
+            raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS.names())}")
         if recip == "pwl" and recip_table is None:
             raise GQAError("softmax.reciprocal", "'pwl' needs a reciprocal mantissa table", "give recip_table")
         self.exp_table, self.recip = exp_table, recip
@@ -124,16 +248,25 @@ class IntSoftmax:
         # only codes q_min..0 reach the unit (d <= 0): evaluate it once per code (bit-identical)
         self.exp_lut = unit_lut(self.exp_unit, self.q_min, 0)
         self.recip_table = MantissaTable(recip_table, "reciprocal") if recip == "pwl" else None
+        self.diff_lut = exp_of_difference(self.m0, self.n, self.exp_lut, self.q_min)
+        rt = self.recip_table
+        if rt is not None and rt.table.datapath.acc_bits(rt.e) > 32:
+            self.diff_lut = None        # the tabulated kernel multiplies E by R in 32 x 32 bits
 
-    def __call__(self, scores, key_mask, stats=None, name="softmax"):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) -> uint8 probabilities (scale 2**-8)."""
-        s2, mask, rows_per_batch = score_rows(scores, key_mask)
+    def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> uint8 probabilities (2**-8)."""
+        s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         out = np.empty(s2.shape, np.uint8)
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec = self.recip_table
         rec_u = rec.unit if rec is not None else self.exp_unit
-        _softmax(s2, mask, rows_per_batch, self.m0, self.n, self.exp_lut, self.q_min,
-                 self.recip == "divider", rec_u, rec.e if rec else 0, rec.frac if rec else 0, out, peaks)
+        e_r, f_r = (rec.e, rec.frac) if rec else (0, 0)
+        if self.diff_lut is not None:
+            _softmax_lut(s2, mask, rows_per_batch, q_len, key_offset, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
+                         rec_u, e_r, f_r, out, peaks)
+        else:
+            _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
+                     self.recip == "divider", rec_u, e_r, f_r, out, peaks)
         if stats is not None and out.size:
             self._count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)

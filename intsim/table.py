@@ -5,7 +5,9 @@ A table is what the hardware stores: ``N-1`` breakpoints (real, dyadic), ``N`` s
 power-of-two input scales. The per-scale comparator constants ``P_j(e)`` follow the
 canonical rule (:meth:`PWLDatapath.breakpoint_codes`) unless the table carries them
 explicitly: tables imported from GQA-LUT files do, because the reference rounds each
-scale's breakpoints from unrecorded float values.
+scale's breakpoints from unrecorded float values. The unit segments its input by the
+segment starts derived from them (:meth:`PWLTable.segment_starts`, the datapath's
+``segment_rule``).
 
 Error of a table for ``f`` at scale ``e`` (DESIGN.md): over every input code ``q`` whose real
 value ``q * 2**-e`` lies in the domain, ``MSE_e = mean((y(q) - f(q * 2**-e))**2)`` where ``y``
@@ -190,8 +192,10 @@ class PWLTable:
                 c = _as_int_array(self.explicit_codes[e], f"breakpoint_codes.{e}", n - 1)
                 if np.any(np.diff(c) < 0):
                     raise GQAError(f"breakpoint_codes.{e}", "is not sorted", "comparator constants must ascend")
-                if np.any(c < dp.code_min) or np.any(c > dp.code_max + 1):
-                    raise GQAError(f"breakpoint_codes.{e}", f"leaves [{dp.code_min}, {dp.code_max + 1}]")
+                lo, hi = dp.breakpoint_code_range
+                if np.any(c < lo) or np.any(c > hi):
+                    raise GQAError(f"breakpoint_codes.{e}", f"leaves [{lo}, {hi}]",
+                                   f"comparator constants of segment rule {dp.segment_rule!r} lie there")
                 codes[e] = c
             self.explicit_codes = codes
 
@@ -208,6 +212,13 @@ class PWLTable:
             return self.explicit_codes[e]
         return self.datapath.breakpoint_codes(self.breakpoints, self.datapath.check_scale(e, "scale"))
 
+    def segment_starts(self, e: int) -> np.ndarray:
+        """Segment starts ``S_j(e)`` (:meth:`PWLDatapath.segment_starts`): ``i(q) = #{j : q >= S_j}``."""
+        if self.explicit_codes is not None:
+            # explicit constants are integers: as reals on the 2**-e grid they round back exactly
+            return self.datapath.segment_starts(self.breakpoint_codes(e) * 2.0**-e, e)
+        return self.datapath.segment_starts(self.breakpoints, self.datapath.check_scale(e, "scale"))
+
     def _check_codes(self, codes) -> np.ndarray:
         q = np.asarray(codes)
         if q.dtype.kind not in "iu":
@@ -220,7 +231,7 @@ class PWLTable:
 
     def accumulate(self, codes, e: int) -> np.ndarray:
         """Integer accumulator ``A`` with ``F(e)`` fractional bits."""
-        return pwl_accumulate(self._check_codes(codes), e, self.breakpoint_codes(e),
+        return pwl_accumulate(self._check_codes(codes), e, self.segment_starts(e),
                               self.slopes, self.intercepts, self.datapath)
 
     def output_codes(self, codes, e: int, counter: SaturationCounter | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from fractions import Fraction
 from hypothesis import strategies as st
 
 MODES = ("half_even", "half_up", "half_away", "floor")
+SEGMENT_RULES = ("ge", "gt")
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -158,10 +159,20 @@ def code_range(in_bits: int) -> tuple[int, int]:
     return -(2 ** (in_bits - 1)), 2 ** (in_bits - 1) - 1
 
 
-def breakpoint_codes(breakpoints, e: int, in_bits: int) -> list[int]:
+def segment_rule(dp) -> str:
+    """The datapath's comparator convention ("ge" when it names none)."""
+    return getattr(dp, "segment_rule", "ge")
+
+
+def breakpoint_codes(breakpoints, e: int, in_bits: int, rule: str = "ge") -> list[int]:
     """``P_j(e) = round_half_even(p_j * 2**e)`` (Python's round on a Fraction), clamped to
-    ``[qmin, qmax + 1]``."""
+    ``[qmin, qmax + 1]`` ("ge") or ``[qmin - 1, qmax]`` ("gt"): beyond those ends no code
+    changes segment."""
     lo, hi = code_range(in_bits)
+    if rule == "gt":
+        lo, hi = lo - 1, hi - 1
+    elif rule != "ge":
+        raise ValueError(rule)
     out = []
     for p in breakpoints:
         c = round(Fraction(p) * Fraction(2) ** e)
@@ -169,11 +180,11 @@ def breakpoint_codes(breakpoints, e: int, in_bits: int) -> list[int]:
     return out
 
 
-def segment(q: int, bp_codes) -> int:
-    """``i(q) = #{j : q >= P_j}``."""
+def segment(q: int, bp_codes, rule: str = "ge") -> int:
+    """``i(q) = #{j : q >= P_j}`` ("ge") or ``#{j : q > P_j}`` ("gt")."""
     n = 0
     for c in bp_codes:
-        if q >= c:
+        if (q >= c) if rule == "ge" else (q > c):
             n += 1
     return n
 
@@ -185,7 +196,7 @@ def acc_frac(e: int, dp) -> int:
 def accumulate(q: int, e: int, bp_codes, slopes, icpts, dp) -> int:
     """``A = K_i*q*2**(F-e-slope_frac) + B_i*2**(F-icpt_frac)``, ``F = max(e+slope_frac, icpt_frac)``."""
     F = acc_frac(e, dp)
-    i = segment(q, bp_codes)
+    i = segment(q, bp_codes, segment_rule(dp))
     return int(slopes[i]) * q * 2 ** (F - e - dp.slope_frac) + int(icpts[i]) * 2 ** (F - dp.icpt_frac)
 
 
@@ -207,7 +218,7 @@ def output_real(code: int, e: int, dp) -> Fraction:
 
 def unit(codes, e: int, breakpoints, slopes, icpts, dp, bp_codes=None):
     """Everything for a list of codes: ``(P, accumulators, outputs, saturation count)``."""
-    P = list(bp_codes) if bp_codes is not None else breakpoint_codes(breakpoints, e, dp.in_bits)
+    P = list(bp_codes) if bp_codes is not None else breakpoint_codes(breakpoints, e, dp.in_bits, segment_rule(dp))
     accs, outs, sats = [], [], 0
     for q in codes:
         a = accumulate(int(q), e, P, slopes, icpts, dp)
@@ -248,6 +259,9 @@ def self_check() -> None:
     assert saturate(200, 8) == (127, True) and saturate(-129, 8) == (-128, True) and saturate(5, 8) == (5, False)
     assert saturate(-1, 8, signed=False) == (0, True) and saturate(256, 8, signed=False) == (255, True)
     assert breakpoint_codes([Fraction(1, 2), Fraction(3, 2), 1000, -1000], 0, 8) == [0, 2, 128, -128]
+    assert breakpoint_codes([Fraction(1, 2), Fraction(3, 2), 1000, -1000], 0, 8, "gt") == [0, 2, 127, -129]
+    assert [segment(q, [0, 2]) for q in (-1, 0, 1, 2, 3)] == [0, 1, 1, 2, 2]
+    assert [segment(q, [0, 2], "gt") for q in (-1, 0, 1, 2, 3)] == [0, 0, 1, 1, 2]
 
 
 # --- hypothesis strategies ------------------------------------------------------------------
@@ -256,10 +270,11 @@ SCALE_MIN, SCALE_MAX = -2, 10
 
 
 @st.composite
-def datapath_fields(draw, out=None, in_bits=None):
+def datapath_fields(draw, out=None, in_bits=None, rule=None):
     """Keyword arguments of a random PWLDatapath in the tested ranges.
 
-    ``out``: True forces a rounded output, False full precision, None either.
+    ``out``: True forces a rounded output, False full precision, None either. ``rule``: a
+    segment rule, True to draw one, None to leave the default ("ge", no key).
     """
     kw = dict(
         in_bits=draw(st.integers(2, 12)) if in_bits is None else in_bits,
@@ -268,6 +283,8 @@ def datapath_fields(draw, out=None, in_bits=None):
         icpt_bits=draw(st.integers(2, 12)),
         icpt_frac=draw(st.integers(0, 10)),
     )
+    if rule is not None:
+        kw["segment_rule"] = draw(st.sampled_from(SEGMENT_RULES)) if rule is True else rule
     rounded = draw(st.booleans()) if out is None else out
     if rounded:
         kw.update(out_bits=draw(st.integers(2, 24)), out_frac=draw(st.integers(-4, 20)),
@@ -303,10 +320,12 @@ def table_parts(draw, dp_kw: dict, entries=None):
 
 
 @st.composite
-def comparator_codes(draw, in_bits: int, count: int):
-    """Explicit non-decreasing comparator constants in ``[qmin, qmax + 1]``."""
+def comparator_codes(draw, in_bits: int, count: int, rule: str = "ge"):
+    """Explicit non-decreasing comparator constants in ``[qmin, qmax + 1]`` ("ge") or
+    ``[qmin - 1, qmax]`` ("gt")."""
     lo, hi = code_range(in_bits)
-    return sorted(draw(st.lists(st.integers(lo, hi + 1), min_size=count, max_size=count)))
+    d = 1 if rule == "gt" else 0
+    return sorted(draw(st.lists(st.integers(lo - d, hi + 1 - d), min_size=count, max_size=count)))
 
 
 @st.composite
@@ -365,7 +384,7 @@ def table_output(q: int, e: int, table) -> int:
     if table.explicit_codes is not None:
         P = [int(c) for c in table.explicit_codes[e]]
     else:
-        P = breakpoint_codes([Fraction(float(p)) for p in table.breakpoints], e, dp.in_bits)
+        P = breakpoint_codes([Fraction(float(p)) for p in table.breakpoints], e, dp.in_bits, segment_rule(dp))
     a = accumulate(int(q), e, P, [int(k) for k in table.slopes], [int(b) for b in table.intercepts], dp)
     return output(a, e, dp)[0]
 
@@ -448,6 +467,14 @@ def rsqrt(s: int, table, e_r: int) -> tuple[int, int]:
     v = Fraction(s) * Fraction(2) ** (e_r - 2 * j)
     M = v.numerator // v.denominator
     return table_output(M, e_r, table), output_frac(e_r, table.datapath) + j
+
+
+def visible_keys(key_mask, i: int, q_len: int, causal: bool) -> list[bool]:
+    """The mask policy of every softmax kernel for query ``i`` of ``q_len``: a key is visible iff
+    its padding flag is set and, with a causal mask, it is not after the query (the queries are
+    the last ``q_len`` of the keys)."""
+    k_len = len(key_mask)
+    return [bool(m) and (not causal or t <= i + k_len - q_len) for t, m in enumerate(key_mask)]
 
 
 def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):

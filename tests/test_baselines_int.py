@@ -18,6 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import reference_int as ref
 from intsim import GQAError
 from intsim.ibert import IBertGelu, IBertSoftmax
 from intsim.ivit import ShiftGelu, Shiftmax
@@ -215,14 +216,15 @@ def softmax_case(draw):
     return S, codes.astype(np.int32), mask
 
 
-def check_softmax(kernel, scores, mask, row_ref):
-    got = kernel(scores, mask)
+def check_softmax(kernel, scores, mask, row_ref, causal=False):
+    """``mask=None``: no padding mask; ``causal``: the causal mask too (reference_int.visible_keys)."""
+    got = kernel(scores, mask, causal=causal)
     assert got.shape == scores.shape and got.dtype == (np.uint8 if kernel.out_bits <= 8 else np.uint16)
     B, H, Tq, Tk = scores.shape
     for b in range(B):
-        m = [int(v) for v in mask[b]]
         for h in range(H):
             for i in range(Tq):
+                m = [int(v) for v in ref.visible_keys([1] * Tk if mask is None else mask[b].tolist(), i, Tq, causal)]
                 want = row_ref([int(v) for v in scores[b, h, i]], m)
                 assert [int(v) for v in got[b, h, i]] == want, (b, h, i)
 
@@ -286,26 +288,37 @@ def test_shift_gelu_rows_are_the_last_axis():
     assert int(g(np.int64(-7))) == shift_gelu_row([-7], c, 8)[0]                              # 0-d
 
 
+POLICIES = st.sampled_from(["padding", "causal", "padding+causal", "none"])
+
+
+def mask_policy(scores, mask, policy):
+    """(key mask or None, causal) of a policy name; a causal mask needs Tq <= Tk."""
+    causal = "causal" in policy and scores.shape[2] <= scores.shape[3]
+    return (mask if "padding" in policy else None), causal
+
+
 @FAST
-@given(softmax_case(), st.sampled_from([None, 8, 16, 24]), st.integers(1, 12))
-def test_ibert_softmax_matches_reference(case, exp_bits, out_bits):
+@given(softmax_case(), st.sampled_from([None, 8, 16, 24]), st.integers(1, 12), POLICIES)
+def test_ibert_softmax_matches_reference(case, exp_bits, out_bits, policy):
     S, scores, mask = case
+    mask, causal = mask_policy(scores, mask, policy)
     k = IBertSoftmax(S, out_bits=out_bits, exp_bits=exp_bits)
     c = ibert_softmax_constants(S, exp_bits)
     assert (k.q_ln2, k.q_b, k.q_c, k.s) == (c["q_ln2"], c["q_b"], c["q_c"], c["s"])
-    check_softmax(k, scores, mask, lambda a, m: ibert_softmax_row(a, m, c, out_bits))
+    check_softmax(k, scores, mask, lambda a, m: ibert_softmax_row(a, m, c, out_bits), causal)
 
 
 @FAST
-@given(softmax_case(), st.integers(4, 24), st.integers(1, 12), st.data())
-def test_shiftmax_matches_reference(case, exp_bits, out_bits, data):
+@given(softmax_case(), st.integers(4, 24), st.integers(1, 12), st.data(), POLICIES)
+def test_shiftmax_matches_reference(case, exp_bits, out_bits, data, policy):
     S, scores, mask = case
+    mask, causal = mask_policy(scores, mask, policy)
     M = data.draw(st.integers(max(out_bits, exp_bits + 4), 62)) if data.draw(st.booleans()) else 31
     M = max(M, out_bits, exp_bits + 4)
     k = Shiftmax(S, out_bits=out_bits, exp_bits=exp_bits, div_bits=M)
     c = shiftmax_constants(S, exp_bits)
     assert (k.i0, k.n) == (c["i0"], c["n"])
-    check_softmax(k, scores, mask, lambda a, m: shiftmax_row(a, m, c, out_bits, M))
+    check_softmax(k, scores, mask, lambda a, m: shiftmax_row(a, m, c, out_bits, M), causal)
 
 
 def test_softmax_coarse_scale_up_to_two():

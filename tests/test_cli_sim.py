@@ -31,7 +31,9 @@ def test_sim_writes_embeddings_report_and_compares(tmp_path, capsys):
     assert e.shape == (4, 384) and e.dtype == np.float32
     assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     r = json.loads(rep.read_text())
-    assert {"config", "calibration", "op_stats", "compare_fp32", "energy"} <= set(r)
+    assert {"config", "calibration", "op_stats", "compare_fp32", "energy", "machine"} <= set(r)
+    assert r["machine"]["cpu"] and r["machine"]["capability"] and r["machine"]["gemm_backends"]
+    assert "cpu:" in out and "gemm 2d int8xint8" in out
     assert r["energy"]["int"]["total_pj"] < r["energy"]["fp32"]["total_pj"]
     assert 0.5 < r["energy"]["int"]["gemm_share"] < 1
     assert "energy of this run" in out
@@ -77,5 +79,19 @@ def test_sim_bench_prints_both_times_and_ratio(capsys):
     rc, out, err = run(capsys, "sim-bench", "--batch", "2", "--seq", "16", "--repeats", "1", "--calib", "8")
     assert rc == 0, err
     assert "fp32 torch:" in out and "integer:" in out and "ratio (integer / FP32):" in out
+    assert "capability" in out and "gemm 2d int8xint8" in out and "gemm batched uint8xint8" in out
     rc, _, err = run(capsys, "sim-bench", "--batch", "0")
     assert rc == 2 and "--batch" in err
+    rc, out, err = run(capsys, "sim-bench", "--repeats", "0")
+    assert rc == 2 and "--repeats" in err and "nan" not in out
+
+
+def test_options_lists_every_registered_choice(capsys):
+    from intsim.registry import choices
+
+    rc, out, _ = run(capsys, "sim", "--options")
+    assert rc == 0
+    for field, names in choices().items():
+        assert field in out and all(n in out for n in names), field
+    rc, _, err = run(capsys, "sim")
+    assert rc == 2 and "--text" in err

@@ -2,8 +2,8 @@
 
 Brute force (independent of the candidate argument): breakpoints on a grid four times finer than
 the candidates' (``2**-(e_max+3)``, over a range past both domain ends), distinct by the
-datapath's comparator constants; every sorted choice of ``N-1`` of them; each code's segment by
-the unit's rule ``#{j : q >= P_j}``; every integer ``(K, B)`` per segment through intsim's
+datapath's segment starts; every sorted choice of ``N-1`` of them; each code's segment by
+the unit's rule ``#{j : q >= S_j}`` (``S_j = P_j`` under "ge", ``P_j + 1`` under "gt"); every integer ``(K, B)`` per segment through intsim's
 accumulator and output stage. Given the breakpoints the objective is a sum (max) of per-segment
 terms, each depending on that segment's coefficients only, so minimising each segment over all
 its ``(K, B)`` is the joint minimum over every coefficient of the table.
@@ -38,7 +38,7 @@ def brute_force(fn, entries, dp, scales, metric="mse", weights=None, slope_codes
     step = 2.0 ** -(max(scales) + 3)
     reach = 2.0 ** -min(scales) + step
     grid = np.arange(math.floor((lo - reach) / step), math.ceil((hi + reach) / step) + 1) * step
-    codes = np.stack([dp.breakpoint_codes(grid, e) for e in scales], axis=1)
+    codes = np.stack([dp.segment_starts(grid, e) for e in scales], axis=1)
     placements = np.unique(codes, axis=0)  # distinct comparator constants, ascending in every column
     kf, bf = dp.slope_format, dp.icpt_format
     K = np.arange(kf.min_int, kf.max_int + 1) if slope_codes is None else np.asarray(slope_codes, np.int64)
@@ -59,7 +59,7 @@ def brute_force(fn, entries, dp, scales, metric="mse", weights=None, slope_codes
     memo = {}
     best = np.inf
     for choice in itertools.combinations_with_replacement(range(len(placements)), entries - 1):
-        P = placements[list(choice)]  # (N-1, S), rows non-decreasing
+        P = placements[list(choice)]  # (N-1, S) segment starts, rows non-decreasing
         seg = (p_q[None, :] >= P[:, p_scale]).sum(axis=0)
         total = 0.0
         for i in range(entries):
@@ -97,10 +97,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("rule", ["ge", "gt"])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{c[5]}-{i}" for i, c in enumerate(CASES)])
-def test_exact_equals_brute_force(case):
+def test_exact_equals_brute_force(case, rule):
     func, dom, scales, entries, fields, metric = CASES[case]
-    fn, dp = small(func, *dom, **fields)
+    fn, dp = small(func, *dom, **fields, segment_rule=rule)
     obj = Objective(fn, entries, dp, scales, metric=metric)
     res = exact_optimum(obj)
     assert res.value == pytest.approx(brute_force(fn, entries, dp, scales, metric), rel=1e-9, abs=1e-15)
@@ -124,9 +125,11 @@ FUNCS = ["gelu", "exp", "silu", "tanh", "sigmoid", "hswish", "softplus"]
 @given(func=st.sampled_from(FUNCS), lo=st.integers(-6, 2), width=st.integers(2, 6), e0=st.integers(-1, 2),
        n_scales=st.integers(1, 3), entries=st.integers(2, 4), sb=st.integers(2, 4), sf=st.integers(0, 3),
        ib=st.integers(2, 5), bf=st.integers(0, 3), metric=st.sampled_from(["mse", "max_abs"]),
-       out=st.sampled_from([None, (10, 3, "half_even"), (10, 2, "floor"), (12, 4, "half_up")]))
-def test_exact_equals_brute_force_hypothesis(func, lo, width, e0, n_scales, entries, sb, sf, ib, bf, metric, out):
-    fields = dict(in_bits=4, slope_bits=sb, slope_frac=sf, icpt_bits=ib, icpt_frac=bf)
+       out=st.sampled_from([None, (10, 3, "half_even"), (10, 2, "floor"), (12, 4, "half_up")]),
+       rule=st.sampled_from(["ge", "gt"]))
+def test_exact_equals_brute_force_hypothesis(func, lo, width, e0, n_scales, entries, sb, sf, ib, bf, metric, out,
+                                             rule):
+    fields = dict(in_bits=4, slope_bits=sb, slope_frac=sf, icpt_bits=ib, icpt_frac=bf, segment_rule=rule)
     if out is not None:
         fields.update(out_bits=out[0], out_frac=out[1], out_rounding=out[2])
     fn, dp = small(func, lo * 0.5, (lo + width) * 0.5, **fields)

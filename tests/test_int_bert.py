@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from intsim import GQAError
-from intsim.bert import Tokenizer, default_model_dir, embed_fp32, load_model
+from intsim.bert import default_model_dir, embed_fp32, load_model
 from intsim.calibration import calibrate
 from intsim.config import SimConfig
 from intsim.int_bert import IntBert, embed_int
@@ -22,16 +22,6 @@ from intsim.sentences import calibration_sentences, evaluation_sentences
 
 SENTENCES = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog!",
              "Interest rates rose again on Monday.", "hello", "Photosynthesis turns light into chemical energy."]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 @pytest.fixture(scope="module")

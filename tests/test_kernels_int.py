@@ -457,9 +457,14 @@ def softmax_cases(draw):
 
 
 @SLOW
-@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]))
-def test_softmax_matches_reference(case, exp_name, recip):
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]),
+       st.sampled_from(["padding", "causal", "padding+causal", "none"]))
+def test_softmax_matches_reference(case, exp_name, recip, policy):
     scores, mask, in_scale = case
+    causal = "causal" in policy
+    assume(not causal or scores.shape[2] <= scores.shape[3])
+    if "padding" not in policy:
+        mask = None
     et, rt = table(exp_name), table("recip_mantissa16")
     sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
     e_x = exp_scale(et)
@@ -473,7 +478,7 @@ def test_softmax_matches_reference(case, exp_name, recip):
 
     recip_fn = (lambda z: ref.reciprocal(z, rt, e_r)) if recip == "pwl" else None
     stats = OpStats()
-    p = sm(scores, mask, stats=stats)
+    p = sm(scores, mask, stats=stats, causal=causal)
     assert p.shape == scores.shape and p.dtype == np.uint8
     B, H, Tq, Tk = scores.shape
     low = sat = zmax = 0
@@ -481,10 +486,11 @@ def test_softmax_matches_reference(case, exp_name, recip):
         for h in range(H):
             for i in range(Tq):
                 row = scores[b, h, i].tolist()
-                probs, lo_, sa, Z = ref.softmax_row(row, mask[b].tolist(), m0, n, exp_out, q_min, recip_fn)
+                seen = ref.visible_keys([1] * Tk if mask is None else mask[b].tolist(), i, Tq, causal)
+                probs, lo_, sa, Z = ref.softmax_row(row, seen, m0, n, exp_out, q_min, recip_fn)
                 assert p[b, h, i].tolist() == probs, (b, h, i)
                 low, sat, zmax = low + lo_, sat + sa, max(zmax, Z)
-                keys = int(mask[b].sum())
+                keys = sum(seen)
                 if keys == 0:
                     assert probs == [0] * Tk
                 elif recip == "divider" and sa == 0:
@@ -979,3 +985,103 @@ def test_softmax_empty_rows_with_stats():
     sm = IntSoftmax(0.01, table("exp16"), "pwl", table("recip_mantissa16"))
     out = sm(np.zeros((1, 2, 3, 0), np.int32), np.zeros((1, 0), np.uint8), stats=OpStats())
     assert out.shape == (1, 2, 3, 0) and out.dtype == np.uint8
+
+
+@SLOW
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]), st.booleans())
+def test_softmax_difference_table_equals_the_per_element_path(case, exp_name, recip, causal):
+    """The tabulated E(d) kernel and the per-element kernel give the same bytes and counts (either mask policy)."""
+    import intsim.softmax as smod
+
+    scores, mask, in_scale = case
+    causal = causal and scores.shape[2] <= scores.shape[3]
+    et, rt = table(exp_name), table("recip_mantissa16")
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    assert sm.diff_lut is not None
+    d_lo, e_of_d = sm.diff_lut
+    # the table's edges: d_lo is the first unsaturated difference
+    assert ref.requantize(d_lo, sm.m0, sm.n)[0] >= sm.q_min
+    if d_lo > ref.INT32_MIN:
+        assert ref.requantize(d_lo - 1, sm.m0, sm.n)[0] < sm.q_min
+    s1, s2 = OpStats(), OpStats()
+    p1 = sm(scores, mask, stats=s1, causal=causal)
+    sm.diff_lut = None                        # force steps 2-3 per element
+    p2 = sm(scores, mask, stats=s2, causal=causal)
+    assert np.array_equal(p1, p2)
+    assert s1.saturations == s2.saturations and s1.totals() == s2.totals()
+    assert smod.exp_of_difference(sm.m0, sm.n, sm.exp_lut, sm.q_min)[0] == d_lo
+
+
+@pytest.mark.parametrize("s,shift,expect", [(2**62, -64, 0), (2**62, -62, 1), (5, -70, 0), (2**63 - 1, -63, 0),
+                                            (3, 4, 48), (2**62, -61, 2)])
+def test_mantissa_alignment_shifts_past_63_bits(s, shift, expect):
+    """floor(s * 2**shift): a right shift of 64 or more bits is 0 (found by hypothesis: s = 2**62
+    on an s3 table at e_r = -2 gave 1; LLVM's shift by >= 64 bits is undefined)."""
+    from intsim.rangereduce import _align
+
+    assert _align(np.int64(s), np.int64(shift)) == expect == (s * 2**shift if shift >= 0 else s >> -shift)
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 7), st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]))
+def test_requantizers_read_exact_float_accumulators_as_their_integers(rows, cols, seed, fdt):
+    """``int_gemm(..., float_out=True)`` hands the requantizers float copies of the int32
+    accumulator: the results and counts equal those of the int32 array."""
+    from intsim.fixedpoint import requantize_channels, requantize_dynamic
+
+    rng = np.random.default_rng(seed)
+    lim = 2**24 if fdt == np.float32 else 2**31 - 1       # float32 holds every integer below 2**24
+    acc = rng.integers(-lim, lim, (rows, cols)).astype(np.int32)
+    acc[0, 0] = -lim
+    m0 = rng.integers(2**30, 2**31 - 1, cols)
+    n = rng.integers(-3, 20, cols)
+    bias = rng.integers(-5000, 5000, cols)
+    a = requantize_channels(acc, bias, m0, n, 8)
+    b = requantize_channels(acc.astype(fdt), bias, m0, n, 8)
+    assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+    n = np.abs(n)
+    a, b = requantize_dynamic(acc, m0, n, 8), requantize_dynamic(acc.astype(fdt), m0, n, 8)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_int_gemm_float_out_holds_the_same_integers():
+    from intsim.gemm import Constant, int_gemm
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (40, 700)).astype(np.int8)
+    b = rng.integers(-128, 128, (700, 30)).astype(np.int8)
+    ref_ = a.astype(np.int64) @ b.astype(np.int64)
+    for be in ("auto", "f32", "f64", "numpy"):
+        c = int_gemm(a, Constant(b), be, float_out=True)
+        assert c.dtype in (np.int32, np.float32, np.float64) and np.array_equal(c.astype(np.int64), ref_), be
+
+
+def _softmax_kernels():
+    from intsim.ibert import IBertSoftmax
+    from intsim.ivit import Shiftmax
+
+    et, rt = table("exp16"), table("recip_mantissa16")
+    return [IntSoftmax(1 / 64, et, "pwl", rt), IntSoftmax(1 / 64, et, "divider"), IBertSoftmax(1 / 64),
+            Shiftmax(1 / 64)]
+
+
+@pytest.mark.parametrize("kernel", _softmax_kernels(), ids=["pwl", "pwl-divider", "ibert", "ivit"])
+def test_causal_mask_is_a_per_query_key_mask(kernel):
+    """Every kernel's causal row i equals that query alone under the key mask `pad & t <= i + Tk - Tq`."""
+    rng = np.random.default_rng(5)
+    B, H, Tq, Tk = 2, 3, 4, 6
+    scores = rng.integers(-900, 900, (B, H, Tq, Tk)).astype(np.int32)
+    pad = np.ones((B, Tk), np.uint8)
+    pad[1, 4:] = 0
+    for mask in (pad, None):
+        got = kernel(scores, mask, causal=True)
+        full = np.ones((B, Tk), np.uint8) if mask is None else mask
+        for i in range(Tq):
+            row_mask = full * (np.arange(Tk) <= i + Tk - Tq)
+            alone = kernel(np.ascontiguousarray(scores[:, :, i:i + 1]), row_mask)
+            assert np.array_equal(got[:, :, i:i + 1], alone), i
+        # keys after the query get probability 0
+        assert not got[..., 0, Tk - Tq + 1:].any()
+    assert np.array_equal(kernel(scores, None), kernel(scores, np.ones((B, Tk), np.uint8)))
+    with pytest.raises(GQAError, match="causal"):
+        kernel(np.zeros((1, 1, 3, 2), np.int32), None, causal=True)

@@ -17,8 +17,8 @@ from torch import nn
 
 import gqa_lut
 import reference_int as ref
-from gqa_lut.nn import (TORCH_FUNCTIONS, PWLActivation, calibrate, export_scales, pwl_modules, replace_activations,
-                        scale_exponent, set_scales, torch_function)
+from gqa_lut.nn import (TORCH_FUNCTIONS, PWLActivation, export_scales, fit_input_scales, pwl_modules,
+                        replace_activations, scale_exponent, set_scales, torch_function)
 from intsim import FUNCTIONS, GQAError, PWLDatapath, PWLTable, SaturationCounter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,7 +321,7 @@ class Tiny(nn.Module):
         return self.head[0](self.body(x))
 
 
-def test_replace_calibrate_export_roundtrip(tables):
+def test_replace_fit_scales_export_roundtrip(tables):
     torch.manual_seed(0)
     model = Tiny()
     out = replace_activations(model, {nn.GELU: tables["gelu"], nn.SiLU: tables["silu"]}, learn=True)
@@ -332,7 +332,7 @@ def test_replace_calibrate_export_roundtrip(tables):
         export_scales(model)
     assert_field(ei, "body.1")
     x = torch.randn(64, 4)
-    with calibrate(model) as units:
+    with fit_input_scales(model) as units:
         float_out = model(x)
         assert set(units) == {"body.1", "body.3", "head.0"}
     scales = export_scales(model)
@@ -360,7 +360,7 @@ def test_replace_minilm(tables):
     tok = Tokenizer()
     sents = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Cats sleep a lot."]
     ids, mask = (torch.from_numpy(a) for a in tok(sents))
-    with calibrate(model):
+    with fit_input_scales(model):
         model(ids, mask)
     scales = export_scales(model)
     assert list(scales) == [f"blocks.{i}.gelu" for i in range(6)] and all(0 <= e <= 6 for e in scales.values())
@@ -455,7 +455,7 @@ def test_bad_replacement(tables):
         export_scales(Tiny())
     assert_field(ei, "model")
     with pytest.raises(GQAError) as ei:
-        with calibrate(Tiny()):
+        with fit_input_scales(Tiny()):
             pass
     assert_field(ei, "model")
     model = replace_activations(Tiny(), {nn.GELU: tables["gelu"]}, exp=1)

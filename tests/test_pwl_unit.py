@@ -257,8 +257,10 @@ def test_scale_batch_ascending_blocks_restart_the_segment_scan():
 # --- PWLTable arithmetic --------------------------------------------------------------------
 
 @st.composite
-def tables(draw, out=None, in_bits=None, scales=None, explicit=None):
-    kw = draw(ref.datapath_fields(out=out, in_bits=in_bits))
+def tables(draw, out=None, in_bits=None, scales=None, explicit=None, rule=None):
+    """``(table, datapath fields, breakpoints, slopes, intercepts, explicit codes)``; ``rule`` as
+    :func:`reference_int.datapath_fields` (True: a random segment rule)."""
+    kw = draw(ref.datapath_fields(out=out, in_bits=in_bits, rule=rule))
     bps, slopes, icpts = draw(ref.table_parts(kw))
     if scales is None:
         scales = sorted(set(draw(st.lists(scales_st, min_size=1, max_size=5))))
@@ -268,7 +270,8 @@ def tables(draw, out=None, in_bits=None, scales=None, explicit=None):
     use_explicit = draw(st.booleans()) if explicit is None else explicit
     explicit_codes = None
     if use_explicit:
-        explicit_codes = {e: draw(ref.comparator_codes(kw["in_bits"], len(bps))) for e in scales}
+        explicit_codes = {e: draw(ref.comparator_codes(kw["in_bits"], len(bps), kw.get("segment_rule", "ge")))
+                          for e in scales}
     table = PWLTable("gelu", (float(lo), float(hi)), PWLDatapath(**kw), scales, floats(bps), slopes, icpts,
                      explicit_codes=None if explicit_codes is None else
                      {e: np.array(c, dtype=np.int64) for e, c in explicit_codes.items()})

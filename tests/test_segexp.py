@@ -38,7 +38,7 @@ def test_the_wide_table_is_the_narrow_unit_on_every_code(sb, s_lo, s_span, ib, t
     table = PWLTable(function="gelu", domain=(-4.0, 4.0), datapath=dp, scales=[e], breakpoints=[-1.0, 0.0, 1.0],
                      slopes=K, intercepts=B)
     q = np.arange(dp.code_min, dp.code_max + 1)
-    P = table.breakpoint_codes(e)
+    P = table.segment_starts(e)
     expected = []
     for c in q:
         i = sum(int(c) >= int(p) for p in P)

@@ -1,4 +1,4 @@
-"""`gqa sweep`: the 48-point example on a process pool and on a Dask LocalCluster (identical rows),
+"""gqa_sweep and `gqa sweep`: the 48-point example on a process pool and on a Dask LocalCluster (identical rows),
 interruption and resumption without recomputation, torn lines, and bad specs / files / schedulers."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gqa_cli.main import main
-from gqa_cli.sweep import (InlineExecutor, expand, load_results, load_spec, pareto_front, read_results, run_sweep,
-                           spec_hash, table_from_row)
+from gqa_sweep import (InlineExecutor, expand, load_results, load_spec, pareto_front, read_results, run_sweep,
+                       spec_hash, table_from_row)
 from intsim import GQAError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,12 +246,11 @@ def test_cli_runs_lists_and_reports_bad_input(tmp_path, capsys):
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    t0 = time.perf_counter()
     assert main(["sweep", str(SMALL), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout",
                  "1", "-q"]) == 2
     err = capsys.readouterr().err
+    # the timeout given is the one used (the message names it); no wall-clock bound is asserted
     assert "cannot reach a Dask scheduler at tcp://127.0.0.1:9 within 1 s" in err
-    assert time.perf_counter() - t0 < 15
     assert not out.exists()     # nothing written before the cluster was reached
     with pytest.raises(GQAError, match="not a scheduler address"):
         run_sweep(SMALL, out, scheduler="", progress=False)
@@ -290,3 +289,19 @@ def test_minilm_axis(tmp_path):
     assert pwl["minilm_config"] == "pwl" and 0.95 < pwl["mean_cosine"] <= 1.0 and pwl["nn_agreement"] >= 0.5
     assert by["hswish/n8/default/dp/pwl"]["minilm_note"].startswith("no MiniLM slot")
     assert by["gelu/n8/default/dp/ibert"]["mean_cosine"] != pwl["mean_cosine"]
+
+
+def test_method_options_are_passed_generically(tmp_path):
+    """A table named after a method holds its gqa_lut.search options (not only the GA's)."""
+    base = "functions = ['gelu']\nentries = [6]\nmethods = ['uniform']\n"
+    plain = run_sweep(base, tmp_path / "a.csv", workers=0, progress=False).rows[0]
+    other = run_sweep(base + "[uniform]\ncoeffs = 'chord'\n", tmp_path / "b.csv", workers=0, progress=False).rows[0]
+    assert plain["error"] == other["error"] == ""
+    assert other["table"] != plain["table"]       # the option reached the search
+    spec = load_spec(base + "[uniform]\ncoeffs = 'chord'\n")
+    assert spec["uniform"] == {"coeffs": "chord"} and expand(spec)[0]["options"] == {"coeffs": "chord"}
+    assert "uniform" not in load_spec(base)      # absent tables stay absent: old specs keep their hash
+    with pytest.raises(GQAError, match="uniform.colour: unknown key"):
+        load_spec(base + "[uniform]\ncolour = 1\n")
+    with pytest.raises(GQAError, match="uniform.seed: unknown key"):   # the sweep sets it itself
+        load_spec(base + "[uniform]\nseed = 1\n")

@@ -1,0 +1,151 @@
+"""``int_gemm(backend="auto")``: the backend is chosen by measurement, per operand class, and cached
+per machine (intsim/gemm.py). No test here assumes which backend a particular CPU prefers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+
+from intsim import gemm
+from intsim.gemm import REGISTRY, int_gemm, operand_class, pick_backend
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty choice table and a private on-disk cache."""
+    monkeypatch.setenv("GQA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GQA_GEMM_CACHE", raising=False)
+    gemm.clear_choices()
+    yield tmp_path
+    gemm.clear_choices()
+
+
+def slowed(name: str, seconds: float):
+    """The registered backend ``name``, made artificially slow (same exact result)."""
+    be = REGISTRY[name]
+
+    def run(a, b):
+        time.sleep(seconds)
+        return be.run(a, b)
+    return dataclasses.replace(be, run=run)
+
+
+def operands(shape_a=(64, 96), shape_b=(96, 32), da=np.int8, db=np.int8, seed=0):
+    rng = np.random.default_rng(seed)
+    lo, hi = np.iinfo(da).min, np.iinfo(da).max
+    a = rng.integers(lo, hi + 1, shape_a).astype(da)
+    b = rng.integers(np.iinfo(db).min, np.iinfo(db).max + 1, shape_b).astype(db)
+    return a, b
+
+
+@pytest.mark.parametrize("layout", ["2d", "batched"])
+def test_an_artificially_slow_backend_is_never_chosen(fresh, monkeypatch, layout):
+    a, b = operands() if layout == "2d" else operands((3, 16, 40), (3, 40, 8))
+    candidates = [n for n, be in REGISTRY.items() if be.auto and be.accepts(a, b, gemm.check_gemm(a, b))]
+    assert len(candidates) >= 2
+    for victim in candidates:
+        gemm.clear_choices(disk=True)
+        with monkeypatch.context() as m:
+            m.setitem(REGISTRY, victim, slowed(victim, 0.02))
+            chosen = pick_backend(a, b)
+        assert chosen != victim and chosen in candidates
+
+
+def test_the_fastest_of_known_speeds_wins_and_every_time_is_recorded(fresh, monkeypatch):
+    a, b = operands()
+    monkeypatch.setitem(REGISTRY, "int_mm", slowed("int_mm", 0.03))
+    monkeypatch.setitem(REGISTRY, "f32", slowed("f32", 0.0))
+    monkeypatch.setitem(REGISTRY, "f64", slowed("f64", 0.01))
+    assert pick_backend(a, b) == "f32"
+    secs = gemm._CHOICES[operand_class(a, b)]["seconds"]
+    assert set(secs) == set(gemm.candidates(a, b)) >= {"f32", "f64"}   # int_mm too where it is exact
+    assert secs.get("int_mm", 1.0) >= 0.03 and secs["f64"] >= 0.01 and secs["f32"] < secs["f64"]
+
+
+def test_the_result_is_exact_whatever_was_chosen(fresh):
+    for da, db, sa, sb in ((np.int8, np.int8, (50, 70), (70, 9)), (np.uint8, np.int8, (2, 30, 1100), (2, 1100, 7)),
+                           (np.int8, np.int8, (4, 33, 1536), (1536, 5))):
+        a, b = operands(sa, sb, da, db)
+        expect = np.matmul(a.astype(np.int64), b.astype(np.int64))
+        assert np.array_equal(int_gemm(a, b).astype(np.int64), expect)
+
+
+def test_operand_classes_are_measured_separately(fresh):
+    a2, b2 = operands()
+    a3, b3 = operands((2, 8, 96), (2, 96, 8))
+    au, bu = operands((2, 8, 96), (2, 96, 8), np.uint8, np.int8)
+    big_k = operands((4, 2000), (2000, 3))
+    classes = {operand_class(*x) for x in ((a2, b2), (a3, b3), (au, bu), big_k)}
+    assert len(classes) == 4
+    for x in ((a2, b2), (a3, b3), (au, bu), big_k):
+        int_gemm(*x)
+    assert set(gemm.chosen_backends()) == classes
+    # the int8-only backend is never a candidate for uint8 operands
+    assert "int_mm" not in gemm._CHOICES[operand_class(au, bu)]["seconds"]
+
+
+def test_the_probe_is_bounded(fresh, monkeypatch):
+    """The probe multiplies a slice of about PROBE_MACS pairs, not the whole (large) product."""
+    seen = []
+    f32 = REGISTRY["f32"]
+    monkeypatch.setitem(REGISTRY, "f32", dataclasses.replace(f32, run=lambda a, b: seen.append(a.shape) or f32.run(a, b)))
+    a, b = operands((20000, 64), (64, 64))
+    pick_backend(a, b)
+    assert seen and all(s[0] * 64 * 64 <= 2 * gemm.PROBE_MACS for s in seen)
+
+
+def test_choices_persist_on_disk_and_are_reloaded_without_measuring(fresh, monkeypatch):
+    a, b = operands()
+    first = pick_backend(a, b)
+    path = gemm.cache_path()
+    assert path.parent == fresh and path.is_file()
+    saved = json.loads(path.read_text())
+    assert saved["machine"] == json.loads(json.dumps(gemm.machine_fingerprint()))
+    assert saved["choices"][operand_class(a, b)]["backend"] == first
+    gemm.clear_choices()                       # a new process: memory empty, disk kept
+
+    def no_measure(*args, **kw):
+        raise AssertionError("a cached choice must not be measured again")
+    monkeypatch.setattr(gemm, "measure", no_measure)
+    assert pick_backend(a, b) == first
+    assert not list(fresh.glob("*.tmp")) and not list(fresh.glob(".*.tmp"))
+
+
+def test_another_machines_choice_is_never_reused(fresh, monkeypatch):
+    a, b = operands()
+    here = gemm.machine_fingerprint()
+    other = dict(here, cpu="AMD EPYC 7B13 (Zen 3)", capability="AVX2")
+    assert gemm.cache_path(other) != gemm.cache_path(here)
+    # a file at this machine's path that claims another machine (tampered, or a hash collision)
+    path = gemm.cache_path(here)
+    path.write_text(json.dumps({"machine": other, "choices": {operand_class(a, b): {"backend": "numpy"}}}))
+    assert pick_backend(a, b) != "numpy"
+    # the ISA-limiting environment is part of the key
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41" if here["env"].get("ONEDNN_MAX_CPU_ISA") != "SSE41" else "AVX")
+    assert gemm.cache_path() != path
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"machine": 3}', '{"choices": {"x": 1}}'])
+def test_a_corrupt_cache_is_measured_again(fresh, content):
+    a, b = operands()
+    gemm.cache_path().write_text(content)
+    assert pick_backend(a, b) in REGISTRY
+    assert json.loads(gemm.cache_path().read_text())["choices"]
+
+
+def test_cache_off_writes_nothing(fresh, monkeypatch):
+    monkeypatch.setenv("GQA_GEMM_CACHE", "off")
+    assert gemm.cache_path() is None
+    a, b = operands()
+    assert pick_backend(a, b) in REGISTRY
+    assert not list(fresh.iterdir())
+
+
+def test_empty_operands_are_not_measured(fresh):
+    a, b = np.zeros((0, 5), np.int8), np.zeros((5, 3), np.int8)
+    assert int_gemm(a, b).shape == (0, 3)
+    assert gemm.chosen_backends() == {}

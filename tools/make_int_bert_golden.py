@@ -1,0 +1,128 @@
+"""Record the integer encoder's outputs on fixed inputs: tests/data/int_bert_golden.npz.
+
+The file pins today's integer MiniLM bit for bit, so that refactoring the model (shared layers,
+registries) is proven not to change a single integer: ``tests/test_int_bert_golden.py`` rebuilds
+the encoder from the *recorded* calibration (so FP32 differences between CPUs cannot move a
+scale) and compares.
+
+Recorded: the calibration statistics the builder reads (absmax and percentiles, per-channel
+maxima, median token maxima) of 48 calibration sentences; for each configuration of ``CONFIGS`` the pooled int64 sums
+of ``SENTENCES``; for the default configuration the traced integers of the embeddings and the
+first block on two sentences (and the last block's residual sum and output); the op statistics
+(JSON) of the default and the I-BERT configurations.
+
+    PYTHONPATH=$PWD python tools/make_int_bert_golden.py      # rewrites tests/data/int_bert_golden.npz
+
+Only rerun it when an intended change of the integer path is made (and say so in the commit).
+The committed file was recorded before the encoder was rebuilt from intsim.layers; recording again
+from the same calibration with today's code reproduces every array but ``trace/blocks.0.ln1_res``,
+which the old trace filled with LayerNorm 2's residual copy (a bug fixed with the rebuild; the
+golden test compares that key accordingly).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "int_bert_golden.npz"
+
+SENTENCES = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog!",
+             "Interest rates rose again on Monday.", "hello", "Photosynthesis turns light into chemical energy.",
+             "The committee, after a long debate, postponed its decision until the spring of next year."]
+TRACE_SENTENCES = 2
+CALIB_SENTENCES = 48
+
+# name -> SimConfig keyword arguments
+CONFIGS = {
+    "default": {},
+    "ibert": dict(gelu="ibert", softmax="ibert", layernorm="newton"),
+    "ivit": dict(gelu="ivit", softmax="ivit"),
+    "divider": dict(reciprocal="divider"),
+    "outliers_none": dict(outliers="none"),
+    "outliers_smooth": dict(outliers="smooth"),
+    "outliers_per_token": dict(outliers="per_token"),
+    "pot_per_tensor": dict(act_scales="pot", weight_scales="per_tensor"),
+    "tables8_exp3": dict(gelu_table="gelu8", exp_table="exp8", pwl_input_exp={"blocks.0.gelu": 3}),
+    "residual32": dict(residual_bits=32, ln_d_bits=20),
+}
+STATS_CONFIGS = ("default", "ibert")
+CALIB_FIELDS = ("absmax", "token_max_p50", "kurtosis")
+
+
+def calibration_arrays(calib) -> dict:
+    """The calibration as flat arrays: ``calib/NAME/FIELD`` (the fields the encoder reads)."""
+    out = {}
+    for name, s in calib.stats.items():
+        p = f"calib/{name}/"
+        for f in CALIB_FIELDS:
+            out[p + f] = np.float64(getattr(s, f))
+        out[p + "percentiles"] = np.array([[k, v] for k, v in sorted(s.percentiles.items())], np.float64)
+        out[p + "channel_max"] = np.asarray(s.channel_max)
+        out[p + "hist"] = np.asarray(s.hist)
+    out["calib/_counts"] = np.array([calib.sentences, calib.tokens], np.int64)
+    out["calib/_names"] = np.array(list(calib.stats))          # in observation order
+    return out
+
+
+def calibration_from(data) -> "Calibration":  # noqa: F821 - intsim.calibration.Calibration
+    """Rebuild the recorded calibration (the inverse of :func:`calibration_arrays`)."""
+    from intsim.calibration import Calibration, TensorStats
+
+    names = [str(n) for n in data["calib/_names"]]
+    stats = {}
+    for name in names:
+        p = f"calib/{name}/"
+        stats[name] = TensorStats(absmax=float(data[p + "absmax"]),
+                                  percentiles={float(k): float(v) for k, v in data[p + "percentiles"]},
+                                  channel_max=data[p + "channel_max"], hist=data[p + "hist"],
+                                  kurtosis=float(data[p + "kurtosis"]),
+                                  token_max_p50=float(data[p + "token_max_p50"]))
+    sentences, tokens = (int(v) for v in data["calib/_counts"])
+    return Calibration(stats, sentences, tokens)
+
+
+def record(model, tok, calib) -> dict:
+    """Every recorded array for the encoder built from ``model`` and ``calib``."""
+    from intsim.config import SimConfig
+    from intsim.int_bert import IntBert
+    from intsim.opstats import OpStats
+
+    out = {}
+    ids, mask = tok(SENTENCES)
+    for name, over in CONFIGS.items():
+        enc = IntBert(model, calib, SimConfig(**over))
+        stats = OpStats() if name in STATS_CONFIGS else None
+        out[f"pooled/{name}"] = enc.pooled(ids, mask, stats)
+        if stats is not None:
+            out[f"stats/{name}"] = np.array(json.dumps(stats.to_dict(), sort_keys=True))
+        if name == "default":
+            trace = {}
+            enc.pooled(ids[:TRACE_SENTENCES], mask[:TRACE_SENTENCES], trace=trace)
+            last = f"blocks.{len(enc.blocks) - 1}."
+            for k, v in trace.items():
+                if k.startswith(("emb.", "blocks.0.")) or k in (last + "sum2", last + "ln2_res", "pooled"):
+                    out[f"trace/{k}"] = v
+    return out
+
+
+def main() -> None:
+    from intsim.bert import Tokenizer, load_model
+    from intsim.calibration import calibrate
+    from intsim.sentences import calibration_sentences
+
+    model = load_model()
+    tok = Tokenizer()
+    calib = calibrate(model, tok, calibration_sentences(CALIB_SENTENCES))
+    arrays = {**calibration_arrays(calib), **record(model, tok, calib)}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OUT.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(OUT)
+    print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KiB, {len(arrays)} arrays)")
+
+
+if __name__ == "__main__":
+    main()
