@@ -106,9 +106,7 @@ def segment_exponents():
 
 
 def main(repeats: int = 7):
-    import torch
-
-    print(f"machine: {machine()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"machine: {machine()}")
     if "--segexp" in sys.argv:
         segment_exponents()
         return
