@@ -21,13 +21,20 @@ CASES = [("gelu", 8), ("gelu", 16), ("hswish", 8), ("hswish", 16), ("exp", 8), (
 BASELINES = ("uniform", "nnlut", "pwlf")
 
 
+def reference_mse(fn: str, n: int) -> float | None:
+    """Mean MSE of the GQA-LUT reference table for ``fn`` with ``n`` entries (None where none exists)."""
+    name = {"rsqrt": "sqrt_reci"}.get(fn, fn)
+    path = REFERENCE_DIR / f"{name}_pwl_{n - 1}.json"
+    return gqa_lut.load_gqa_json(path).error().mean_mse if path.is_file() else None
+
+
 def main():
     print(f"machine: {machine()}")
     if not REFERENCE_DIR.is_dir():
         raise SystemExit(f"reference tables not found at {REFERENCE_DIR}")
     rows, ratios = [], []
     for fn, n in CASES:
-        ref = gqa_lut.load_gqa_json(REFERENCE_DIR / f"{fn}_pwl_{n - 1}.json").error().mean_mse
+        ref = reference_mse(fn, n)
         t = time.perf_counter()
         ga = gqa_lut.search(fn, entries=n, progress=False)
         ga_t = time.perf_counter() - t

@@ -57,10 +57,44 @@ def _summary(table) -> str:
         lines.append(f"note: {prov['note']}")
     if prov.get("segment_rule"):  # what a GQA-LUT import assumed
         lines.append(f"segment rule: {prov['segment_rule']}")
+    if prov.get("segments"):
+        lines.append("per-segment exponents (slope, intercept as code*2^-frac): " + "; ".join(
+            f"{g['slope']}*2^-{g['slope_frac']}, {g['icpt']}*2^-{g['icpt_frac']}" for g in prov["segments"]))
+    lines.append(_optimum_line(prov.get("optimum")))
     lines.append("breakpoints: " + ", ".join(f"{p:g}" for p in table.breakpoints))
     lines.append("slopes:      " + ", ".join(f"{k:g}" for k in table.slopes_real))
     lines.append("intercepts:  " + ", ".join(f"{b:g}" for b in table.intercepts_real))
     return "\n".join(lines)
+
+
+def _segment_exponents(a):
+    """``--segment-exponents S_LO:S_HI,T_LO:T_HI`` with the narrow widths --slope-bits/--icpt-bits."""
+    from gqa_lut.segexp import SegmentExponents
+
+    try:
+        s, t = (tuple(int(v) for v in part.split(":")) for part in a.segment_exponents.split(","))
+    except ValueError:
+        raise GQAError("--segment-exponents", f"{a.segment_exponents!r} is not S_LO:S_HI,T_LO:T_HI",
+                       "e.g. 4:8,4:8") from None
+    if len(s) != 2 or len(t) != 2:
+        raise GQAError("--segment-exponents", f"{a.segment_exponents!r} is not S_LO:S_HI,T_LO:T_HI", "e.g. 4:8,4:8")
+    return SegmentExponents(a.slope_bits, s, a.icpt_bits, t)
+
+
+def _optimum_line(opt) -> str:
+    """The provenance's optimum (or certified lower bound) and this table's gap to it."""
+    if not isinstance(opt, dict) or "status" not in opt:
+        return "optimum: not recorded (gqa search --method exact computes it)"
+    if opt["status"] == "unavailable":
+        return f"optimum ({opt.get('metric', '?')}): unavailable: {opt.get('reason', '')}"
+    g = opt.get("gap")
+    gap_txt = "gap n/a" if g is None else f"gap {100 * g:+.2f}%"
+    if opt["status"] == "exact":
+        return (f"optimum ({opt['metric']}): {opt['value']:.4e}, exact over {opt.get('candidates', '?')} breakpoint "
+                f"candidates; this table: {gap_txt}")
+    return (f"lower bound ({opt['metric']}): {opt['value']:.4e}, certified (exact over scales "
+            f"{opt.get('relaxation', {}).get('exact_scales')}); this table: {gap_txt} at most; "
+            f"why not exact: {opt.get('reason', '?')}")
 
 
 def cmd_search(a) -> int:
@@ -71,11 +105,19 @@ def cmd_search(a) -> int:
         if path:
             check_writable(path, name)
     domain = tuple(a.domain) if a.domain else None
+    datapath, segexp = _datapath(a), None
+    if a.segment_exponents:
+        segexp = _segment_exponents(a)
+        datapath = PWLDatapath(in_bits=a.in_bits, out_bits=a.out_bits, out_frac=a.out_frac,
+                               out_rounding=a.out_rounding, segment_rule=a.segment_rule)
     t0 = time.perf_counter()
-    table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=_datapath(a),
+    table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=datapath,
+                           segment_exponents=segexp,
                            scales=parse_scales(a.scales), domain=domain, metric=a.metric, coeffs=a.coeffs,
                            refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
-                           dp_seed=not a.no_dp_seed, progress=None if not a.quiet else False)
+                           dp_seed=not a.no_dp_seed, exact_seed=not a.no_exact_seed,
+                           max_candidates=a.max_candidates, time_limit=a.time_limit,
+                           progress=None if not a.quiet else False)
     elapsed = time.perf_counter() - t0
     print(_summary(table))
     print(table.error().report())
@@ -95,7 +137,8 @@ def cmd_eval(a) -> int:
     table = gqa_lut.load(a.table, segment_rule=a.segment_rule)
     err = table.error()
     if a.json:
-        print(json.dumps({"function": table.function, "entries": table.entries, **err.to_dict()}, indent=2))
+        print(json.dumps({"function": table.function, "entries": table.entries, **err.to_dict(),
+                          "optimum": table.provenance.get("optimum")}, indent=2))
     else:
         print(_summary(table))
         print(err.report())
@@ -115,6 +158,7 @@ def cmd_plot(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gqa_lut import METHODS, __version__
+    from gqa_lut.exact import MAX_CANDIDATES
     from gqa_lut.objective import METRICS
     from gqa_lut.fitting import COEFF_METHODS
 
@@ -135,7 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--population", type=int, default=50)
     s.add_argument("--generations", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-dp-seed", action="store_true", help="start the GA from random breakpoints only")
+    s.add_argument("--no-dp-seed", action="store_true", help="no per-scale optima or equal-width seeds for the GA")
+    s.add_argument("--no-exact-seed", action="store_true", help="do not seed the GA with the exact optimum")
+    s.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
+                   help=f"exact search: most breakpoint candidates ({MAX_CANDIDATES}); beyond it a certified bound")
+    s.add_argument("--time-limit", type=float, default=None, help="exact search: seconds per solve (no limit)")
+    s.add_argument("--segment-exponents", metavar="S_LO:S_HI,T_LO:T_HI",
+                   help="exact search, per-segment exponents: each segment's slope (intercept) code of --slope-bits "
+                        "(--icpt-bits) picks its own fraction bits in S_LO..S_HI (T_LO..T_HI)")
     s.add_argument("-o", "--output", help="write the table (gqa-sim JSON)")
     s.add_argument("--gqa-json", help="also write the GQA-LUT JSON layout")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

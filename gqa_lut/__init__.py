@@ -3,6 +3,7 @@
     >>> import gqa_lut
     >>> table = gqa_lut.search("gelu", entries=8)
     >>> table.error().mean_mse
+    >>> table.provenance["optimum"]   # the exact optimum of the same objective, and the gap
 """
 
 __version__ = "0.1.0"
@@ -11,7 +12,9 @@ from intsim import PWLDatapath, PWLTable  # noqa: E402  (the table type lives in
 
 from .functions import FUNCTIONS, Function, get_function  # noqa: E402
 from .gqa_json import load_gqa_json, save_gqa_json  # noqa: E402
-from .search import METHODS, search  # noqa: E402
+from .exact import ExactTooLarge, ExactUnavailable, exact_optimum, lower_bound  # noqa: E402
+from .search import METHOD_REGISTRY, METHODS, search  # noqa: E402
+from .segexp import SegmentExponents  # noqa: E402
 
 
 def load(path, segment_rule: str | None = None) -> PWLTable:
@@ -26,4 +29,5 @@ def load(path, segment_rule: str | None = None) -> PWLTable:
 
 
 __all__ = ["search", "load", "load_gqa_json", "save_gqa_json", "PWLTable", "PWLDatapath", "FUNCTIONS",
-           "Function", "get_function", "METHODS", "__version__"]
+           "Function", "get_function", "METHODS", "METHOD_REGISTRY", "exact_optimum", "lower_bound", "ExactTooLarge",
+           "ExactUnavailable", "SegmentExponents", "__version__"]

@@ -1,29 +1,41 @@
 """``search(func, entries, ...)``: one call, one :class:`~intsim.PWLTable`, whatever the method.
 
-Methods:
-- ``ga``: the GQA-LUT genetic search (:mod:`gqa_lut.ga`), seeded with the per-scale exact
-  optima and equal-width breakpoints unless ``dp_seed=False``;
+Methods (the registry :data:`METHOD_REGISTRY`; :data:`METHODS`, the CLI's ``--method`` choices
+and the sweep's keys derive from it):
+- ``exact``: the global optimum of the shared-table objective (:mod:`gqa_lut.exact`); where its
+  candidate set or time is beyond ``max_candidates`` / ``time_limit`` it refuses and says so;
+- ``ga``: the GQA-LUT genetic search (:mod:`gqa_lut.ga`), seeded with the exact optimum where it
+  exists (so it is never worse), the per-scale exact optima and equal-width breakpoints;
 - ``dp``: the exact optimum of each scale (:mod:`gqa_lut.dp`) refitted as one shared table
-  over the scale set; the best of them. With a single scale it *is* the exact optimum;
+  over the scale set; the best of them;
 - ``uniform``, ``nnlut``, ``pwlf``: baselines (:mod:`gqa_lut.baselines`).
 
-Every table's provenance records the method, seed, budget and its error per scale.
+Every table's provenance records the method, seed, budget, its error per scale and, under
+``optimum``, the exact optimum of its objective (``status: exact``) or, where that is out of
+reach, a certified lower bound (``status: lower_bound``, with the reason and the relaxation),
+and the table's relative ``gap`` to it (against a bound: an upper bound of the true gap).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from intsim import GQAError, PWLDatapath, PWLTable, get_function
+from intsim.functions import Function
 
 from . import __version__
 from .baselines import nnlut_table, pwlf_table, uniform_breakpoints
 from .dp import dp_optimum
+from .exact import MAX_CANDIDATES, ExactUnavailable, check_limits, exact_table, gap, lower_bound, objective_value
 from .ga import evolve, make_toolbox
 from .objective import Objective
+from .segexp import SegmentExponents, segment_codes
 
-METHODS = ("ga", "dp", "uniform", "nnlut", "pwlf")
 DEFAULT_SCALES = tuple(range(7))
 
 
@@ -37,10 +49,19 @@ def _datapath(datapath, overrides: dict) -> PWLDatapath:
     return PWLDatapath(**overrides)
 
 
-def _finish(table: PWLTable, objective: Objective) -> PWLTable:
-    err = table.error(objective.fn)
-    table.provenance.update({"error": err.to_dict(), "metric": objective.metric, "tool": f"gqa-sim {__version__}"})
-    return table
+def _segment_exponent_datapath(fmt, dp: PWLDatapath, method: str, fields: dict) -> PWLDatapath:
+    if not isinstance(fmt, SegmentExponents):
+        raise GQAError("segment_exponents", f"must be a SegmentExponents, got {type(fmt).__name__}")
+    if method != "exact":
+        raise GQAError("segment_exponents", f"method {method!r} does not search per-segment exponents",
+                       "use method='exact'")
+    coeff = ("slope_bits", "slope_frac", "icpt_bits", "icpt_frac")
+    given = [k for k in coeff if k in fields or getattr(dp, k) != getattr(PWLDatapath(), k)]
+    if given:
+        raise GQAError(given[0], "given together with segment_exponents, which sets the coefficient formats",
+                       "give the widths and exponent ranges in SegmentExponents")
+    return fmt.wide_datapath(in_bits=dp.in_bits, out_bits=dp.out_bits, out_frac=dp.out_frac,
+                             out_rounding=dp.out_rounding, segment_rule=dp.segment_rule)
 
 
 def per_scale_optima(fn, entries: int, dp: PWLDatapath, scales) -> dict[int, tuple[np.ndarray, float]]:
@@ -48,56 +69,187 @@ def per_scale_optima(fn, entries: int, dp: PWLDatapath, scales) -> dict[int, tup
     return {e: dp_optimum(fn, entries, dp, e) for e in scales}
 
 
+@dataclass
+class Request:
+    """One search: the objective and every option a method may read."""
+
+    fn: Function
+    objective: Objective
+    weights: dict | None
+    seed: int
+    population: int
+    generations: int
+    dp_seed: bool
+    exact_seed: bool
+    progress: bool | None
+    ga_options: dict
+    max_candidates: int
+    time_limit: float | None
+    want_optimum: bool
+    segment_exponents: SegmentExponents | None = None
+    provenance: dict = field(default_factory=dict)
+    exact_error: ExactUnavailable | None = None
+
+    @cached_property
+    def exact(self) -> tuple[PWLTable | None, dict]:
+        """``(optimal table or None, optimum record)``: the exact optimum, else a certified bound."""
+        obj = self.objective
+        try:
+            formats = None if self.segment_exponents is None else self.segment_exponents.formats()
+            table, res = exact_table(obj, None, self.max_candidates, self.time_limit, formats)
+            return table, {"status": "exact", "metric": obj.metric, "value": objective_value(obj, table),
+                           "candidates": res.candidates}
+        except ExactUnavailable as exc:
+            reason, self.exact_error = str(exc), exc
+        try:
+            lb = lower_bound(obj, self.weights, self.max_candidates, self.time_limit)
+        except ExactUnavailable as exc:
+            return None, {"status": "unavailable", "metric": obj.metric, "reason": f"{reason}; no bound: {exc}"}
+        return None, {"status": "lower_bound", "metric": obj.metric, "value": lb.pop("value"), "reason": reason,
+                      "relaxation": lb}
+
+    def finish(self, table: PWLTable) -> PWLTable:
+        """Record the error, the optimum (or bound) and the table's gap to it."""
+        obj = self.objective
+        err = table.error(obj.fn)
+        table.provenance.update({"error": err.to_dict(), "metric": obj.metric, "tool": f"gqa-sim {__version__}"})
+        if self.want_optimum:
+            record = dict(self.exact[1])
+            if "value" in record:
+                record["gap"] = gap(objective_value(obj, table), record["value"])
+            table.provenance["optimum"] = record
+        return table
+
+
+# --- the methods ---------------------------------------------------------------------------------
+def _exact(req: Request) -> PWLTable:
+    obj = req.objective
+    if obj.coeffs != "lsq" or not obj.refine:
+        raise GQAError("coeffs", "the exact method chooses every slope and intercept code itself",
+                       "drop coeffs / refine=False (--coeffs, --no-refine)")
+    table, _ = req.exact
+    if table is None:
+        exc = req.exact_error
+        raise GQAError(exc.field, f"no exact optimum: {str(exc).split(': ', 1)[1]}; method='ga' reports its gap "
+                       "to a certified lower bound instead")
+    table.provenance.update(dict(req.provenance, budget={"max_candidates": req.max_candidates,
+                                                         "time_limit": req.time_limit}))
+    table.provenance["coefficients"] = {"method": "exact", "refine": "exact", "clipped": 0}
+    if req.segment_exponents is not None:
+        table.provenance["coefficient_format"] = req.segment_exponents.to_dict()
+        table.provenance["segments"] = segment_codes(table, req.segment_exponents)
+    return req.finish(table)
+
+
+def _dp(req: Request) -> PWLTable:
+    obj = req.objective
+    if req.weights is not None:
+        raise GQAError("weights", "the dp method optimises the unweighted MSE",
+                       "use method='exact' or 'ga' for weighted error")
+    optima = per_scale_optima(req.fn, obj.entries, obj.dp, obj.scales)
+    candidates = np.array([bp for bp, _ in optima.values()]).reshape(len(optima), obj.entries - 1)
+    fit = obj(candidates)
+    best = int(np.argmin(fit))
+    prov = dict(req.provenance, budget={"per_scale_dp": list(obj.scales)},
+                per_scale_optimum={str(e): mse for e, (_, mse) in optima.items()},
+                chosen_scale=int(obj.scales[best]))
+    return req.finish(obj.table(candidates[best], prov))
+
+
+def _ga(req: Request) -> PWLTable:
+    obj = req.objective
+    rng = np.random.default_rng(req.seed)
+    tb = make_toolbox(obj, rng, **req.ga_options)  # validates the options before any search
+    rows = []
+    exact = req.exact[0] if req.exact_seed else None
+    if exact is not None:
+        rows.append(exact.breakpoints)
+    optima = per_scale_optima(req.fn, obj.entries, obj.dp, obj.scales) if req.dp_seed else {}
+    rows += [bp for bp, _ in optima.values()]
+    if req.dp_seed:
+        rows.append(uniform_breakpoints(obj.entries, req.fn.domain))
+    seeds = np.array(rows).reshape(len(rows), obj.entries - 1) if rows else None
+    with tqdm(total=req.generations, desc=f"ga {req.fn.name} N={obj.entries}", unit="gen", leave=False,
+              delay=1.0, disable=req.progress is False) as bar:
+        best_bp, _, _ = evolve(tb, req.population, req.generations, seeds, progress=bar.update)
+    prov = dict(req.provenance, budget={"population": req.population, "generations": req.generations,
+                                        "dp_seed": bool(req.dp_seed), "exact_seed": bool(req.exact_seed),
+                                        **req.ga_options})
+    if optima:
+        prov["per_scale_optimum"] = {str(e): mse for e, (_, mse) in optima.items()}
+    table = obj.table(best_bp, prov)
+    if exact is not None:
+        # the GA's fitness snaps breakpoints to the 2**-e_max grid and fits least-squares lines,
+        # so it may not reproduce its exact seed (a 2**-(e_max+1) breakpoint, a minimax or
+        # rounded-output fit): the seed is kept whenever the search found nothing better
+        own = objective_value(obj, table)
+        prov["ga_own"] = {"value": own, "gap": gap(own, req.exact[1]["value"])}
+        if objective_value(obj, exact) < own:
+            table = PWLTable(function=exact.function, domain=exact.domain, datapath=exact.datapath,
+                             scales=exact.scales, breakpoints=exact.breakpoints, slopes=exact.slopes,
+                             intercepts=exact.intercepts, provenance=dict(prov, kept="exact seed",
+                                                                          coefficients=exact.provenance["coefficients"]))
+    return req.finish(table)
+
+
+def _uniform(req: Request) -> PWLTable:
+    return req.finish(req.objective.table(uniform_breakpoints(req.objective.entries, req.fn.domain), req.provenance))
+
+
+def _nnlut(req: Request) -> PWLTable:
+    table = nnlut_table(req.objective, req.seed)
+    table.provenance.update(req.provenance)
+    return req.finish(table)
+
+
+def _pwlf(req: Request) -> PWLTable:
+    table = pwlf_table(req.objective, req.seed)
+    table.provenance.update(req.provenance)
+    return req.finish(table)
+
+
+METHOD_REGISTRY: dict[str, Callable[[Request], PWLTable]] = {
+    "ga": _ga,
+    "exact": _exact,
+    "dp": _dp,
+    "uniform": _uniform,
+    "nnlut": _nnlut,
+    "pwlf": _pwlf,
+}
+METHODS = tuple(METHOD_REGISTRY)
+
+
 def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath | None = None, scales=DEFAULT_SCALES,
            domain=None, metric: str = "mse", coeffs: str = "lsq", refine: bool = True, weights: dict | None = None,
            population: int = 50, generations: int = 500, seed: int = 0, dp_seed: bool = True,
-           progress: bool | None = None, ga_options: dict | None = None, **datapath_fields) -> PWLTable:
+           exact_seed: bool = True, max_candidates: int = MAX_CANDIDATES, time_limit: float | None = None,
+           optimum: bool = True, segment_exponents: SegmentExponents | None = None, progress: bool | None = None,
+           ga_options: dict | None = None, **datapath_fields) -> PWLTable:
     """Find a PWL table for ``func`` (a library name or a callable with ``domain``).
 
     ``datapath`` or its fields (``in_bits=8, slope_bits=8, slope_frac=6, ...``) fix the formats;
-    ``scales`` the power-of-two input scales one table serves. ``progress``: a tqdm bar for
-    the GA (``None``: shown when the search runs longer than a second on a terminal).
+    ``scales`` the power-of-two input scales one table serves. ``max_candidates`` and
+    ``time_limit`` (seconds, per exact solve) bound the exact search; ``optimum=False`` skips
+    recording the optimum (and the GA's exact seed). ``segment_exponents``
+    (:class:`~gqa_lut.segexp.SegmentExponents`, method ``exact`` only): every segment picks
+    its own coefficient exponents; the table lives on the format's wide datapath (the given
+    datapath's input and output fields are kept). ``progress``: a tqdm bar for the GA
+    (``None``: shown when the search runs longer than a second on a terminal).
     """
-    if method not in METHODS:
+    if method not in METHOD_REGISTRY:
         raise GQAError("method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise GQAError("seed", f"must be a non-negative integer, got {seed!r}")
+    check_limits(max_candidates, time_limit)
     fn = get_function(func, domain)
     dp = _datapath(datapath, datapath_fields)
+    if segment_exponents is not None:
+        dp = _segment_exponent_datapath(segment_exponents, dp, method, datapath_fields)
     objective = Objective(fn, entries, dp, scales, metric=metric, coeffs=coeffs, refine=refine, weights=weights)
-    base = {"method": method, "seed": int(seed)}
-
-    if method == "uniform":
-        return _finish(objective.table(uniform_breakpoints(objective.entries, fn.domain), base), objective)
-    if method == "nnlut":
-        return _finish(nnlut_table(objective, int(seed)), objective)
-    if method == "pwlf":
-        return _finish(pwlf_table(objective, int(seed)), objective)
-
-    optima = {}
-    if method == "dp" or dp_seed:
-        if weights is not None and method == "dp":
-            raise GQAError("weights", "the dp method optimises the unweighted MSE", "use method='ga' for weighted error")
-        optima = per_scale_optima(fn, objective.entries, dp, objective.scales)
-    candidates = np.array([bp for bp, _ in optima.values()]).reshape(len(optima), objective.entries - 1)
-    lower_bound = {str(e): mse for e, (_, mse) in optima.items()}
-
-    if method == "dp":
-        fit = objective(candidates)
-        best = int(np.argmin(fit))
-        prov = dict(base, budget={"per_scale_dp": list(objective.scales)}, per_scale_optimum=lower_bound,
-                    chosen_scale=int(objective.scales[best]))
-        return _finish(objective.table(candidates[best], prov), objective)
-
-    seeds = np.vstack([candidates, uniform_breakpoints(objective.entries, fn.domain)[None, :]]) if dp_seed else None
-    rng = np.random.default_rng(int(seed))
-    tb = make_toolbox(objective, rng, **(ga_options or {}))
-    with tqdm(total=generations, desc=f"ga {fn.name} N={objective.entries}", unit="gen", leave=False,
-              delay=1.0, disable=progress is False) as bar:
-        best_bp, _, _ = evolve(tb, population, generations, seeds, progress=bar.update)
-    prov = dict(base, budget={"population": population, "generations": generations, "dp_seed": bool(dp_seed),
-                              **(ga_options or {})})
-    if optima:
-        prov["per_scale_optimum"] = lower_bound
-    table = objective.table(best_bp, prov)
-    return _finish(table, objective)
+    req = Request(fn=fn, objective=objective, weights=weights, seed=int(seed), population=population,
+                  generations=generations, dp_seed=bool(dp_seed), exact_seed=bool(exact_seed) and bool(optimum),
+                  progress=progress, ga_options=dict(ga_options or {}), max_candidates=max_candidates,
+                  time_limit=time_limit, want_optimum=bool(optimum) or method == "exact",
+                  segment_exponents=segment_exponents,
+                  provenance={"method": method, "seed": int(seed)})
+    return METHOD_REGISTRY[method](req)

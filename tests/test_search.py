@@ -12,7 +12,7 @@ from intsim import GQAError, PWLDatapath, PWLTable
 
 SMALL_GA = {"population": 20, "generations": 30}
 # entries per method: pwlf's breakpoint search grows quickly with the entries
-METHOD_CASES = [("ga", 8, SMALL_GA), ("dp", 8, {}), ("uniform", 8, {}), ("nnlut", 8, {}), ("pwlf", 4, {})]
+METHOD_CASES = [("ga", 8, SMALL_GA), ("exact", 8, {}), ("dp", 8, {}), ("uniform", 8, {}), ("nnlut", 8, {}), ("pwlf", 4, {})]
 GQA_LUT_GELU_8 = 9.97e-5  # DESIGN.md: mean MSE of the reference's gelu 8-entry table
 
 SEEDING_BUG = ("library bug: with population < len(scales) + 1 the GA keeps only the first "
@@ -191,3 +191,109 @@ def test_overflowing_coefficient_with_error_policy_names_it():
     with pytest.raises(GQAError) as exc:
         table_from_gqa_dict(d, datapath=PWLDatapath(), on_overflow="wrap")
     assert exc.value.field == "on_overflow"
+
+
+# --- the method registry, the exact optimum in every provenance, the CLI -----------------------
+def test_methods_derive_from_the_registry():
+    from gqa_cli.main import build_parser
+    from gqa_lut.search import METHOD_REGISTRY
+
+    assert gqa_lut.METHODS == tuple(METHOD_REGISTRY) and "exact" in gqa_lut.METHODS
+    search = build_parser()._subparsers._group_actions[0].choices["search"]
+    choices = next(a.choices for a in search._actions if a.dest == "method")
+    assert tuple(choices) == gqa_lut.METHODS
+
+
+@pytest.mark.parametrize("method, entries, budget", METHOD_CASES, ids=[m for m, *_ in METHOD_CASES])
+def test_every_method_records_the_optimum_and_its_gap(method, entries, budget):
+    table = gqa_lut.search("exp", entries, method, progress=False, **budget)
+    opt = table.provenance["optimum"]
+    exact = gqa_lut.search("exp", entries, "exact")
+    assert opt["status"] == "exact"
+    assert opt["value"] == pytest.approx(exact.error().mean_mse, rel=1e-9)
+    assert opt["gap"] == pytest.approx(table.error().mean_mse / opt["value"] - 1, rel=1e-6, abs=1e-9)
+    assert opt["gap"] >= -1e-9
+
+
+@pytest.mark.parametrize("func, entries, metric, fields", [
+    ("gelu", 8, "mse", {}), ("hswish", 6, "max_abs", {}), ("silu", 4, "mse", dict(out_bits=12, out_frac=7))])
+def test_the_seeded_ga_is_never_worse_than_exact(func, entries, metric, fields):
+    ex = gqa_lut.search(func, entries, "exact", metric=metric, **fields)
+    ga = gqa_lut.search(func, entries, "ga", metric=metric, population=10, generations=5, progress=False, **fields)
+    key = (lambda t: t.error().mean_mse) if metric == "mse" else (lambda t: t.error().max_max_abs)
+    assert key(ga) <= key(ex) * (1 + 1e-9)
+    assert ga.provenance["budget"]["exact_seed"] is True
+    assert ga.provenance["ga_own"]["gap"] >= -1e-9
+    # unseeded, a short GA is worse, and its gap says by how much
+    raw = gqa_lut.search(func, entries, "ga", metric=metric, population=10, generations=5, exact_seed=False,
+                         dp_seed=False, progress=False, **fields)
+    assert raw.provenance["optimum"]["gap"] == pytest.approx(key(raw) / key(ex) - 1, rel=1e-6, abs=1e-9)
+
+
+def test_optimum_false_skips_the_record():
+    table = gqa_lut.search("gelu", 4, "uniform", optimum=False)
+    assert "optimum" not in table.provenance
+
+
+def test_a_saturating_output_records_why_there_is_no_optimum():
+    table = gqa_lut.search("gelu", 8, "dp", out_bits=8, out_frac=5)
+    opt = table.provenance["optimum"]
+    assert opt["status"] == "unavailable" and "out_bits" in opt["reason"]
+    with pytest.raises(GQAError) as exc:
+        gqa_lut.search("gelu", 8, "exact", out_bits=8, out_frac=5)
+    assert exc.value.field == "out_bits"
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(coeffs="chord"), "coeffs"), (dict(refine=False), "coeffs"),
+                                           (dict(time_limit=-1.0), "time_limit"),
+                                           (dict(max_candidates=0), "max_candidates")])
+def test_bad_exact_input(kwargs, field):
+    with pytest.raises(GQAError) as exc:
+        gqa_lut.search("gelu", 4, "exact", **kwargs)
+    assert exc.value.field == field
+
+
+def test_cli_exact_search_and_eval_print_the_optimum(tmp_path, capsys):
+    from gqa_cli.main import main
+
+    path = tmp_path / "x.json"
+    assert main(["search", "gelu", "-n", "8", "--method", "exact", "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = PWLTable.load(path)
+    assert table.provenance["method"] == "exact"
+    assert main(["eval", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"optimum (mse): {table.error().mean_mse:.4e}, exact over" in out and "gap +0.00%" in out
+    assert main(["eval", str(path), "--json"]) == 0
+    import json
+    assert json.loads(capsys.readouterr().out)["optimum"]["status"] == "exact"
+    # too large for the exact search: the GA says so and reports its gap to the certified bound
+    ga = tmp_path / "g.json"
+    assert main(["search", "gelu", "-n", "4", "--scales", "0:4", "--max-candidates", "50", "--generations", "3",
+                 "--population", "6", "-q", "-o", str(ga)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(ga)]) == 0
+    out = capsys.readouterr().out
+    assert "lower bound (mse)" in out and "max_candidates" in out
+    rc = main(["search", "gelu", "-n", "4", "--scales", "0:4", "--method", "exact", "--max-candidates", "50"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_candidates" in err and err.count("\n") == 1
+
+
+def test_cli_per_segment_exponents(tmp_path, capsys):
+    from gqa_cli.main import main
+
+    path = tmp_path / "r.json"
+    assert main(["search", "reciprocal", "-n", "4", "--method", "exact", "--segment-exponents", "5:7,5:7",
+                 "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = PWLTable.load(path)
+    assert table.datapath.slope_bits == 10 and table.datapath.slope_frac == 7
+    segs = table.provenance["segments"]
+    assert "per-segment exponents" in out and f"{segs[0]['slope']}*2^-{segs[0]['slope_frac']}" in out
+    plain = gqa_lut.search("reciprocal", 4, "exact").error().mean_mse
+    assert table.error().mean_mse <= plain
+    for bad in ("5:7", "a:b,1:2", "7:5,5:7"):
+        rc = main(["search", "gelu", "-n", "4", "--method", "exact", "--segment-exponents", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and ("segment-exponents" in err or "slope_fracs" in err)

@@ -1,0 +1,266 @@
+"""gqa_lut.exact: the shared-table optimum against brute force, the per-scale DP and its own tables.
+
+Brute force (independent of the candidate argument): breakpoints on a grid four times finer than
+the candidates' (``2**-(e_max+3)``, over a range past both domain ends), distinct by the
+datapath's segment starts; every sorted choice of ``N-1`` of them; each code's segment by
+the unit's rule ``#{j : q >= S_j}`` (``S_j = P_j`` under "ge", ``P_j + 1`` under "gt"); every integer ``(K, B)`` per segment through intsim's
+accumulator and output stage. Given the breakpoints the objective is a sum (max) of per-segment
+terms, each depending on that segment's coefficients only, so minimising each segment over all
+its ``(K, B)`` is the joint minimum over every coefficient of the table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+import gqa_lut
+from gqa_lut.dp import dp_optimum
+from gqa_lut.exact import (ExactTooLarge, ExactUnavailable, candidate_bound, candidates, exact_optimum, exact_table,
+                           lower_bound, objective_value, segment_starts)
+from gqa_lut.objective import Objective
+from intsim import GQAError, PWLDatapath, get_function, scale_points
+from intsim.pwl import pwl_output
+
+
+def brute_force(fn, entries, dp, scales, metric="mse", weights=None, slope_codes=None, icpt_codes=None):
+    """The best objective value over every table (breakpoints, slopes, intercepts).
+
+    ``slope_codes`` / ``icpt_codes``: the codes a segment may use (default: every code of the formats).
+    """
+    scales = sorted(scales)
+    lo, hi = fn.domain
+    step = 2.0 ** -(max(scales) + 3)
+    reach = 2.0 ** -min(scales) + step
+    grid = np.arange(math.floor((lo - reach) / step), math.ceil((hi + reach) / step) + 1) * step
+    codes = np.stack([dp.segment_starts(grid, e) for e in scales], axis=1)
+    placements = np.unique(codes, axis=0)  # distinct comparator constants, ascending in every column
+    kf, bf = dp.slope_format, dp.icpt_format
+    K = np.arange(kf.min_int, kf.max_int + 1) if slope_codes is None else np.asarray(slope_codes, np.int64)
+    B = np.arange(bf.min_int, bf.max_int + 1) if icpt_codes is None else np.asarray(icpt_codes, np.int64)
+    pts_err, pts_scale, pts_q = [], [], []
+    for s, e in enumerate(scales):
+        q = scale_points(fn.domain, e, dp)
+        acc = (K[:, None, None] * q << dp.slope_shift(e)) + (B[None, :, None] << dp.icpt_shift(e))
+        out = pwl_output(acc.reshape(-1, q.size), e, dp).reshape(acc.shape)
+        frac = dp.acc_frac(e) if dp.out_bits is None else dp.out_frac
+        d = out * 2.0**-frac - fn(q * 2.0**-e)
+        h = np.ones(q.size) if weights is None else np.asarray(weights[e], float)[q - dp.code_min]
+        w = h / h.sum() / len(scales) if h.sum() > 0 else h
+        pts_err.append(w * d * d if metric == "mse" else np.abs(d))
+        pts_scale.append(np.full(q.size, s)), pts_q.append(q)
+    err = np.concatenate(pts_err, axis=2)  # (K, B, point)
+    p_scale, p_q = np.concatenate(pts_scale), np.concatenate(pts_q)
+    memo = {}
+    best = np.inf
+    for choice in itertools.combinations_with_replacement(range(len(placements)), entries - 1):
+        P = placements[list(choice)]  # (N-1, S) segment starts, rows non-decreasing
+        seg = (p_q[None, :] >= P[:, p_scale]).sum(axis=0)
+        total = 0.0
+        for i in range(entries):
+            mask = seg == i
+            key = mask.tobytes()
+            if key not in memo:
+                sub = err[:, :, mask]
+                memo[key] = 0.0 if not mask.any() else float((sub.sum(-1) if metric == "mse" else sub.max(-1)).min())
+            total = total + memo[key] if metric == "mse" else max(total, memo[key])
+        best = min(best, total)
+    return best
+
+
+def small(func, lo, hi, **dp_fields):
+    return get_function(func).with_domain((lo, hi)), PWLDatapath(**dp_fields)
+
+
+# (function, domain, scales, entries, datapath fields, metric)
+CASES = [
+    ("gelu", (-1.0, 1.0), [0, 1, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2), "mse"),
+    ("exp", (-2.0, 0.0), [0, 1, 2], 4, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3), "mse"),
+    ("silu", (-1.0, 1.5), [1, 2], 4, dict(in_bits=4, slope_bits=3, slope_frac=1, icpt_bits=4, icpt_frac=2), "mse"),
+    ("tanh", (-1.0, 1.0), [-1, 0, 1], 3, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3),
+     "mse"),
+    ("hswish", (-1.0, 1.0), [0, 1, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2),
+     "max_abs"),
+    ("sigmoid", (-2.0, 2.0), [0, 1], 4, dict(in_bits=4, slope_bits=3, slope_frac=2, icpt_bits=4, icpt_frac=3),
+     "max_abs"),
+    ("gelu", (-1.0, 1.0), [0, 1, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2,
+                                             out_bits=8, out_frac=3), "mse"),
+    ("exp", (-2.0, 0.0), [0, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3,
+                                         out_bits=8, out_frac=2, out_rounding="floor"), "mse"),
+    ("tanh", (-1.0, 1.0), [0, 1, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3,
+                                             out_bits=8, out_frac=3, out_rounding="half_away"), "max_abs"),
+]
+
+
+@pytest.mark.parametrize("rule", ["ge", "gt"])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{c[5]}-{i}" for i, c in enumerate(CASES)])
+def test_exact_equals_brute_force(case, rule):
+    func, dom, scales, entries, fields, metric = CASES[case]
+    fn, dp = small(func, *dom, **fields, segment_rule=rule)
+    obj = Objective(fn, entries, dp, scales, metric=metric)
+    res = exact_optimum(obj)
+    assert res.value == pytest.approx(brute_force(fn, entries, dp, scales, metric), rel=1e-9, abs=1e-15)
+
+
+def test_exact_equals_brute_force_with_histogram_weights():
+    fn, dp = small("gelu", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2)
+    rng = np.random.default_rng(5)
+    weights = {e: rng.integers(0, 5, 16).astype(float) for e in (0, 1, 2)}
+    obj = Objective(fn, 3, dp, [0, 1, 2], weights=weights)
+    res = exact_optimum(obj)
+    assert res.value == pytest.approx(brute_force(fn, 3, dp, [0, 1, 2], weights=weights), rel=1e-9, abs=1e-15)
+    table = gqa_lut.search(fn, 3, "exact", datapath=dp, scales=[0, 1, 2], weights=weights)
+    assert table.error(weights=weights).mean_mse == pytest.approx(res.value, rel=1e-9, abs=1e-15)
+
+
+FUNCS = ["gelu", "exp", "silu", "tanh", "sigmoid", "hswish", "softplus"]
+
+
+@settings(max_examples=int(os.environ.get("GQA_HYPOTHESIS_EXAMPLES", "25")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(func=st.sampled_from(FUNCS), lo=st.integers(-6, 2), width=st.integers(2, 6), e0=st.integers(-1, 2),
+       n_scales=st.integers(1, 3), entries=st.integers(2, 4), sb=st.integers(2, 4), sf=st.integers(0, 3),
+       ib=st.integers(2, 5), bf=st.integers(0, 3), metric=st.sampled_from(["mse", "max_abs"]),
+       out=st.sampled_from([None, (10, 3, "half_even"), (10, 2, "floor"), (12, 4, "half_up")]),
+       rule=st.sampled_from(["ge", "gt"]))
+def test_exact_equals_brute_force_hypothesis(func, lo, width, e0, n_scales, entries, sb, sf, ib, bf, metric, out,
+                                             rule):
+    fields = dict(in_bits=4, slope_bits=sb, slope_frac=sf, icpt_bits=ib, icpt_frac=bf, segment_rule=rule)
+    if out is not None:
+        fields.update(out_bits=out[0], out_frac=out[1], out_rounding=out[2])
+    fn, dp = small(func, lo * 0.5, (lo + width) * 0.5, **fields)
+    scales = list(range(e0, e0 + n_scales))
+    try:
+        obj = Objective(fn, entries, dp, scales, metric=metric)
+    except GQAError as exc:  # a scale without a code in the domain: not a problem to solve
+        assume(exc.field != "scales")
+        raise
+    try:
+        res = exact_optimum(obj)
+    except ExactUnavailable as exc:  # an output that can saturate is refused, never solved wrongly
+        assert exc.field == "out_bits"
+        assume(False)
+    assert res.value == pytest.approx(brute_force(fn, entries, dp, scales, metric), rel=1e-9, abs=1e-14)
+    table, _ = exact_table(obj)
+    assert objective_value(obj, table) == pytest.approx(res.value, rel=1e-9, abs=1e-14)
+
+
+@pytest.mark.parametrize("func, entries, e", [("gelu", 8, 3), ("exp", 8, 5), ("hswish", 4, 0), ("rsqrt", 8, 4),
+                                              ("gelu", 16, 6), ("silu", 5, 2)])
+def test_exact_with_one_scale_equals_the_per_scale_optimum(func, entries, e):
+    fn, dp = get_function(func), PWLDatapath()
+    _, mse = dp_optimum(fn, entries, dp, e)
+    res = exact_optimum(Objective(fn, entries, dp, [e]))
+    assert res.value == pytest.approx(mse, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("func, entries, metric, fields", [
+    ("gelu", 8, "mse", {}), ("exp", 16, "mse", {}), ("rsqrt", 8, "max_abs", {}),
+    ("hswish", 8, "mse", dict(out_bits=16, out_frac=8)), ("reciprocal", 4, "max_abs", dict(out_bits=12, out_frac=6)),
+])
+def test_the_tables_error_is_the_reported_optimum(func, entries, metric, fields):
+    scales = range(6) if func == "rsqrt" else range(7)
+    table = gqa_lut.search(func, entries, "exact", metric=metric, scales=scales, **fields)
+    err = table.error()
+    got = err.mean_mse if metric == "mse" else err.max_max_abs
+    opt = table.provenance["optimum"]
+    assert opt["status"] == "exact" and opt["metric"] == metric
+    assert got == pytest.approx(opt["value"], rel=1e-9)
+    assert opt["gap"] == pytest.approx(0.0, abs=1e-9)
+    # the candidate count respects its bound, and no other method beats the optimum
+    assert opt["candidates"] <= 1 + sum(scale_points(table.domain, e, table.datapath).size for e in table.scales)
+    for method in ("dp", "uniform"):
+        other = gqa_lut.search(func, entries, method, metric=metric, scales=scales, **fields).error()
+        assert (other.mean_mse if metric == "mse" else other.max_max_abs) >= got * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("func, domain, scales", [("gelu", (-1.0, 1.0), [-1, 0]), ("gelu", (-4.0, 4.0), range(7)),
+                                                   ("exp", (-3.0, 0.0), [0, 2, 3]), ("tanh", (-2.0, 1.5), [1, 3])])
+def test_candidates_are_complete_and_represented(func, domain, scales):
+    fn = get_function(func).with_domain(domain)
+    dp = PWLDatapath(in_bits=6)
+    obj = Objective(fn, 4, dp, scales)
+    cand = candidates(obj)
+    assert cand.reals.size <= candidate_bound(obj)
+    assert np.all(np.diff(cand.reals) > 0)
+    q_lo, top = obj.q_lo, obj.q_lo + obj.n
+
+    def clipped(p):
+        return np.stack([np.clip(segment_starts(dp, p, e), q_lo[s], top[s]) for s, e in enumerate(obj.scales)], 1)
+
+    # each representative has its candidate's behaviour, and candidates are distinct and ordered
+    assert np.array_equal(clipped(cand.reals), cand.starts)
+    assert np.all(np.any(np.diff(cand.starts, axis=0) > 0, axis=1)) and np.all(np.diff(cand.starts, axis=0) >= 0)
+    # every breakpoint on a grid 8 times finer, and far outside, behaves like some candidate
+    step = 2.0 ** -(max(obj.scales) + 4)
+    p = np.arange(math.floor((domain[0] - 3) / step), math.ceil((domain[1] + 3) / step)) * step
+    seen = {r.tobytes() for r in cand.starts}
+    assert all(r.tobytes() in seen for r in clipped(p))
+
+
+def test_a_cell_only_a_midpoint_reaches_is_a_candidate():
+    # scales {-1, 0}: p = 1 gives (0, 1), p = 1.5 gives (1, 2); only (1, 1.5) gives (1, 1)
+    fn = get_function("gelu").with_domain((-4.0, 4.0))
+    obj = Objective(fn, 3, PWLDatapath(in_bits=6), [-1, 0])
+    cand = candidates(obj)
+    row = [i for i, r in enumerate(cand.starts) if list(r) == [1, 1]]
+    assert len(row) == 1 and 1.0 < cand.reals[row[0]] < 1.5
+
+
+def test_exact_is_never_worse_than_the_ga_and_the_ga_keeps_it():
+    ga = gqa_lut.search("gelu", 8, "ga", population=20, generations=20, progress=False)
+    ex = gqa_lut.search("gelu", 8, "exact")
+    assert ex.error().mean_mse <= ga.error().mean_mse * (1 + 1e-12)
+    assert ga.provenance["optimum"]["status"] == "exact"
+    assert ga.provenance["optimum"]["value"] == pytest.approx(ex.error().mean_mse, rel=1e-9)
+    assert ga.provenance["optimum"]["gap"] >= -1e-9
+
+
+def test_too_large_raises_and_the_lower_bound_is_certified():
+    fn, dp = get_function("gelu"), PWLDatapath()
+    obj = Objective(fn, 6, dp, range(5))
+    with pytest.raises(ExactTooLarge) as exc:
+        exact_optimum(obj, max_candidates=100)
+    assert exc.value.field == "max_candidates"
+    opt = exact_optimum(obj).value
+    lb = lower_bound(obj, max_candidates=100)
+    assert 0 < lb["value"] <= opt * (1 + 1e-9)
+    assert lb["exact_scales"] and len(lb["exact_scales"]) < 5
+    # the GA falls back honestly: no exact optimum, a bound and a gap against it
+    t = gqa_lut.search("gelu", 6, "ga", scales=range(5), population=10, generations=5, max_candidates=100,
+                       progress=False)
+    o = t.provenance["optimum"]
+    assert o["status"] == "lower_bound" and o["value"] == pytest.approx(lb["value"])
+    assert o["gap"] == pytest.approx(t.error().mean_mse / lb["value"] - 1)
+    assert "max_candidates" in o["reason"]
+    with pytest.raises(GQAError) as exc:
+        gqa_lut.search("gelu", 6, "exact", scales=range(5), max_candidates=100)
+    assert exc.value.field == "max_candidates"
+
+
+def test_wide_inputs_say_so():
+    obj = Objective(get_function("gelu"), 8, PWLDatapath(in_bits=12), range(11))
+    with pytest.raises(ExactTooLarge) as exc:
+        exact_optimum(obj)
+    assert "candidates" in str(exc.value)
+
+
+def test_a_saturating_output_is_refused():
+    fn, dp = small("gelu", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2,
+                   out_bits=4, out_frac=2)
+    with pytest.raises(ExactUnavailable) as exc:
+        exact_optimum(Objective(fn, 3, dp, [0, 1]))
+    assert exc.value.field == "out_bits"
+
+
+@pytest.mark.parametrize("kw, field", [(dict(max_candidates=1), "max_candidates"),
+                                       (dict(max_candidates=2.5), "max_candidates"),
+                                       (dict(time_limit=0), "time_limit"), (dict(time_limit="1"), "time_limit")])
+def test_bad_limits(kw, field):
+    with pytest.raises(GQAError) as exc:
+        exact_optimum(Objective(get_function("gelu"), 4, PWLDatapath(), [0]), **kw)
+    assert exc.value.field == field
