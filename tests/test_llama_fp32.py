@@ -29,14 +29,15 @@ def g():
     return open_gguf()
 
 
+# named llama / llama_tok: tests/conftest.py's model / tok are the MiniLM encoder's
 @pytest.fixture(scope="module")
-def model(g):
+def llama(g):
     from intsim.llama import load_model
     return load_model()
 
 
 @pytest.fixture(scope="module")
-def tok(g):
+def llama_tok(g):
     from intsim.gguf_model import load_tokenizer
     return load_tokenizer()
 
@@ -63,19 +64,19 @@ def hf_tok(g):
 
 # --- loading ---------------------------------------------------------------------------------
 
-def test_config_from_gguf_metadata(model):
-    c = model.config
+def test_config_from_gguf_metadata(llama):
+    c = llama.config
     assert (c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim) == (30, 576, 1536, 9, 3, 64)
     assert c.rope_base == 100000.0 and c.norm_eps == pytest.approx(1e-5, rel=1e-6)
-    assert c.vocab_size == 49152 and c.max_seq_len == 8192 and c.tie_embeddings and model.output is None
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert c.vocab_size == 49152 and c.max_seq_len == 8192 and c.tie_embeddings and llama.output is None
+    assert sum(p.numel() for p in llama.parameters()) == 134_515_008
 
 
-def test_weights_are_dequantized_once_and_shared(g, model):
+def test_weights_are_dequantized_once_and_shared(g, llama):
     from intsim.llama import load_model
     w = g.tensor("blk.3.attn_q.weight")
     assert g.tensor("blk.3.attn_q.weight") is w
-    assert model.layers[3].attention.wq.weight.data_ptr() == w.ctypes.data
+    assert llama.layers[3].attention.wq.weight.data_ptr() == w.ctypes.data
     assert load_model().layers[3].attention.wq.weight.data_ptr() == w.ctypes.data
 
 
@@ -150,13 +151,13 @@ def test_bad_file_is_an_error(tmp_path):
 
 # --- against transformers -------------------------------------------------------------------
 
-def test_tokenizer_equals_transformers(tok, hf_tok):
+def test_tokenizer_equals_transformers(llama_tok, hf_tok):
     for text in TEXTS:
-        assert tok.encode(text) == hf_tok(text, add_special_tokens=True)["input_ids"], repr(text)
-    assert tok.encode("") == [] and tok.bos_id == 1 and not tok.add_bos and tok.eos_id == 2
-    assert tok.encode("<|im_start|>") == [1]
+        assert llama_tok.encode(text) == hf_tok(text, add_special_tokens=True)["input_ids"], repr(text)
+    assert llama_tok.encode("") == [] and llama_tok.bos_id == 1 and not llama_tok.add_bos and llama_tok.eos_id == 2
+    assert llama_tok.encode("<|im_start|>") == [1]
     for text in TEXTS:
-        assert tok.decode(tok.encode(text)) == text
+        assert llama_tok.decode(llama_tok.encode(text)) == text
 
 
 def test_qk_rows_are_hf_layout_after_the_converter_permutation(g, hf_model):
@@ -170,47 +171,47 @@ def test_qk_rows_are_hf_layout_after_the_converter_permutation(g, hf_model):
         assert np.array_equal(g.tensor(f"blk.{i}.attn_v.weight"), sd[f"model.layers.{i}.self_attn.v_proj.weight"].numpy())
 
 
-def test_logits_equal_transformers(model, tok, hf_model):
+def test_logits_equal_transformers(llama, llama_tok, hf_model):
     worst = 0.0
     with torch.inference_mode():
         for p in PROMPTS:
-            ids = torch.tensor([tok.encode(p)])
-            ours, ref = model(ids), hf_model(ids).logits
+            ids = torch.tensor([llama_tok.encode(p)])
+            ours, ref = llama(ids), hf_model(ids).logits
             worst = max(worst, float((ours - ref).abs().max()))
             assert torch.equal(ours.argmax(-1), ref.argmax(-1))
     print(f"max |logit diff| over {len(PROMPTS)} prompts: {worst:.3g}")
     assert worst < 1e-4
 
 
-def test_greedy_generation_equals_transformers(model, tok, hf_model):
+def test_greedy_generation_equals_transformers(llama, llama_tok, hf_model):
     from intsim.llama import generate
     # the chat prompt ends its answer with <|im_end|> (eos) after 6 tokens: both stop there
     for p in PROMPTS[:2] + PROMPTS[3:]:
-        ids = tok.encode(p)
-        ours = generate(model, ids, 8, eos_id=tok.eos_id)
+        ids = llama_tok.encode(p)
+        ours = generate(llama, ids, 8, eos_id=llama_tok.eos_id)
         with torch.inference_mode():
-            ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_id,
-                                    eos_token_id=tok.eos_id)[0, len(ids):].tolist()
+            ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=llama_tok.eos_id,
+                                    eos_token_id=llama_tok.eos_id)[0, len(ids):].tolist()
         assert ours == ref, p
-    assert ours[-1] == tok.eos_id and len(ours) < 8
+    assert ours[-1] == llama_tok.eos_id and len(ours) < 8
 
 
-def test_capital_of_france(model, tok):
+def test_capital_of_france(llama, llama_tok):
     from intsim.llama import generate
-    new = generate(model, tok.encode("The capital of France is"), 3, eos_id=tok.eos_id)
-    assert tok.decode(new).startswith(" Paris")
+    new = generate(llama, llama_tok.encode("The capital of France is"), 3, eos_id=llama_tok.eos_id)
+    assert llama_tok.decode(new).startswith(" Paris")
 
 
 # --- the decoder itself ----------------------------------------------------------------------
 
-def test_kv_cache_equals_full_recomputation(model, tok):
+def test_kv_cache_equals_full_recomputation(llama, llama_tok):
     from intsim.llama import KVCache
-    ids = tok.encode("The quick brown fox jumps over the lazy dog near the river bank")
+    ids = llama_tok.encode("The quick brown fox jumps over the lazy dog near the river bank")
     x = torch.tensor([ids])
     with torch.inference_mode():
-        full = model(x)
-        cache = KVCache(model.config.n_layers)
-        parts = [model(x[:, :5], cache), model(x[:, 5:8], cache)] + [model(x[:, j:j + 1], cache) for j in range(8, len(ids))]
+        full = llama(x)
+        cache = KVCache(llama.config.n_layers)
+        parts = [llama(x[:, :5], cache), llama(x[:, 5:8], cache)] + [llama(x[:, j:j + 1], cache) for j in range(8, len(ids))]
     inc = torch.cat(parts, dim=1)
     assert cache.length == len(ids) and inc.shape == full.shape
     diff = float((inc - full).abs().max())
@@ -219,11 +220,11 @@ def test_kv_cache_equals_full_recomputation(model, tok):
     assert torch.equal(inc.argmax(-1), full.argmax(-1))
 
 
-def test_causal_prefix_logits_do_not_see_the_future(model, tok):
-    ids = tok.encode("one two three four five six")
+def test_causal_prefix_logits_do_not_see_the_future(llama, llama_tok):
+    ids = llama_tok.encode("one two three four five six")
     with torch.inference_mode():
-        a = model(torch.tensor([ids]))
-        b = model(torch.tensor([ids[:3] + [tok.encode(" banana")[0]] * (len(ids) - 3)]))
+        a = llama(torch.tensor([ids]))
+        b = llama(torch.tensor([ids[:3] + [llama_tok.encode(" banana")[0]] * (len(ids) - 3)]))
     assert float((a[:, :3] - b[:, :3]).abs().max()) < 1e-4
     assert float((a[:, 3:] - b[:, 3:]).abs().max()) > 1e-1
 
@@ -242,14 +243,14 @@ def test_rope_rotates_adjacent_pairs_by_the_declared_angles():
             assert float(y[0, 0, p, 2 * i + 1]) == pytest.approx(x0 * math.sin(a) + x1 * math.cos(a), abs=1e-5)
 
 
-def test_generate_bad_input(model):
+def test_generate_bad_input(llama):
     from intsim.llama import generate
     with pytest.raises(GQAError, match="prompt"):
-        generate(model, [], 3)
+        generate(llama, [], 3)
     with pytest.raises(GQAError, match="context"):
-        generate(model, [1] * (model.config.max_seq_len - 1), 2)
+        generate(llama, [1] * (llama.config.max_seq_len - 1), 2)
     with pytest.raises(GQAError, match="max_new_tokens"):
-        generate(model, [1], -1)
+        generate(llama, [1], -1)
 
 
 # --- perplexity ------------------------------------------------------------------------------
@@ -278,24 +279,24 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     assert r.top1.shape == (25,)
 
 
-def test_perplexity_windows_against_a_direct_computation(model, tok):
+def test_perplexity_windows_against_a_direct_computation(llama, llama_tok):
     from intsim.perplexity import text_perplexity
     text = "The cat sat on the mat. The dog sat on the log."
-    ids = tok.encode(text)
-    r = text_perplexity(model, tok, text, context=6)
+    ids = llama_tok.encode(text)
+    r = text_perplexity(llama, llama_tok, text, context=6)
     nll, n, top1 = [], 0, []
     with torch.inference_mode():
         for s in range(0, len(ids), 6):
             w = ids[s:s + 6]
             if len(w) < 2:
                 continue
-            logp = torch.log_softmax(model(torch.tensor([w]))[0].double(), -1)
+            logp = torch.log_softmax(llama(torch.tensor([w]))[0].double(), -1)
             nll += [-float(logp[j - 1, w[j]]) for j in range(1, len(w))]
             top1 += logp[:-1].argmax(-1).tolist()
     assert r.tokens == len(nll) == len(ids) - math.ceil(len(ids) / 6)
     assert r.ppl == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
     assert r.top1.tolist() == top1
-    whole = text_perplexity(model, tok, text, context=len(ids))
+    whole = text_perplexity(llama, llama_tok, text, context=len(ids))
     assert whole.windows == 1 and whole.tokens == len(ids) - 1 and whole.ppl < r.ppl   # more context helps
 
 
@@ -315,10 +316,10 @@ def test_perplexity_bad_context(context):
     assert e.value.field == "context"
 
 
-def test_perplexity_context_beyond_the_real_model(model, tok):
+def test_perplexity_context_beyond_the_real_model(llama, llama_tok):
     from intsim.perplexity import text_perplexity
     with pytest.raises(GQAError, match="8192") as e:
-        text_perplexity(model, tok, "Hello there, world.", context=model.config.max_seq_len + 1)
+        text_perplexity(llama, llama_tok, "Hello there, world.", context=llama.config.max_seq_len + 1)
     assert e.value.field == "context"
 
 
