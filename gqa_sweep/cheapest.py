@@ -438,6 +438,16 @@ def cheapest(func, max_mse: float | None = None, max_abs: float | None = None, *
     target = {"max_mse": max_mse, "max_abs": max_abs}
     if not met:
         searched = [c for c in cands if c.table is not None]
+        if not searched and hull_bound:
+            # every configuration was pruned: search the widest one of the best group, to say what is reachable
+            g = min((g for g, v in hull_bound.items() if v is not None), key=lambda g: hull_bound[g])
+            c = max((c for c in cands if (c.choice.entries, c.choice.in_bits) == g),
+                    key=lambda c: (sum(c.choice.grid()), -c.cost))
+            r = _solve(func_arg, dom, c.choice, scales, metrics[:1], max_candidates, time_limit)
+            if "tables" in r:
+                t = r["tables"][0]
+                c.table, c.mean_mse, c.max_abs = t["table"], t["mean_mse"], t["max_abs"]
+                searched = [c]
         if searched:
             b = min(searched, key=lambda c: (getattr(c, key), c.cost))
             best = (f"the best error found is {key} {getattr(b, key):.3e} ({b.choice.describe()}, "
@@ -454,7 +464,7 @@ def cheapest(func, max_mse: float | None = None, max_abs: float | None = None, *
     cfg = UnitConfig.from_datapath(win.choice.datapath, win.choice.entries, scales)
     fp = estimate_fp(cfg, "fp32", node, freq_mhz)
     paper = estimate(paper_int8_config(), node, freq_mhz)
-    return CheapestResult(function=fn.name, target=target, objective=objective, winner=win, runners_up=met[1:],
+    return CheapestResult(function=fn.name, target=target, objective=objective, winner=win, runners_up=met[1:1 + runners_up],
                           candidates=cands, fp32={"area_um2": fp.area_um2, "power_mw": fp.power_mw,
                                                   "energy_pj": fp.energy_pj},
                           paper_int8={"area_um2": paper.area_um2, "power_mw": paper.power_mw},
