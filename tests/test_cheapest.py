@@ -107,3 +107,20 @@ def test_cli(tmp_path, capsys):
     assert "winner:" in out and "FP32" in out and "breakpoints:" in out and png.stat().st_size > 0
     assert main(["cheapest", "gelu", "--max-mse", "1e-3", "--entries", "8:4", "-q"]) == 2
     assert "contradictory" in capsys.readouterr().err
+
+
+def test_per_segment_exponent_units_join_the_space():
+    fmt = gqa_lut.SegmentExponents(4, (2, 4), 4, (2, 4))
+    kw = dict(entries=(2, 3, 4), slope_formats=[(5, 3)], icpt_formats=[(5, 3)], segment_exponents=[fmt], scales=(0, 1, 2))
+    brute = []
+    for c in space(kw["entries"], (8,), kw["slope_formats"], kw["icpt_formats"], [fmt]):
+        extra = dict(segment_exponents=fmt) if c.segment_exponents is not None else dict(datapath=c.datapath)
+        t = gqa_lut.search("gelu", c.entries, "exact", scales=(0, 1, 2), binding=False, **extra)
+        brute.append((estimate(UnitConfig.from_datapath(c.datapath, c.entries, (0, 1, 2))).area_um2,
+                      t.error().mean_mse, c))
+    target = sorted(r[1] for r in brute)[2] * (1 + 1e-9)
+    best = min((r for r in brute if r[1] <= target), key=lambda r: r[0])
+    res = cheapest("gelu", max_mse=target, runners_up=0, progress=False, **kw)
+    assert res.winner.choice == best[2]
+    if best[2].segment_exponents is not None:
+        assert res.winner.table.provenance["segments"]
