@@ -100,6 +100,7 @@ def _optimum_line(opt) -> str:
 def cmd_search(a) -> int:
     import gqa_lut
     from gqa_lut.gqa_json import save_gqa_json
+    from gqa_lut.search import binding_hint
 
     for path, name in ((a.output, "--output"), (a.gqa_json, "--gqa-json")):
         if path:
@@ -122,6 +123,9 @@ def cmd_search(a) -> int:
     print(_summary(table))
     print(table.error().report())
     print(f"search time: {elapsed:.2f} s")
+    hint = binding_hint(table)
+    if hint:
+        print(hint)
     if a.output:
         table.save(a.output)
         print(f"wrote {a.output}")
@@ -208,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sim.register(sub)
     from . import sweep as _sweep
     _sweep.register(sub)
+    from . import cheapest as _cheapest
+    _cheapest.register(sub)
     return p
 
 

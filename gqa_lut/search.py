@@ -10,6 +10,11 @@ and the sweep's keys derive from it):
   over the scale set; the best of them;
 - ``uniform``, ``nnlut``, ``pwlf``: baselines (:mod:`gqa_lut.baselines`).
 
+Every table's provenance also records, under ``binding`` (:func:`binding_report`), whether its
+coefficient formats bind: per segment, whether its slope or intercept code sits on the format's
+limit (a clipped code sits there too), and the error the same search reaches with one more bit of
+that coefficient, measured by running it again.
+
 Every table's provenance records the method, seed, budget, its error per scale and, under
 ``optimum``, the exact optimum of its objective (``status: exact``) or, where that is out of
 reach, a certified lower bound (``status: lower_bound``, with the reason and the relaxation),
@@ -18,6 +23,7 @@ and the table's relative ``gap`` to it (against a bound: an upper bound of the t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -26,6 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from intsim import GQAError, PWLDatapath, PWLTable, get_function
+from intsim.datapath import MAX_COEFF_BITS
 from intsim.functions import Function
 
 from . import __version__
@@ -119,6 +126,88 @@ class Request:
                 record["gap"] = gap(objective_value(obj, table), record["value"])
             table.provenance["optimum"] = record
         return table
+
+
+# --- binding formats ---------------------------------------------------------------------------
+BINDING_GAIN = 0.01  # a format binds when one more bit lowers the search's error by at least 1%
+COEFFICIENTS = {"slope": ("slopes", "slope_bits", "slope_fracs"), "intercept": ("intercepts", "icpt_bits", "icpt_fracs")}
+
+
+def _at_limit(table: PWLTable, coeff: str, fmt: SegmentExponents | None) -> list[int]:
+    """Segments whose ``coeff`` code sits on its format's limit (per-segment exponents: at the coarsest exponent)."""
+    codes, bits_field, fracs_field = COEFFICIENTS[coeff]
+    if fmt is None:
+        q = table.datapath.slope_format if coeff == "slope" else table.datapath.icpt_format
+        return [i for i, c in enumerate(getattr(table, codes)) if c in (q.min_int, q.max_int)]
+    bits, lo = getattr(fmt, bits_field), getattr(fmt, fracs_field)[0]
+    key = "slope" if coeff == "slope" else "icpt"
+    return [i for i, g in enumerate(segment_codes(table, fmt))
+            if g[key] in (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) and g[f"{key}_frac"] == lo]
+
+
+def _one_more_bit(coeff: str, dp: PWLDatapath, fmt: SegmentExponents | None) -> dict | None:
+    """The search options with one more bit of ``coeff`` (same fraction bits), or None past the widest code."""
+    _, bits_field, fracs_field = COEFFICIENTS[coeff]
+    if fmt is not None:
+        lo, hi = getattr(fmt, fracs_field)
+        if getattr(fmt, bits_field) + 1 + hi - lo > MAX_COEFF_BITS:
+            return None
+        return {"segment_exponents": dataclasses.replace(fmt, **{bits_field: getattr(fmt, bits_field) + 1})}
+    name = "slope_bits" if coeff == "slope" else "icpt_bits"
+    if getattr(dp, name) + 1 > MAX_COEFF_BITS:
+        return None
+    return {"datapath": dataclasses.replace(dp, **{name: getattr(dp, name) + 1})}
+
+
+def binding_report(table: PWLTable, objective: Objective, fmt: SegmentExponents | None, rerun,
+                   weights: dict | None = None) -> dict:
+    """Whether the coefficient formats bind, measured.
+
+    For each coefficient (slope, intercept): the segments whose code sits on the format's limit
+    and, where any does, the objective's value of ``rerun(**options)``, the same search with one
+    more bit of that coefficient (same fraction bits, so twice the range). The coefficient
+    *binds* when that value is at least ``BINDING_GAIN`` (1%) below this table's.
+    """
+    value = objective_value(objective, table)
+    report = {"metric": objective.metric, "value": value, "threshold": BINDING_GAIN, "binds": False,
+              "clipped": int(table.provenance.get("coefficients", {}).get("clipped", 0))}
+    for coeff in COEFFICIENTS:
+        segs = _at_limit(table, coeff, fmt)
+        entry = {"at_limit": segs, "binds": False}
+        options = _one_more_bit(coeff, objective.dp, fmt) if segs else None
+        if options is not None:
+            wider = rerun(**options)
+            wider_value = objective_value(Objective(objective.fn, objective.entries, wider.datapath, objective.scales,
+                                                    metric=objective.metric, weights=weights), wider)
+            fields = (options["segment_exponents"].to_dict() if "segment_exponents" in options
+                      else options["datapath"].to_dict())
+            entry.update(wider={"format": fields, "value": wider_value},
+                         binds=bool(wider_value < value * (1 - BINDING_GAIN)))
+        elif segs:
+            entry["wider"] = None  # no wider code exists
+        report[coeff] = entry
+        report["binds"] = report["binds"] or entry["binds"]
+    return report
+
+
+def binding_hint(table: PWLTable) -> str | None:
+    """One line for the CLI when a table's format binds (None when none does or nothing was recorded)."""
+    rep = table.provenance.get("binding")
+    if not isinstance(rep, dict) or not rep.get("binds"):
+        return None
+    dp, parts = table.datapath, []
+    for coeff, flag in (("slope", "--slope-bits"), ("intercept", "--icpt-bits")):
+        entry = rep.get(coeff, {})
+        if not entry.get("binds"):
+            continue
+        w = entry["wider"]
+        bits = w["format"]["slope_bits" if coeff == "slope" else "icpt_bits"]
+        ratio = rep["value"] / w["value"] if w["value"] > 0 else float("inf")
+        now = dp.slope_format if coeff == "slope" else dp.icpt_format
+        parts.append(f"the {coeff} format binds ({len(entry['at_limit'])} of {table.entries} segments at the limit "
+                     f"of s{now.bits}.{now.frac}): {flag} {bits} gives {rep['metric']} {w['value']:.3g} "
+                     f"({ratio:.1f}x lower)")
+    return "hint: " + "; ".join(parts)
 
 
 # --- the methods ---------------------------------------------------------------------------------
@@ -224,7 +313,7 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
            population: int = 50, generations: int = 500, seed: int = 0, dp_seed: bool = True,
            exact_seed: bool = True, max_candidates: int = MAX_CANDIDATES, time_limit: float | None = None,
            optimum: bool = True, segment_exponents: SegmentExponents | None = None, progress: bool | None = None,
-           ga_options: dict | None = None, **datapath_fields) -> PWLTable:
+           ga_options: dict | None = None, binding: bool = True, **datapath_fields) -> PWLTable:
     """Find a PWL table for ``func`` (a library name or a callable with ``domain``).
 
     ``datapath`` or its fields (``in_bits=8, slope_bits=8, slope_frac=6, ...``) fix the formats;
@@ -233,7 +322,9 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
     recording the optimum (and the GA's exact seed). ``segment_exponents``
     (:class:`~gqa_lut.segexp.SegmentExponents`, method ``exact`` only): every segment picks
     its own coefficient exponents; the table lives on the format's wide datapath (the given
-    datapath's input and output fields are kept). ``progress``: a tqdm bar for the GA
+    datapath's input and output fields are kept). ``binding``: record whether the coefficient
+    formats bind (:func:`binding_report`; runs the search again with one more bit of a
+    coefficient whose code sits on its limit). ``progress``: a tqdm bar for the GA
     (``None``: shown when the search runs longer than a second on a terminal).
     """
     if method not in METHOD_REGISTRY:
@@ -252,4 +343,17 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
                   time_limit=time_limit, want_optimum=bool(optimum) or method == "exact",
                   segment_exponents=segment_exponents,
                   provenance={"method": method, "seed": int(seed)})
-    return METHOD_REGISTRY[method](req)
+    table = METHOD_REGISTRY[method](req)
+    if binding:
+        def rerun(**wider):
+            options = dict(datapath=dp if segment_exponents is None else datapath, segment_exponents=segment_exponents)
+            options.update(wider)
+            if options["datapath"] is None:
+                options["datapath"] = _datapath(None, datapath_fields)
+            return search(fn, entries, method, scales=scales, metric=metric, coeffs=coeffs, refine=refine,
+                          weights=weights, population=population, generations=generations, seed=seed,
+                          dp_seed=dp_seed, exact_seed=exact_seed, max_candidates=max_candidates,
+                          time_limit=time_limit, optimum=optimum, progress=False, ga_options=ga_options,
+                          binding=False, **options)
+        table.provenance["binding"] = binding_report(table, objective, segment_exponents, rerun, weights)
+    return table

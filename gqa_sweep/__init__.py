@@ -62,9 +62,11 @@ without one it makes a process pool (``workers``; 0: in this process) or, with
 Modules: :mod:`~gqa_sweep.spec` (schema, validation, canonical form and hash),
 :mod:`~gqa_sweep.grid` (points, keys, columns), :mod:`~gqa_sweep.evaluate` (one point),
 :mod:`~gqa_sweep.results` (the results file), :mod:`~gqa_sweep.executors`,
-:mod:`~gqa_sweep.runner` (:func:`run_sweep`), :mod:`~gqa_sweep.pareto`.
+:mod:`~gqa_sweep.runner` (:func:`run_sweep`), :mod:`~gqa_sweep.pareto`, :mod:`~gqa_sweep.cheapest`
+(:func:`cheapest`: the least-cost unit whose exact-optimal table meets an error target, ``gqa cheapest``).
 """
 
+from .cheapest import CheapestResult, cheapest
 from .evaluate import evaluate_point
 from .executors import InlineExecutor, dask_client, process_pool
 from .grid import columns, expand, point_key
@@ -73,6 +75,6 @@ from .results import ResultsFile, format_row, load_results, open_results, read_r
 from .runner import SweepReport, run_sweep
 from .spec import SWEEP_VERSION, load_spec, normalize_spec, spec_hash
 
-__all__ = ["evaluate_point", "InlineExecutor", "dask_client", "process_pool", "columns", "expand", "point_key",
+__all__ = ["cheapest", "CheapestResult", "evaluate_point", "InlineExecutor", "dask_client", "process_pool", "columns", "expand", "point_key",
            "pareto_front", "ResultsFile", "format_row", "load_results", "open_results", "read_results",
            "table_from_row", "SweepReport", "run_sweep", "SWEEP_VERSION", "load_spec", "normalize_spec", "spec_hash"]

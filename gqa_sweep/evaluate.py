@@ -93,7 +93,7 @@ def evaluate_point(point: dict) -> dict:
     try:
         table = gqa_lut.search(point["function"], point["entries"], point["method"], datapath=dp,
                                scales=point["scales"], domain=tuple(point["domain"]), seed=point["seed"],
-                               progress=False, **kw)
+                               progress=False, binding=False, **kw)  # the grid over formats answers that itself
     except GQAError as exc:
         return {**out, "error": one_line(f"search: {exc}")}
     err = table.error()
