@@ -209,6 +209,18 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
         if not isinstance(ga["dp_seed"], bool):
             raise GQAError("ga.dp_seed", f"must be true or false, got {ga['dp_seed']!r}")
 
+    from gqa_lut.budget import check_search_budget
+
+    for f in functions:                 # every point's search fits the memory limit, checked up front
+        for name, d in norm_formats.items():
+            for m in methods:
+                opts = options.get(m) or {}
+                try:
+                    check_search_budget(norm_domains[f], max(entries), PWLDatapath(**d), norm_scales[f], m,
+                                        opts.get("population", 50), opts.get("dp_seed", True), field="spec")
+                except GQAError as exc:
+                    raise GQAError(f"spec: {f}/{name}/{m}", str(exc).split(": ", 1)[-1]) from None
+
     hw = raw.get("hw", {})
     _check_keys(hw, HW_DEFAULTS, "hw")
     hw = {**HW_DEFAULTS, **hw}
