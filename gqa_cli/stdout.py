@@ -53,7 +53,10 @@ class GuardedStream(io.TextIOBase):
         return True
 
     def isatty(self) -> bool:
-        return not self.closed_by_reader and self.stream.isatty()
+        try:
+            return not self.closed_by_reader and self.stream.isatty()
+        except (OSError, ValueError):   # the wrapped stream was closed (e.g. asked at interpreter exit)
+            return False
 
     def fileno(self) -> int:
         return self.stream.fileno()
