@@ -310,10 +310,10 @@ def load_spec(source) -> dict:
     """A spec from a TOML file path, a TOML string (``str`` holding a newline) or a dict -> canonical dict."""
     if isinstance(source, dict):
         return normalize_spec(source)
-    from intsim.fileio import parse_toml, read_text
+    from intsim.fileio import parse, read_text
 
     if isinstance(source, str) and "\n" in source:
         text, where = source, "spec"
     else:
         text, where = read_text(source, "spec", "TOML sweep spec"), str(source)
-    return normalize_spec(parse_toml(text, "spec", where), where)
+    return normalize_spec(parse(text, "toml", "spec", where), where)

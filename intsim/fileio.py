@@ -219,34 +219,31 @@ def read_text(path, field: str = "input", what: str = "file") -> str:
                        "save it as UTF-8") from None
 
 
-def parse_json(text: str, field: str, where: str):
+def parse(text: str, fmt: str, field: str, where: str):
+    """``text`` parsed as ``fmt`` ('json' or 'toml'); a syntax error or too deep a nesting is a GQAError."""
+    if fmt == "toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        loads, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+    else:
+        loads, errors = json.loads, (json.JSONDecodeError,)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GQAError(field, f"{where} cannot be parsed: not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except RecursionError:
-        raise GQAError(field, f"{where} is nested too deeply to parse", "flatten the file") from None
-
-
-def parse_toml(text: str, field: str, where: str):
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GQAError(field, f"{where} cannot be parsed: not valid TOML: {exc}") from None
+        return loads(text)
+    except errors as exc:
+        detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise GQAError(field, f"{where} cannot be parsed: not valid {fmt.upper()}: {detail}") from None
     except RecursionError:
         raise GQAError(field, f"{where} is nested too deeply to parse", "flatten the file") from None
 
 
 def read_json(path, field: str = "table") -> object:
-    return parse_json(read_text(path, field, "JSON file"), field, str(path))
+    return parse(read_text(path, field, "JSON file"), "json", field, str(path))
 
 
 def read_config_file(path, field: str = "--config") -> object:
     """A JSON file, or TOML with a ``.toml`` suffix, parsed."""
     p = Path(path)
     text = read_text(p, field, "JSON or TOML config file")
-    return parse_toml(text, field, str(p)) if p.suffix == ".toml" else parse_json(text, field, str(p))
+    return parse(text, "toml" if p.suffix == ".toml" else "json", field, str(p))

@@ -150,16 +150,18 @@ def _as_breakpoints(values, field: str, length: int) -> np.ndarray:
     return arr
 
 
-def check_breakpoint_range(breakpoints, dp: PWLDatapath, scales, field: str) -> None:
-    """Refuse breakpoints beyond twice the input range of the coarsest scale: no input code can
-    reach them, and reals like 1e300 overflow when put on a scale's code grid."""
-    bound = 2.0 ** dp.in_bits * 2.0 ** -min(scales)
+def check_breakpoint_range(breakpoints, dp: PWLDatapath, scales, domain, field: str) -> None:
+    """Refuse breakpoints beyond twice both the domain and the input range of the coarsest scale: no
+    input reaches them, and reals like 1e300 overflow when put on a scale's code grid."""
+    reach = 2.0 ** (dp.in_bits - 1) * 2.0 ** -min(scales)
+    bound = 2.0 * max(reach, abs(float(domain[0])), abs(float(domain[1])))
     arr = np.asarray(breakpoints, dtype=np.float64)
     bad = np.flatnonzero(np.abs(arr) > bound)
     if bad.size:
         i = int(bad[0])
-        raise GQAError(f"{field}[{i}]", f"{float(arr[i])!r} lies far outside every input: s{dp.in_bits} codes at "
-                       f"scale e={min(scales)} reach only +-{bound / 2:g}", "give breakpoints within the inputs' range")
+        raise GQAError(f"{field}[{i}]", f"{float(arr[i])!r} lies far outside every input (the domain is "
+                       f"[{domain[0]:g}, {domain[1]:g}]; s{dp.in_bits} codes at scale e={min(scales)} reach "
+                       f"+-{reach:g})", "give breakpoints within the inputs' range")
 
 
 @dataclass
@@ -196,7 +198,7 @@ class PWLTable:
                 raise GQAError(f"{name}[{i}]", f"code {int(codes[i])} does not fit {fmt}",
                                "widen the datapath or clip the coefficient")
         self.scales = check_scales(self.scales, dp, self.domain)
-        check_breakpoint_range(self.breakpoints, dp, self.scales, "breakpoints")
+        check_breakpoint_range(self.breakpoints, dp, self.scales, self.domain, "breakpoints")
         if self.explicit_codes is not None:
             codes = {}
             for e in self.scales:

@@ -261,3 +261,39 @@ def test_killed_sweep_leaves_no_process_behind(tmp_path, sig):
     read_results(out)                               # the file is intact: resume finishes the grid
     report = run_sweep(spec, out, workers=0, progress=False, max_points=0)
     assert report.points == 6
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killed_worker_is_a_clear_error_and_the_sweep_resumes(tmp_path):
+    from gqa_sweep import read_results
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('functions = ["gelu"]\nentries = [4, 5, 6, 7]\nmethods = ["ga"]\nscales = "0:3"\n'
+                    "[ga]\npopulation = 16\ngenerations = 4000\ndp_seed = false\n")
+    out = tmp_path / "r.csv"
+    p = subprocess.Popen([sys.executable, "-m", "gqa_cli", "sweep", str(spec), "-o", str(out), "--workers", "2",
+                          "-q"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and not workers:   # the forkserver's children are the workers
+            family = _descendants(p.pid)
+            kids = _children()
+            workers = [w for c in family for w in kids.get(c, [])]
+            time.sleep(0.2)
+        assert workers, "no worker started"
+        time.sleep(1.0)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and "workers: a worker process died" in err and "Traceback" not in err, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for c in family:
+            try:
+                os.kill(c, signal.SIGKILL)
+            except OSError:
+                pass
+    read_results(out)
