@@ -133,7 +133,7 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
                                "one GQA-LUT table shares its coefficients across scales")
         if np.any(np.diff(parts["breakpoints"]) < 0):
             raise GQAError(f"{where}.breakpoints", "are not sorted")
-        check_breakpoint_range(parts["breakpoints"], base, scales, fn.domain, f"{where}.breakpoints")
+        check_breakpoint_range(parts["breakpoints"], scales, f"{where}.breakpoints")
 
     k_codes = ref["slopes"] * 2.0**base.slope_frac
     b_codes = ref["intercepts"] * 2.0**base.icpt_frac

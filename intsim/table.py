@@ -150,18 +150,22 @@ def _as_breakpoints(values, field: str, length: int) -> np.ndarray:
     return arr
 
 
-def check_breakpoint_range(breakpoints, dp: PWLDatapath, scales, domain, field: str) -> None:
-    """Refuse breakpoints beyond twice both the domain and the input range of the coarsest scale: no
-    input reaches them, and reals like 1e300 overflow when put on a scale's code grid."""
-    reach = 2.0 ** (dp.in_bits - 1) * 2.0 ** -min(scales)
-    bound = 2.0 * max(reach, abs(float(domain[0])), abs(float(domain[1])))
+BREAKPOINT_CODE_LIMIT = 2.0**53   # beyond this a breakpoint's code at a scale is no longer an exact integer
+
+
+def check_breakpoint_range(breakpoints, scales, field: str) -> None:
+    """Refuse breakpoints whose code ``p * 2**e`` at the finest scale exceeds 2**53.
+
+    Breakpoints beyond the input range are legitimate (their comparator constant clamps), but a
+    real like 1e300 overflows the integer code grid and would evaluate to a wrong table."""
+    e = max(scales)
     arr = np.asarray(breakpoints, dtype=np.float64)
-    bad = np.flatnonzero(np.abs(arr) > bound)
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(np.abs(arr) * 2.0**e > BREAKPOINT_CODE_LIMIT)
     if bad.size:
         i = int(bad[0])
-        raise GQAError(f"{field}[{i}]", f"{float(arr[i])!r} lies far outside every input (the domain is "
-                       f"[{domain[0]:g}, {domain[1]:g}]; s{dp.in_bits} codes at scale e={min(scales)} reach "
-                       f"+-{reach:g})", "give breakpoints within the inputs' range")
+        raise GQAError(f"{field}[{i}]", f"{float(arr[i])!r} is too large: at scale e={e} its code exceeds 2**53, "
+                       "far outside every input", "give breakpoints within (or near) the inputs' range")
 
 
 @dataclass
@@ -198,7 +202,7 @@ class PWLTable:
                 raise GQAError(f"{name}[{i}]", f"code {int(codes[i])} does not fit {fmt}",
                                "widen the datapath or clip the coefficient")
         self.scales = check_scales(self.scales, dp, self.domain)
-        check_breakpoint_range(self.breakpoints, dp, self.scales, self.domain, "breakpoints")
+        check_breakpoint_range(self.breakpoints, self.scales, "breakpoints")
         if self.explicit_codes is not None:
             codes = {}
             for e in self.scales:
