@@ -53,8 +53,18 @@ def coerce_value(name: str, value, kind: str, lo=None, hi=None, hint: str | None
 
 
 def check_table_function(table: PWLTable, field_name: str) -> None:
-    """A table serves only the function of its slot (an exp table in the GELU slot is a wrong result)."""
+    """A table serves only the function of its slot (an exp table in the GELU slot is a wrong result).
+
+    The activation slot (``gelu_table``) takes any activation (a decoder's SiLU too); the model
+    checks it is its own (:meth:`SimConfig.check_sites`). The other slots take exactly theirs."""
     want = TABLE_SLOTS[field_name]
+    if field_name == "gelu_table":
+        others = {f for k, f in TABLE_SLOTS.items() if k != field_name}
+        if table.function in others:
+            raise GQAError(field_name, f"holds a {table.function} table, which is not an activation: this slot "
+                           "computes the FFN activation", f"give an activation table (embedded: "
+                           f"{', '.join(embedded_tables(want))})")
+        return
     if table.function != want:
         raise GQAError(field_name, f"holds a {table.function} table, but this slot computes {want}",
                        f"give a {want} table (embedded: {', '.join(embedded_tables(want))})")
@@ -110,8 +120,12 @@ class SimConfig:
             setattr(self, k, load_table(getattr(self, k), k))
             check_table_function(getattr(self, k), k)
 
-    def check_sites(self, sites) -> None:
-        """Refuse ``pwl_input_exp`` keys that name no activation site of the model being built."""
+    def check_sites(self, sites, activation: str | None = None) -> None:
+        """Refuse ``pwl_input_exp`` keys that name no activation site of the model being built, and
+        (``activation``: the model's activation function) an activation table of another function."""
+        if activation is not None and self.gelu == "pwl" and self.gelu_table.function != activation:
+            raise GQAError("gelu_table", f"holds a {self.gelu_table.function} table, but this model's "
+                           f"activation is {activation}", f"give a {activation} table")
         unknown = sorted(set(self.pwl_input_exp) - set(sites))
         if unknown:
             raise GQAError(f"pwl_input_exp: {unknown[0]}", "is not an activation site of this model",

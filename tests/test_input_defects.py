@@ -38,7 +38,7 @@ def tiny_table(tmp_path, capsys, name="t.json"):
 @pytest.mark.parametrize("slot,table", [("gelu_table", "exp16"), ("rsqrt_table", "gelu16"),
                                         ("exp_table", "recip_mantissa16"), ("recip_table", "rsqrt_mantissa16")])
 def test_table_of_another_function_is_refused_in_its_slot(slot, table):
-    with pytest.raises(GQAError, match=rf"^{slot}: holds a \w+ table, but this slot computes"):
+    with pytest.raises(GQAError, match=rf"^{slot}: holds a \w+ table, (but this slot computes|which is not an act)"):
         SimConfig(**{slot: table})
 
 
@@ -47,6 +47,17 @@ def test_table_file_of_another_function_is_refused(tmp_path, capsys):
     with pytest.raises(GQAError, match="exp_table: holds a gelu table"):
         SimConfig(exp_table=str(p))
     assert SimConfig(gelu_table=str(p)).gelu_table.entries == 4
+
+
+def test_activation_table_of_another_activation_is_refused_by_the_model():
+    import gqa_lut
+
+    silu = gqa_lut.search("silu", 4, "uniform", scales=[0, 1], progress=False)
+    cfg = SimConfig(gelu_table=silu)             # a decoder's SiLU slot takes it
+    cfg.check_sites([], activation="silu")
+    with pytest.raises(GQAError, match="gelu_table: holds a silu table, but this model's activation is gelu"):
+        cfg.check_sites([], activation="gelu")   # what the MiniLM encoder asks
+    SimConfig(gelu="ibert", gelu_table=silu).check_sites([], activation="gelu")   # not used by i-GELU
 
 
 def gqa_lut_reference(name="gelu_pwl_7.json"):
