@@ -15,7 +15,7 @@ import dataclasses
 import json
 
 from intsim import GQAError, PWLDatapath, PWLTable
-from intsim.fileio import check_writable
+from intsim.fileio import check_outputs
 from intsim.table import parse_scales
 
 DATAPATH_FIELDS = ("in_bits", "slope_bits", "slope_frac", "icpt_bits", "icpt_frac", "out_bits", "out_frac",
@@ -193,9 +193,7 @@ def cmd_rtl(a) -> int:
 
     if a.name is not None:
         check_name(a.name, "--name")
-    check_writable(a.output, "--output")
-    if a.testbench:
-        check_writable(a.testbench, "--testbench")
+    check_outputs({"--output": a.output, "--testbench": a.testbench})
     table = _load_table(a.table, segment_rule=a.segment_rule)
     unit = generate(table, _parse_scale(a.scale), name=a.name, pipeline=a.pipeline)
     p = unit.plan

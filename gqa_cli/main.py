@@ -14,7 +14,7 @@ import time
 
 from intsim import GQAError, PWLDatapath
 from intsim.datapath import SEGMENT_RULES
-from intsim.fileio import check_writable
+from intsim.fileio import check_outputs, check_writable
 from intsim.table import parse_scales
 
 
@@ -102,19 +102,23 @@ def cmd_search(a) -> int:
     from gqa_lut.gqa_json import save_gqa_json
     from gqa_lut.search import binding_hint
 
-    for path, name in ((a.output, "--output"), (a.gqa_json, "--gqa-json")):
-        if path:
-            check_writable(path, name)
+    from gqa_lut.budget import check_search_budget
+    from intsim import get_function
+
+    check_outputs({"--output": a.output, "--gqa-json": a.gqa_json})
     domain = tuple(a.domain) if a.domain else None
+    scales = parse_scales(a.scales)
     datapath, segexp = _datapath(a), None
     if a.segment_exponents:
         segexp = _segment_exponents(a)
         datapath = PWLDatapath(in_bits=a.in_bits, out_bits=a.out_bits, out_frac=a.out_frac,
                                out_rounding=a.out_rounding, segment_rule=a.segment_rule)
+    check_search_budget(get_function(a.function, domain).domain, a.entries, datapath, scales, a.method, a.population,
+                        not a.no_dp_seed, a.max_memory_gb)
     t0 = time.perf_counter()
     table = gqa_lut.search(a.function, entries=a.entries, method=a.method, datapath=datapath,
                            segment_exponents=segexp,
-                           scales=parse_scales(a.scales), domain=domain, metric=a.metric, coeffs=a.coeffs,
+                           scales=scales, domain=domain, metric=a.metric, coeffs=a.coeffs,
                            refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
                            dp_seed=not a.no_dp_seed, exact_seed=not a.no_exact_seed,
                            max_candidates=a.max_candidates, time_limit=a.time_limit,
@@ -153,7 +157,10 @@ def cmd_plot(a) -> int:
     import gqa_lut
     from .plot import plot_table
 
+    from .plot import figure_format
+
     check_writable(a.output, "--output")
+    figure_format(a.output)
     table = gqa_lut.load(a.table, segment_rule=a.segment_rule)
     plot_table(table, a.output)
     print(f"wrote {a.output}")
@@ -175,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--entries", "-n", type=int, required=True, help="LUT entries (segments)")
     s.add_argument("--method", default="ga", choices=METHODS)
     _add_datapath_args(s)
-    s.add_argument("--scales", default="0:6", help="power-of-two input scale exponents: A:B (inclusive) or A,B,C")
+    s.add_argument("--scales", default="0:6", help="power-of-two input scale exponents: A:B (inclusive) or A,B,C "
+                   "(negative ones: --scales=-2:4)")
+    s.add_argument("--max-memory-gb", type=float, default=None, help="refuse searches estimated to need more "
+                   "(default 4, or GQA_MAX_SEARCH_GB)")
     s.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="override the function's domain")
     s.add_argument("--metric", default="mse", choices=METRICS)
     s.add_argument("--coeffs", default="lsq", choices=COEFF_METHODS, help="slope/intercept fit per segment")
@@ -204,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="plot function, approximation and error per scale")
     pl.add_argument("table")
-    pl.add_argument("-o", "--output", required=True, help="PNG file")
+    pl.add_argument("-o", "--output", required=True, help="figure file; its suffix picks the format (.png, .pdf, .svg)")
     add_segment_rule_arg(pl, None, SEGMENT_RULE_FOR_FILES)
     pl.set_defaults(run=cmd_plot)
     from . import hw as _hw, sim as _sim
@@ -217,17 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RANGE_OPTIONS = ("--scales",)    # options whose value may start with '-' (a negative scale range)
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--scales -2:4`` -> ``--scales=-2:4``: argparse would read ``-2:4`` as an option."""
+    import re
+
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in RANGE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\d+([:,]-?\d+)*", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
+    from .stdout import guarded_stdout
+
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except GQAError as exc:
-        print(f"gqa {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"gqa {args.command}: interrupted; no output file was changed", file=sys.stderr)
-        return 130
+    args = parser.parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    with guarded_stdout():   # a closed or full stdout ends printing, not the command
+        try:
+            return args.run(args)
+        except GQAError as exc:
+            print(f"gqa {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"gqa {args.command}: interrupted; no output file was changed", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

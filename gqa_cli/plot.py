@@ -10,6 +10,25 @@ from intsim import PWLTable, scale_points
 from intsim.fileio import atomic_write_bytes
 
 
+STABLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+                   "svg": {"Date": None, "Creator": None}}
+
+
+def figure_format(path) -> str:
+    """The figure format a file name asks for (its suffix, as matplotlib knows it), or a GQAError."""
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+    from intsim import GQAError
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in known:
+        raise GQAError("--output", f"{Path(path).name!r} has no figure suffix matplotlib writes"
+                       + (f" ({fmt!r})" if fmt else ""), f"end it in one of .{', .'.join(sorted(known))}")
+    return fmt
+
+
 def plot_table(table: PWLTable, path, title: str | None = None):
     import matplotlib
     matplotlib.use("Agg")
@@ -43,6 +62,8 @@ def plot_table(table: PWLTable, path, title: str | None = None):
                    f"mean MSE over scales {err.mean_mse:.3e}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fmt = figure_format(path)
+    metadata = STABLE_METADATA.get(fmt, {})   # no dates or versions stamped in: same table, same bytes
+    fig.savefig(buf, format=fmt, dpi=110, metadata=metadata)
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue(), field="output")
+    return atomic_write_bytes(path, buf.getvalue(), field="--output")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim import GQAError
-from intsim.fileio import atomic_write_bytes, atomic_write_json, check_writable
+from intsim.fileio import atomic_write_bytes, atomic_write_json, check_outputs
 
 
 def read_sentences(path) -> list[str]:
@@ -61,9 +61,7 @@ def cmd_sim(a) -> int:
         return 0
     if a.text is None:
         raise GQAError("--text", "is required", "give a text file with one sentence per line")
-    for path, name in ((a.out, "--out"), (a.report, "--report")):
-        if path:
-            check_writable(path, name)
+    check_outputs({"--out": a.out, "--report": a.report})
     if a.batch < 1:
         raise GQAError("--batch", f"{a.batch} is impossible", "use a positive batch size")
     sentences = read_sentences(a.text)

@@ -91,13 +91,23 @@ def nnlut_table(objective: Objective, seed: int = 0) -> PWLTable:
                                                    "budget": {"grid_points": GRID_POINTS, "max_iter": 200}})
 
 
+def legacy_seed(seed: int) -> int:
+    """A seed for numpy's legacy ``RandomState`` (pwlf's), which takes only ``[0, 2**32)``: seeds
+    below that are used as given; larger ones (which every other method accepts) are hashed into
+    the range by ``SeedSequence``, so each still picks its own stream, the same on every run."""
+    seed = int(seed)
+    if 0 <= seed < 2**32:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+
+
 def pwlf_table(objective: Objective, seed: int = 0) -> PWLTable:
     try:
         import pwlf
     except ImportError:  # pragma: no cover - pwlf is a declared dependency
         raise GQAError("method", "the pwlf baseline needs the pwlf package", "pip install pwlf") from None
     x, y = _grid(objective)
-    model = pwlf.PiecewiseLinFit(x, y, seed=seed)
+    model = pwlf.PiecewiseLinFit(x, y, seed=legacy_seed(seed))
     # multi-start L-BFGS (pwlf's fitfast): its differential-evolution `fit` takes minutes here
     breaks = model.fitfast(objective.entries, pop=PWLF_STARTS)
     bp = np.asarray(breaks[1:-1], dtype=np.float64)

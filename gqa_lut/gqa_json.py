@@ -25,7 +25,7 @@ from intsim import GQAError, PWLDatapath, PWLTable, get_function
 from intsim.datapath import check_segment_rule
 from intsim.fileio import atomic_write_json, read_json
 from intsim.functions import ALIASES
-from intsim.table import quantize_coefficients
+from intsim.table import check_breakpoint_range, quantize_coefficients
 
 KEYS = {"breakpoints": ("breakpoints", "split_points"), "slopes": ("slopes", "coeff"),
         "intercepts": ("intercepts", "bias")}
@@ -116,17 +116,24 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
             used_keys.add(key)
             parts[field] = _reals(val, f"{where}.{key}")
         entries[e] = parts
-    ref = entries[scales[0]]
+    # the coefficients every scale shares: those most scales hold (a single odd scale is the one named)
+    coeffs = {e: (tuple(p["slopes"]), tuple(p["intercepts"])) for e, p in entries.items()}
+    votes = [list(coeffs.values()).count(c) for c in coeffs.values()]
+    ref_scale = scales[int(np.argmax(votes))]
+    ref = entries[ref_scale]
     n = ref["slopes"].shape[0]
     for e, parts in entries.items():
         where = f"{fname}.{e}"
         _reals(parts["intercepts"], f"{where}.intercepts", n)
         _reals(parts["breakpoints"], f"{where}.breakpoints", n - 1)
-        if not (np.array_equal(parts["slopes"], ref["slopes"]) and np.array_equal(parts["intercepts"], ref["intercepts"])):
-            raise GQAError(f"{where}.slopes", "differ from the other scales'",
-                           "one GQA-LUT table shares its coefficients across scales")
+        for name in ("slopes", "intercepts"):
+            if not np.array_equal(parts[name], ref[name]):
+                agree = [str(s) for s in scales if np.array_equal(entries[s][name], ref[name])]
+                raise GQAError(f"{where}.{name}", f"differ from those of scale(s) {', '.join(agree)}",
+                               "one GQA-LUT table shares its coefficients across scales")
         if np.any(np.diff(parts["breakpoints"]) < 0):
             raise GQAError(f"{where}.breakpoints", "are not sorted")
+        check_breakpoint_range(parts["breakpoints"], scales, f"{where}.breakpoints")
 
     k_codes = ref["slopes"] * 2.0**base.slope_frac
     b_codes = ref["intercepts"] * 2.0**base.icpt_frac
@@ -134,7 +141,7 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
         if not np.all(codes == np.round(codes)):
             i = int(np.flatnonzero(codes != np.round(codes))[0])
             frac = base.slope_frac if name == "slopes" else base.icpt_frac
-            raise GQAError(f"{fname}.{scales[0]}.{name}[{i}]", f"{float(ref[name][i])!r} is not a multiple of 2**-{frac}",
+            raise GQAError(f"{fname}.{ref_scale}.{name}[{i}]", f"{float(ref[name][i])!r} is not a multiple of 2**{-frac}",
                            "give a datapath with more fractional bits")
     if datapath is None:
         base = dataclasses.replace(base, slope_bits=max(base.slope_bits, _min_bits(k_codes.astype(np.int64))),
@@ -146,7 +153,7 @@ def table_from_gqa_dict(d, datapath: PWLDatapath | None = None, domain=None, on_
     for e in scales:
         c = entries[e]["breakpoints"] * 2.0**e
         if not np.all(c == np.round(c)):
-            raise GQAError(f"{fname}.{e}.breakpoints", f"are not rounded to multiples of 2**-{e}")
+            raise GQAError(f"{fname}.{e}.breakpoints", f"are not rounded to multiples of 2**{-e}")
         codes[e] = base.breakpoint_codes(entries[e]["breakpoints"], e)  # exact integers, clamped by the rule
     finest = entries[scales[-1]]["breakpoints"]
     derived = all(np.array_equal(base.breakpoint_codes(finest, e), codes[e]) for e in scales)

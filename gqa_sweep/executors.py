@@ -36,7 +36,40 @@ def process_pool(workers: int | None = None) -> cf.ProcessPoolExecutor:
     if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["gqa_sweep.evaluate", "gqa_lut", "hw_models"])
-    return cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx)
+    return cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx,
+                                  initializer=end_with_parent, initargs=(os.getpid(),))
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):   # PermissionError: the pid was reused by another user
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def end_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Worker initializer: a daemon thread that ends this worker once ``parent_pid`` is gone.
+
+    A pool's workers are children of the forkserver, not of the sweep, so neither the kernel's
+    parent-death signal nor the pool's own shutdown reaches them when the sweep is killed
+    (SIGKILL, or SIGTERM's default action); without this they finish their point and wait on,
+    holding the forkserver and the resource tracker alive too."""
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if not _alive(parent_pid):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="gqa-end-with-parent", daemon=True).start()
 
 
 def dask_client(address: str, timeout: float = 10.0):

@@ -78,6 +78,7 @@ class ResultsFile:
     rows: list[dict]
     torn: int = 0            # lines that failed their CRC or column count (a crash mid-write)
     ends_with_newline: bool = True
+    tail_quote_open: bool = False   # the unterminated last line stops inside a quoted CSV field
 
 
 def read_results(path) -> ResultsFile:
@@ -129,7 +130,8 @@ def read_results(path) -> ResultsFile:
             continue
         seen.add(row["key"])
         rows.append(row)
-    return ResultsFile(p, head[1][len("spec_sha256="):], spec, cols, rows, torn, data.endswith(b"\n"))
+    return ResultsFile(p, head[1][len("spec_sha256="):], spec, cols, rows, torn, data.endswith(b"\n"),
+                       body[-1].count('"') % 2 == 1)
 
 
 def typed_row(row: dict) -> dict:
@@ -194,11 +196,16 @@ class _Appender:
                 from None
 
     def write(self, line: str) -> None:
+        from intsim.fileio import os_error
+
         data = line.encode("utf-8")
-        n = os.write(self.fd, data)
-        while n < len(data):           # a regular file takes it whole; be safe anyway
-            n += os.write(self.fd, data[n:])
-        os.fsync(self.fd)
+        try:
+            n = os.write(self.fd, data)
+            while n < len(data):           # a regular file takes it whole; be safe anyway
+                n += os.write(self.fd, data[n:])
+            os.fsync(self.fd)
+        except OSError as exc:             # disk full: finished rows stay, a torn one fails its CRC
+            raise os_error("output", self.path, exc) from None
 
     def close(self) -> None:
         os.close(self.fd)              # releases the lock
@@ -206,14 +213,19 @@ class _Appender:
 
 def _create(path: Path, header: list[str]) -> None:
     """Create the results file with its header, atomically, unless it exists (never overwritten)."""
-    import tempfile
+    from intsim.fileio import clean_stale_temporaries, new_file_mode, os_error, temporary_beside
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temporaries(path)
+    try:
+        fd, tmp = temporary_beside(path)
+    except OSError as exc:
+        raise os_error("output", path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write("\n".join(header) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode(path))      # what a plain open() gives, not mkstemp's 0600
         try:
             os.link(tmp, path)          # fails if the file appeared meanwhile: nothing is replaced
         except FileExistsError:
@@ -221,6 +233,8 @@ def _create(path: Path, header: list[str]) -> None:
         except OSError:                 # no hard links on this filesystem
             if not path.exists():
                 os.replace(tmp, path)
+    except OSError as exc:              # disk full, quota: the field named, nothing half-made kept
+        raise os_error("output", path, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -253,8 +267,10 @@ def open_results(path, spec: dict) -> tuple[_Appender, set[str], ResultsFile]:
     app = _Appender(p)
     try:
         res = check_existing(p, spec)  # read again under the lock
-        if not res.ends_with_newline:
-            app.write("\n")             # isolate a torn last line; it fails its CRC and is ignored
+        if not res.ends_with_newline:   # isolate a torn last line; it fails its CRC and is ignored.
+            # A line cut inside a quoted field (the table's JSON) is closed first, so Python's csv
+            # module reads it as one short row rather than joining it with the next one
+            app.write(('"' if res.tail_quote_open else "") + "\n")
     except BaseException:
         app.close()
         raise

@@ -125,7 +125,12 @@ def _drive(executor, pending, window, app, cols, total, done, progress, on_point
                 finished, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
                 for fut in sorted(finished, key=lambda f: inflight[f]["index"]):
                     p = inflight.pop(fut)
-                    result = fut.result()
+                    try:
+                        result = fut.result()
+                    except cf.BrokenExecutor:      # a worker was killed (by a signal, or for memory)
+                        raise GQAError("workers", f"a worker process died while computing {p['key']} (killed, "
+                                       "or out of memory)", f"every finished point is in {app.path}; re-run "
+                                       "to resume (--workers 0 runs in this process)") from None
                     app.write(format_row(cols, p, result))
                     computed += 1
                     bar.update(1)

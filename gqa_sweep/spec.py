@@ -35,6 +35,7 @@ HW_DEFAULTS = {"node": 28, "freq_mhz": 500.0, "activity": 1.0, "calibration": "p
 
 MINILM_DEFAULTS = {"sentences": 32, "calib_sentences": 32, "batch": 32, "model": None, "plug_table": True}
 
+MAX_GRID_POINTS = 1_000_000   # default limit of a grid's size; raise it with GQA_MAX_GRID_POINTS
 MINILM_SLOTS = {fn: key for key, fn in TABLE_SLOTS.items()}   # function -> the SimConfig table it can serve
 
 
@@ -54,6 +55,28 @@ def _check_keys(d: dict, known, where: str) -> None:
         name = f"{where}.{unknown[0]}" if where != "spec" else unknown[0]
         raise GQAError(name, "unknown key", f"known keys{' of ' + where if where != 'spec' else ''}: "
                        f"{', '.join(sorted(known))}")
+
+
+def max_grid_points() -> int:
+    """The grid-size limit: ``GQA_MAX_GRID_POINTS`` (environment) or :data:`MAX_GRID_POINTS`."""
+    import os
+
+    v = os.environ.get("GQA_MAX_GRID_POINTS", "")
+    if not v:
+        return MAX_GRID_POINTS
+    if not v.isdigit() or int(v) < 1:
+        raise GQAError("GQA_MAX_GRID_POINTS", f"{v!r} is not a positive integer", f"e.g. {MAX_GRID_POINTS}")
+    return int(v)
+
+
+def grid_size(raw: dict) -> int:
+    """Points of a raw spec's grid, counted from the axis lengths (nothing expanded)."""
+    def n(v, default=1):
+        return len(v) if isinstance(v, (list, dict)) else default
+    minilm = raw.get("minilm")
+    configs = minilm.get("configs", {"default": {}}) if isinstance(minilm, dict) else None
+    return (n(raw.get("functions")) * n(raw.get("entries")) * n(raw.get("methods"))
+            * n(raw.get("formats", {"default": {}})) * n(configs))
 
 
 def _axis(spec: dict, key: str) -> list:
@@ -82,11 +105,13 @@ def _parse_scales(value, where: str) -> list[int]:
 
 
 def _check_number(d: dict, key: str, where: str, kind=float, lo=None):
+    """A numeric spec value through the config's one coercion (the field named in its error)."""
+    from intsim.config import coerce_value
+
     v = d[key]
-    ok = is_int(v) if kind is int else (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-    if not ok or (lo is not None and v < lo):
-        raise GQAError(f"{where}.{key}", f"must be {'an integer' if kind is int else 'a number'}"
-                       + (f" >= {lo}" if lo is not None else "") + f", got {v!r}")
+    coerce_value(f"{where}.{key}", v, "int" if kind is int else "float")
+    if lo is not None and v < lo:
+        raise GQAError(f"{where}.{key}", f"must be {'an integer' if kind is int else 'a number'} >= {lo}, got {v!r}")
 
 
 def normalize_spec(raw: dict, source: str = "spec") -> dict:
@@ -108,6 +133,11 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
     functions = _axis(raw, "functions")
     entries = _axis(raw, "entries")
     methods = _axis(raw, "methods")
+    size, limit = grid_size(raw), max_grid_points()
+    if size > limit:            # before any point is validated or built
+        raise GQAError("spec", f"the grid has {size:,} points (functions x entries x methods x formats "
+                       f"[x minilm.configs]), more than the limit of {limit:,}",
+                       "split the spec into smaller sweeps, or raise the limit with GQA_MAX_GRID_POINTS=N")
     for f in functions:
         if not isinstance(f, str):
             raise GQAError("functions", f"{f!r} is not a function name", f"use names from {', '.join(gqa_lut.FUNCTIONS)}")
@@ -179,10 +209,27 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
         if not isinstance(ga["dp_seed"], bool):
             raise GQAError("ga.dp_seed", f"must be true or false, got {ga['dp_seed']!r}")
 
+    from gqa_lut.budget import check_search_budget
+
+    for f in functions:                 # every point's search fits the memory limit, checked up front
+        for name, d in norm_formats.items():
+            for m in methods:
+                opts = options.get(m) or {}
+                try:
+                    check_search_budget(norm_domains[f], max(entries), PWLDatapath(**d), norm_scales[f], m,
+                                        opts.get("population", 50), opts.get("dp_seed", True), field="spec")
+                except GQAError as exc:
+                    raise GQAError(f"spec: {f}/{name}/{m}", str(exc).split(": ", 1)[-1]) from None
+
     hw = raw.get("hw", {})
     _check_keys(hw, HW_DEFAULTS, "hw")
     hw = {**HW_DEFAULTS, **hw}
     _check_number(hw, "node", "hw", int, 1)
+    from hw_models.scaling import check_node
+    try:
+        check_node(hw["node"])       # up front: a bad node would fail every point
+    except GQAError as exc:
+        raise GQAError("hw.node", str(exc).split(": ", 1)[-1]) from None
     _check_number(hw, "freq_mhz", "hw", float, 0)
     _check_number(hw, "activity", "hw", float, 0)
     hw["freq_mhz"], hw["activity"] = float(hw["freq_mhz"]), float(hw["activity"])
@@ -263,23 +310,10 @@ def load_spec(source) -> dict:
     """A spec from a TOML file path, a TOML string (``str`` holding a newline) or a dict -> canonical dict."""
     if isinstance(source, dict):
         return normalize_spec(source)
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    from intsim.fileio import parse, read_text
+
     if isinstance(source, str) and "\n" in source:
         text, where = source, "spec"
     else:
-        p = Path(source)
-        if not p.is_file():
-            raise GQAError("spec", f"{p} does not exist or is not a file", "give a TOML sweep spec")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise GQAError("spec", f"{p} is not UTF-8 text") from None
-        where = str(p)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GQAError(where, f"is not valid TOML: {exc}") from None
-    return normalize_spec(raw, where)
+        text, where = read_text(source, "spec", "TOML sweep spec"), str(source)
+    return normalize_spec(parse(text, "toml", "spec", where), where)

@@ -46,6 +46,19 @@ class BertConfig:
         if cfg.get("hidden_act", "gelu") != "gelu":
             raise GQAError("config.json: hidden_act", f"is {cfg.get('hidden_act')!r}; only erf 'gelu' BERT models are supported",
                            "use a BERT model with hidden_act 'gelu'")
+        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+        if not isinstance(cfg, dict):
+            raise GQAError("model: config.json", "is not a JSON object", "give a Hugging Face BERT config.json")
+        missing = [k for k in keys if k not in cfg]
+        if missing:
+            raise GQAError(f"model: config.json: {missing[0]}", "is missing", f"a BERT config.json has {', '.join(keys)}")
+        for k in keys:
+            ok = isinstance(cfg[k], (int, float)) and not isinstance(cfg[k], bool) if k == "layer_norm_eps" else \
+                isinstance(cfg[k], int) and not isinstance(cfg[k], bool) and cfg[k] > 0
+            if not ok:
+                raise GQAError(f"model: config.json: {k}", f"{cfg[k]!r} is not a valid value",
+                               "a positive integer (layer_norm_eps: a number)")
         return cls(vocab_size=cfg["vocab_size"], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
                    heads=cfg["num_attention_heads"], intermediate=cfg["intermediate_size"],
                    max_position=cfg["max_position_embeddings"], type_vocab=cfg["type_vocab_size"],
@@ -174,11 +187,17 @@ def load_model(path=None) -> SentenceBert:
     from safetensors.numpy import load_file
 
     d = _model_dir(path)
+    from .fileio import read_json
+
     st_cfg = d / "sentence_bert_config.json"
-    max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.is_file() else 512
-    cfg = BertConfig.from_hf(json.loads((d / "config.json").read_text()), max_seq_len=max_len)
+    st = read_json(st_cfg, "model: sentence_bert_config.json") if st_cfg.is_file() else {}
+    max_len = st.get("max_seq_length", 256) if isinstance(st, dict) else 256
+    cfg = BertConfig.from_hf(read_json(d / "config.json", "model: config.json"), max_seq_len=max_len)
     model = SentenceBert(cfg)
-    tensors = load_file(str(d / "model.safetensors"))
+    try:
+        tensors = load_file(str(d / "model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error types: the file is damaged
+        raise GQAError("model: model.safetensors", f"cannot be read: {exc}", "give an intact checkpoint") from None
     state = {}
     for name, param in model.state_dict().items():
         key = hf_name(name)
@@ -199,7 +218,11 @@ class Tokenizer:
     def __init__(self, path=None, max_len: int = 256):
         from tokenizers import Tokenizer as _HFTokenizer
 
-        self._tok = _HFTokenizer.from_file(str(_model_dir(path) / "tokenizer.json"))
+        try:
+            self._tok = _HFTokenizer.from_file(str(_model_dir(path) / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library's parse errors: the file is damaged
+            raise GQAError("model: tokenizer.json", f"cannot be read: {exc}", "give an intact tokenizer.json") \
+                from None
         self._tok.no_truncation()
         self._tok.no_padding()
         self.max_len = max_len

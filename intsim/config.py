@@ -11,11 +11,12 @@ name of an embedded default (``intsim/tables/NAME.json``), a table file path, or
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import GQAError
+from .fileio import read_config_file
 from .registry import choices
 from .table import PWLTable
 
@@ -25,6 +26,57 @@ ALIASES = {"activation": "gelu", "activation_table": "gelu_table"}   # slot name
 TABLE_SLOTS = {"gelu_table": "gelu", "exp_table": "exp", "recip_table": "reciprocal",  # table field -> the
                "rsqrt_table": "rsqrt"}                                                # function it holds
 TABLE_KEYS = tuple(TABLE_SLOTS)
+
+# value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
+RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
+          "ln_d_bits": (4, 24), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
+HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
+         "smooth_alpha": "SmoothQuant uses 0.5"}
+KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
+
+
+def coerce_value(name: str, value, kind: str, lo=None, hi=None, hint: str | None = None):
+    """One configuration value of ``kind`` ('int', 'float' or 'str'), range-checked, or a GQAError naming it.
+
+    Booleans are not numbers here; a float must be finite; an int is a float too (returned as float)."""
+    rng = f" in [{lo}, {hi}]" if lo is not None else ""
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          "str": lambda v: isinstance(v, str)}[kind](value)
+    if not ok:
+        raise GQAError(name, f"{value!r} is not {KINDS[kind]}", f"give {KINDS[kind]}{rng}")
+    if kind == "float":
+        value = float(value)
+    if lo is not None and not lo <= value <= hi:
+        raise GQAError(name, f"{value!r} is outside [{lo}, {hi}]", hint or f"give {KINDS[kind]}{rng}")
+    return value
+
+
+def check_table_function(table: PWLTable, field_name: str) -> None:
+    """A table serves only the function of its slot (an exp table in the GELU slot is a wrong result).
+
+    The activation slot (``gelu_table``) takes any activation (a decoder's SiLU too); the model
+    checks it is its own (:meth:`SimConfig.check_sites`). The other slots take exactly theirs."""
+    want = TABLE_SLOTS[field_name]
+    if field_name == "gelu_table":
+        others = {f for k, f in TABLE_SLOTS.items() if k != field_name}
+        if table.function in others:
+            raise GQAError(field_name, f"holds a {table.function} table, which is not an activation: this slot "
+                           "computes the FFN activation", f"give an activation table (embedded: "
+                           f"{', '.join(embedded_tables(want))})")
+        return
+    if table.function != want:
+        raise GQAError(field_name, f"holds a {table.function} table, but this slot computes {want}",
+                       f"give a {want} table (embedded: {', '.join(embedded_tables(want))})")
+
+
+def embedded_tables(function: str | None = None) -> list[str]:
+    import json
+
+    names = sorted(q.stem for q in TABLE_DIR.glob("*.json"))
+    if function is None:
+        return names
+    return [n for n in names if json.loads((TABLE_DIR / f"{n}.json").read_text()).get("function") == function]
 
 
 @dataclass
@@ -52,23 +104,32 @@ class SimConfig:
     gemm_backend: str = "auto"
 
     def __post_init__(self):
+        for f in fields(self):                 # one coercion for every typed field: the field named
+            if f.type in KINDS:
+                lo, hi = RANGES.get(f.name, (None, None))
+                setattr(self, f.name, coerce_value(f.name, getattr(self, f.name), f.type, lo, hi,
+                                                   HINTS.get(f.name)))
         for k, allowed in choices().items():   # from intsim.registry: a registration adds a choice
             if getattr(self, k) not in allowed:
                 raise GQAError(k, f"{getattr(self, k)!r} is not an option", f"use one of {', '.join(allowed)}")
-        for k, lo, hi in (("act_bits", 2, 8), ("weight_bits", 2, 8), ("embed_bits", 2, 16), ("residual_bits", 8, 32), ("ln_d_bits", 4, 24)):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise GQAError(k, f"{v!r} is impossible", f"an integer in [{lo}, {hi}]")
-        if not 0.0 <= float(self.smooth_alpha) <= 1.0:
-            raise GQAError("smooth_alpha", f"{self.smooth_alpha!r} is outside [0, 1]", "SmoothQuant uses 0.5")
-        if not 90.0 <= float(self.calib_percentile) <= 100.0:
-            raise GQAError("calib_percentile", f"{self.calib_percentile!r} is outside [90, 100]")
         if not isinstance(self.pwl_input_exp, dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in self.pwl_input_exp.values()):
             raise GQAError("pwl_input_exp", "must map module names to integer exponents",
                            'e.g. {"blocks.0.gelu": 3}')
         for k in TABLE_KEYS:
             setattr(self, k, load_table(getattr(self, k), k))
+            check_table_function(getattr(self, k), k)
+
+    def check_sites(self, sites, activation: str | None = None) -> None:
+        """Refuse ``pwl_input_exp`` keys that name no activation site of the model being built, and
+        (``activation``: the model's activation function) an activation table of another function."""
+        if activation is not None and self.gelu == "pwl" and self.gelu_table.function != activation:
+            raise GQAError("gelu_table", f"holds a {self.gelu_table.function} table, but this model's "
+                           f"activation is {activation}", f"give a {activation} table")
+        unknown = sorted(set(self.pwl_input_exp) - set(sites))
+        if unknown:
+            raise GQAError(f"pwl_input_exp: {unknown[0]}", "is not an activation site of this model",
+                           f"sites: {', '.join(sites)}")
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "SimConfig":
@@ -89,22 +150,7 @@ class SimConfig:
 
     @classmethod
     def load(cls, path) -> "SimConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise GQAError("--config", f"{p} does not exist", "give a JSON or TOML config file")
-        text = p.read_text()
-        try:
-            if p.suffix == ".toml":
-                try:
-                    import tomllib
-                except ImportError:  # Python 3.10
-                    import tomli as tomllib
-                d = tomllib.loads(text)
-            else:
-                d = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
-            raise GQAError(str(p), f"cannot be parsed: {exc}", "write valid JSON (or TOML with a .toml suffix)") from None
-        return cls.from_dict(d, source=str(p))
+        return cls.from_dict(read_config_file(path, "--config"), source=str(path))
 
     @property
     def activation(self) -> str:
@@ -140,6 +186,5 @@ def load_table(spec, field_name: str) -> PWLTable:
     p = Path(spec)
     if p.is_file():
         return PWLTable.load(p)
-    names = sorted(q.stem for q in TABLE_DIR.glob("*.json"))
     raise GQAError(field_name, f"{spec!r} is neither an embedded table nor a file",
-                   f"embedded tables: {', '.join(names)}; or give a table file (gqa search ... -o FILE)")
+                   f"embedded tables: {', '.join(embedded_tables())}; or give a table file (gqa search ... -o FILE)")

@@ -137,6 +137,7 @@ class IntBert:
                                model.config.heads)
             self.blocks.append(blk_int)
             site = blk_int.ln2
+        cfg.check_sites([blk.name + "gelu" for blk in self.blocks], activation="gelu")   # names, table
 
     def hidden(self, ids, mask, stats=None, trace=None):
         """Integer forward: (B, T) token ids and mask -> last residual copy (B, T, C), integer codes."""

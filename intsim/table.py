@@ -150,6 +150,24 @@ def _as_breakpoints(values, field: str, length: int) -> np.ndarray:
     return arr
 
 
+BREAKPOINT_CODE_LIMIT = 2.0**53   # beyond this a breakpoint's code at a scale is no longer an exact integer
+
+
+def check_breakpoint_range(breakpoints, scales, field: str) -> None:
+    """Refuse breakpoints whose code ``p * 2**e`` at the finest scale exceeds 2**53.
+
+    Breakpoints beyond the input range are legitimate (their comparator constant clamps), but a
+    real like 1e300 overflows the integer code grid and would evaluate to a wrong table."""
+    e = max(scales)
+    arr = np.asarray(breakpoints, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(np.abs(arr) * 2.0**e > BREAKPOINT_CODE_LIMIT)
+    if bad.size:
+        i = int(bad[0])
+        raise GQAError(f"{field}[{i}]", f"{float(arr[i])!r} is too large: at scale e={e} its code exceeds 2**53, "
+                       "far outside every input", "give breakpoints within (or near) the inputs' range")
+
+
 @dataclass
 class PWLTable:
     """A PWL table on a datapath: breakpoints, integer slopes and intercepts, scale set."""
@@ -184,6 +202,7 @@ class PWLTable:
                 raise GQAError(f"{name}[{i}]", f"code {int(codes[i])} does not fit {fmt}",
                                "widen the datapath or clip the coefficient")
         self.scales = check_scales(self.scales, dp, self.domain)
+        check_breakpoint_range(self.breakpoints, self.scales, "breakpoints")
         if self.explicit_codes is not None:
             codes = {}
             for e in self.scales:

@@ -109,7 +109,7 @@ def test_failed_rename_leaves_old_file_and_no_temp(existing, monkeypatch):
         assert os.path.exists(src)  # the new content was written beside the target
         raise OSError("disk on fire")
     monkeypatch.setattr(intsim.fileio.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(GQAError, match="cannot write"):   # an OS failure of a write names its field
         make_table().save(existing)
     assert existing.read_bytes() == ORIGINAL
     assert listdir(existing.parent) == ["table.json"]
@@ -133,7 +133,7 @@ def test_failure_midway_through_writing_leaves_old_file(existing, monkeypatch, e
         calls.append(fd)
         raise exc
     monkeypatch.setattr(intsim.fileio.os, "fsync", boom)
-    with pytest.raises(type(exc)):
+    with pytest.raises(GQAError if isinstance(exc, OSError) else type(exc)):
         make_table().save(existing)
     assert calls, "fsync was not reached"
     assert existing.read_bytes() == ORIGINAL
@@ -142,7 +142,7 @@ def test_failure_midway_through_writing_leaves_old_file(existing, monkeypatch, e
 
 def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(intsim.fileio.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError("x")))
-    with pytest.raises(OSError):
+    with pytest.raises(GQAError, match="cannot write"):
         make_table().save(tmp_path / "new.json")
     assert listdir(tmp_path) == []
 
