@@ -301,3 +301,101 @@ def test_other_seed_gives_another_table(method):
     a2 = gqa_lut.search("gelu", 8, method, seed=7, progress=False, **kw)
     assert np.array_equal(a.breakpoints, a2.breakpoints)
     assert np.array_equal(a.slopes, a2.slopes) and np.array_equal(a.intercepts, a2.intercepts)
+
+
+def test_cx_two_point_two_genes_always_swaps_the_second():
+    # size 2: c1, c2 in {1, 2} x {1} -> the cut is always [1, 2)
+    rng = np.random.default_rng(2)
+    pop = np.array([[0.0, 1.0], [10.0, 11.0]] * 20)
+    out = ga.cx_two_point(pop, 1.0, rng)
+    assert np.array_equal(out[0::2], np.tile([0.0, 11.0], (20, 1)))
+    assert np.array_equal(out[1::2], np.tile([10.0, 1.0], (20, 1)))
+
+
+def test_cx_two_point_cut_pairs_are_uniform():
+    # DEAP's draws make every run [lo, hi) with 1 <= lo < hi <= size equally likely: 2 / (size (size - 1))
+    rng = np.random.default_rng(4)
+    size, pairs = 4, 12000
+    pop = np.empty((2 * pairs, size))
+    pop[0::2], pop[1::2] = 0.0, 1.0
+    swapped = ga.cx_two_point(pop, 1.0, rng)[0::2] == 1.0
+    lo = swapped.argmax(axis=1)
+    hi = size - swapped[:, ::-1].argmax(axis=1)
+    counts = {}
+    for a, b in zip(lo.tolist(), hi.tolist()):
+        counts[a, b] = counts.get((a, b), 0) + 1
+    assert len(counts) == 6
+    assert all(abs(c / pairs - 1 / 6) < 0.015 for c in counts.values()), counts
+
+
+def test_mut_gaussian_round_scales_are_drawn_uniformly():
+    # scales (0, 3): 0.3001 snaps to 0 (unit grid) or 0.25 (1/8 grid), each with probability 1/2
+    rng = np.random.default_rng(6)
+    pop = np.full((4000, 1), 0.3001)
+    out = ga.mut_gaussian_round(pop, 1.0, 1.0, 0.0, 0.1, (0, 3), (-1.0, 1.0), rng)
+    assert set(np.unique(out).tolist()) == {0.0, 0.25}
+    assert abs((out == 0.25).mean() - 0.5) < 0.03
+
+
+def _objective():
+    return Objective(get_function("gelu"), 4, PWLDatapath(), range(3))
+
+
+def test_make_toolbox_defaults_are_the_reference_trainers():
+    obj = _objective()
+    tb = ga.make_toolbox(obj, np.random.default_rng(0))
+    assert tb.select.keywords["tournsize"] == 3
+    assert tb.mate.keywords["cxpb"] == 0.7
+    kw = tb.mutate.keywords
+    assert (kw["mutpb"], kw["snap_pb"], kw["gauss_pb"]) == (0.2, 0.35, 0.1)
+    assert kw["sigma"] == pytest.approx(0.2)          # 0.2 on gelu's [-4, 4], as the reference trainer
+    assert kw["scales"] == obj.scales and kw["domain"] == obj.fn.domain
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"cxpb": -0.5}, "cxpb"), ({"cxpb": 1.5}, "cxpb"), ({"mutpb": -0.01}, "mutpb"), ({"snap_pb": 1.01}, "snap_pb"),
+    ({"gauss_pb": -1.0}, "gauss_pb"), ({"snap_pb": 0.8, "gauss_pb": 0.7}, "snap_pb"),
+    ({"tournsize": 0}, "tournsize"), ({"tournsize": True}, "tournsize"), ({"tournsize": 2.0}, "tournsize"),
+    ({"sigma": 0.0}, "sigma"), ({"sigma": -0.5}, "sigma"),
+])
+def test_make_toolbox_refuses_bad_options(kwargs, field):
+    with pytest.raises(ga.GQAError) as exc:
+        ga.make_toolbox(_objective(), np.random.default_rng(0), **kwargs)
+    assert exc.value.field == field
+
+
+def test_make_toolbox_accepts_the_edges():
+    tb = ga.make_toolbox(_objective(), np.random.default_rng(0), cxpb=0.0, mutpb=1.0, snap_pb=0.5, gauss_pb=0.5,
+                         tournsize=1, sigma=1e-3)
+    assert tb.select.keywords["tournsize"] == 1
+
+
+@pytest.mark.parametrize("population, generations, field", [
+    (1, 3, "population"), (True, 3, "population"), (3.0, 3, "population"),
+    (4, -1, "generations"), (4, True, "generations"), (4, 1.5, "generations"),
+])
+def test_evolve_refuses_bad_budgets(population, generations, field):
+    tb = ga.make_toolbox(_objective(), np.random.default_rng(0))
+    with pytest.raises(ga.GQAError) as exc:
+        ga.evolve(tb, population, generations)
+    assert exc.value.field == field
+
+
+def test_evolve_smallest_budget_logbook_and_progress():
+    tb = ga.make_toolbox(_objective(), np.random.default_rng(0))
+    calls = []
+    best, fit, log = ga.evolve(tb, 2, 4, progress=calls.append)
+    assert calls == [1, 1, 1, 1]
+    assert log.select("gen") == [0, 1, 2, 3, 4]
+    _, _, log0 = ga.evolve(tb, 2, 0, progress=calls.append)
+    assert log0.select("gen") == [0] and len(calls) == 4
+
+
+def test_evolve_sorts_each_seed():
+    obj = _objective()
+    tb = ga.make_toolbox(obj, np.random.default_rng(0))
+    good = np.array([[1.0, -2.0, 0.0], [2.0, 0.5, -1.0]])       # rows out of order
+    best, fit, _ = ga.evolve(tb, 2, 0, seeds=good)
+    assert np.all(np.diff(best) >= 0)
+    assert fit == min(obj(np.sort(good, axis=1)))
+    assert any(np.array_equal(best, row) for row in np.sort(good, axis=1))
