@@ -24,6 +24,8 @@ cache warmed on the unmutated tree (so unmutated modules are not recompiled); nu
 invalidates the entries of a source file whose stamp (mtime, size) changed, which every mutant
 write does, so the mutated module is recompiled from the mutant. ``PYTHONDONTWRITEBYTECODE=1``
 keeps Python from reusing a stale ``.pyc`` (its stamp has only one-second resolution).
+``NUMBA_BOUNDSCHECK=1``: a mutant that indexes past an array raises IndexError instead of
+reading or writing memory silently (numba does not check bounds by default).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def run_tests(tests: list[str]) -> int:
         template = os.environ.get(TEMPLATE_ENV)
         if template and os.path.isdir(template):
             shutil.copytree(template, cache, dirs_exist_ok=True)
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.getcwd())
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONPATH=os.getcwd())
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
         return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     finally:
@@ -135,7 +138,8 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool) 
     # warm the template numba cache on the unmutated tree, then check the baseline passes
     template = tree / ".numba-template"
     template.mkdir(exist_ok=True)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(template), PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(tree))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(template), NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=str(tree))
     t0 = time.time()
     base = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                           cwd=tree, env=env, capture_output=True, text=True)
