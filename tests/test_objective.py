@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gqa_lut.objective import Objective
+from intsim import GQAError
 from intsim import PWLDatapath, get_function, scale_points
 
 CONFIGS = {
@@ -207,3 +208,61 @@ def test_property_fitness_is_the_returned_tables_error(case):
     err = obj.table(bp).error()
     want = err.mean_mse if opts["metric"] == "mse" else err.max_max_abs
     assert f == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+# --- bad input: a GQAError naming the field -------------------------------------------------------
+@pytest.mark.parametrize("kwargs, field", [
+    ({"metric": "l1"}, "metric"), ({"entries": 1}, "entries"), ({"entries": True}, "entries"),
+    ({"entries": 4.0}, "entries"), ({"entries": 257}, "entries"), ({"coeffs": "spline"}, "coeffs"),
+    ({"weights": {0: np.ones(10)}}, "weights.0"), ({"weights": {0: -np.ones(256)}}, "weights.0"),
+    ({"weights": {0: np.full(256, np.nan)}}, "weights.0"),
+])
+def test_objective_refuses_bad_input(kwargs, field):
+    kw = dict(fn=get_function("gelu"), entries=4, dp=PWLDatapath(), scales=[0])
+    kw.update(kwargs)
+    with pytest.raises(GQAError) as exc:
+        Objective(**kw)
+    assert exc.value.field == field
+
+
+def test_objective_accepts_the_entries_edges():
+    fn, dp = get_function("gelu"), PWLDatapath(in_bits=4)
+    assert Objective(fn, 2, dp, [0]).entries == 2
+    assert Objective(fn, 16, dp, [0]).entries == 16   # 2**in_bits entries: one per code
+    assert Objective(fn, np.int64(3), dp, [0]).entries == 3
+
+
+def test_objective_refuses_a_function_not_finite_on_the_codes():
+    from intsim.functions import Function
+    f = Function("inv", lambda x: 1.0 / x, (-1.0, 1.0))
+    with pytest.raises(GQAError) as exc, np.errstate(divide="ignore"):
+        Objective(f, 4, PWLDatapath(), [0, 3])
+    assert exc.value.field == "domain"
+
+
+def test_a_histogram_of_zeros_weighs_nothing():
+    # a scale whose codes were never seen has weight 0 everywhere: its error is 0, not NaN
+    fn = get_function("gelu")
+    zero = Objective(fn, 4, PWLDatapath(), [2], weights={2: np.zeros(256)})
+    fit = zero(population(fn, 4, 6, seed=1))
+    assert np.array_equal(fit, np.zeros(6))
+
+
+def test_snap_rounds_to_the_finest_grid_and_sorts():
+    obj = Objective(get_function("gelu"), 4, PWLDatapath(), [1, 3])
+    got = obj.snap(np.array([[0.07, -1.01, 0.5625]]))
+    assert got.tolist() == [[-1.0, 0.0625, 0.5625]]     # 2**-3 grid: -8/8, 0.5/8, 4.5/8 (half-even)
+
+
+def test_chord_lines_pass_through_the_segment_ends():
+    fn = get_function("gelu")
+    obj = Objective(fn, 3, PWLDatapath(), [3], coeffs="chord")
+    bp = np.array([[-1.0, 2.0]])
+    k, b = obj.chord_lines(bp)
+    ends = [(-4.0, -1.0), (-1.0, 2.0), (2.0, 4.0)]
+    for i, (lo, hi) in enumerate(ends):
+        assert k[0, i] * lo + b[0, i] == pytest.approx(fn(lo)) and k[0, i] * hi + b[0, i] == pytest.approx(fn(hi))
+    # breakpoints outside the domain are clipped to it; a zero-width segment has slope 0
+    k2, b2 = obj.chord_lines(np.array([[-9.0, -9.0]]))
+    assert k2[0, 0] == 0.0 and k2[0, 1] == 0.0 and b2[0, 0] == pytest.approx(fn(-4.0))
+    assert k2[0, 2] == pytest.approx((fn(4.0) - fn(-4.0)) / 8)
