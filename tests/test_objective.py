@@ -251,7 +251,8 @@ def test_a_histogram_of_zeros_weighs_nothing():
 def test_snap_rounds_to_the_finest_grid_and_sorts():
     obj = Objective(get_function("gelu"), 4, PWLDatapath(), [1, 3])
     got = obj.snap(np.array([[0.07, -1.01, 0.5625]]))
-    assert got.tolist() == [[-1.0, 0.0625, 0.5625]]     # 2**-3 grid: -8/8, 0.5/8, 4.5/8 (half-even)
+    # the 1/8 grid: -8.08 -> -8, 0.56 -> 1, 4.5 -> 4 (half-even), then sorted
+    assert got.tolist() == [[-1.0, 0.125, 0.5]]
 
 
 def test_chord_lines_pass_through_the_segment_ends():
