@@ -9,8 +9,17 @@ applied afterwards. With ``C(a, b)`` the cost of points ``a..b-1`` (0 when empty
     D[1][b] = C(0, b),      D[m][b] = min_{a <= b} D[m-1][a] + C(a, b),
 
 and ``D[N][n]`` is ``MSE_e`` of the best table with ``N`` entries at that scale (empty
-segments allowed, so "at most N"). Ties go to the smallest ``a``. O(n^2) segment costs and
-O(N n^2) recursion steps, in numba.
+segments allowed, so "at most N"). O(n^2) segment costs and O(N n^2) recursion steps, in numba.
+
+Breakpoints inside the domain: a cut ``a`` (the index of a segment start, code ``q_lo + a``)
+ranges over ``start_offset .. n - 1 + start_offset``, so every comparator constant is a domain
+code (``"ge"``: ``P = q_lo + a <= q_hi``; ``"gt"``: ``P = q_lo + a - 1 >= q_lo``). An empty
+segment is then one at the domain's low end ("ge") or high end ("gt") rather than past it;
+the optimum is the same, since an empty segment costs 0 wherever it sits.
+
+Tie rule: in the recursion, ties go to the smallest ``a``. Read back from the last cut, the
+returned cuts ``(a_1 <= ... <= a_{N-1})`` are therefore the first optimum in the order that
+compares ``a_{N-1}`` first, then ``a_{N-2}``, ... (``sorted(cuts, key=reversed)``).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ def _segment_costs(prefix, ks, bs, kmin, kmax, bmin, bmax):
 
 
 @numba.njit(cache=True)
-def _dp(cost, entries):
+def _dp(cost, entries, a_min, a_max):
     n = cost.shape[0] - 1
     D = np.empty((entries + 1, n + 1))
     arg = np.zeros((entries + 1, n + 1), dtype=np.int64)
@@ -46,7 +55,7 @@ def _dp(cost, entries):
     for m in range(2, entries + 1):
         for b in range(n + 1):
             best, best_a = np.inf, 0
-            for a in range(b + 1):
+            for a in range(a_min, min(b, a_max) + 1):
                 v = D[m - 1, a] + cost[a, b]
                 if v < best:
                     best, best_a = v, a
@@ -70,7 +79,7 @@ def dp_optimum(fn: Function, entries: int, dp: PWLDatapath, e: int):
     prefix = np.vstack([np.zeros((1, 6)), np.cumsum(point_stats(x, y, w), axis=0)])
     kf, bf = dp.slope_format, dp.icpt_format
     cost = _segment_costs(prefix, 2.0**-kf.frac, 2.0**-bf.frac, kf.min_int, kf.max_int, bf.min_int, bf.max_int)
-    D, arg = _dp(cost, int(entries))
+    D, arg = _dp(cost, int(entries), dp.start_offset, q.size - 1 + dp.start_offset)
     cuts = []
     b = q.size
     for m in range(int(entries), 1, -1):

@@ -131,17 +131,18 @@ class Objective:
         k = np.where(width > 0, (fb - fa) / np.where(width > 0, width, 1.0), 0.0)
         return k, fa - k * a
 
-    def coefficients(self, bp: np.ndarray, P: np.ndarray | None = None, final: bool = False):
+    def coefficients(self, bp: np.ndarray, P: np.ndarray | None = None):
         """Integer ``(K, B)`` per individual and segment, and the count of clipped coefficients.
 
-        ``final`` gives degenerate segments (all points at one ``x``) the chord slope instead
-        of 0; their error is the same, their extrapolation nicer.
+        Degenerate segments (all points at one ``x``) take the chord slope, in the fitness and
+        in the returned table alike: without ``refine`` a slope that is not refitted decides the
+        segment's error, so the fitness must use the very slope the table stores.
         """
+        chord = self.chord_lines(bp)
         if self.coeffs == "chord":
-            return round_coefficients(*self.chord_lines(bp), self.dp)
+            return round_coefficients(*chord, self.dp)
         stats = self.segment_stats(self.segment_starts(bp) if P is None else P)
-        fallback = self.chord_lines(bp)[0] if final else None
-        return fit_lines(stats, self.dp, exact=self.refine, fallback=fallback)
+        return fit_lines(stats, self.dp, exact=self.refine, fallback=chord[0])
 
     def outputs(self, P: np.ndarray, K: np.ndarray, B: np.ndarray) -> np.ndarray:
         """The PWL unit's real outputs on every domain code of every scale: ``(pop, n_total)``."""
@@ -176,7 +177,7 @@ class Objective:
     def table(self, bp, provenance: dict | None = None) -> PWLTable:
         """The finished table for one breakpoint vector."""
         bp = self.snap(bp)[None, :]
-        K, B, clipped = self.coefficients(bp, final=True)
+        K, B, clipped = self.coefficients(bp)
         prov = dict(provenance or {})
         prov["coefficients"] = {"method": self.coeffs,
                                 "refine": "exact" if self.refine and self.coeffs == "lsq" else "none",

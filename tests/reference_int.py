@@ -570,3 +570,36 @@ def isqrt_floor(n: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def ceil_log2(v: Fraction) -> int:
+    """The smallest ``k`` with ``2**k >= v`` (``v > 0``), exactly."""
+    k = v.numerator.bit_length() - v.denominator.bit_length()
+    while Fraction(2) ** k < v:
+        k += 1
+    while Fraction(2) ** (k - 1) >= v:
+        k -= 1
+    return k
+
+
+def layernorm_fold(gamma, beta, scale, g_bits: int, z_frac: int, sqrt_c: float):
+    """LayerNorm's output folding (intsim.layernorm.LNOutput's docstring) in exact rationals:
+    per channel ``g = gamma sqrt(C) / s * 2**-Z`` and ``b = beta / s``; ``T`` the largest shift in
+    ``[0, 62 - Z]`` with ``max|g| 2**T <= 2**(g_bits-1) - 1``, then ``T <= 51 - ceil(log2 max|b|)``
+    (and ``T >= 0``); ``G = round_half_even(g 2**T)``, ``H = round_half_even(b 2**T)``.
+    ``sqrt_c`` is the float ``sqrt(C)`` (the one irrational factor). Returns ``(G, H, T, g)``."""
+    g = [Fraction(float(a)) * Fraction(sqrt_c) / Fraction(float(s)) / Fraction(2) ** z_frac
+         for a, s in zip(gamma, scale)]
+    b = [Fraction(float(a)) / Fraction(float(s)) for a, s in zip(beta, scale)]
+    peak = max(abs(v) for v in g)
+    lim = 2 ** (g_bits - 1) - 1
+    T = 62 - z_frac
+    if peak > 0:
+        while T > 0 and peak * Fraction(2) ** T > lim:
+            T -= 1
+    b_peak = max(abs(v) for v in b)
+    if b_peak > 0:
+        T = max(0, min(T, 51 - ceil_log2(b_peak)))
+    G = [round(v * Fraction(2) ** T) for v in g]
+    H = [round(v * Fraction(2) ** T) for v in b]
+    return G, H, T, g

@@ -11,6 +11,7 @@ import pytest
 
 from gqa_cli.main import main
 from intsim import PWLTable
+from conftest import CI_REQUIRED
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gqa_lut_pretrained"
 
@@ -42,7 +43,7 @@ def test_eval_json_matches_the_table(tmp_path, capsys):
     assert list(report["mse"]) == [str(e) for e in range(7)]
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not present")
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason=CI_REQUIRED + f"GQA-LUT reference tables not found at {REFERENCE}")
 def test_eval_reads_reference_files(capsys):
     rc, out, _ = run(capsys, "eval", str(REFERENCE / "gelu_pwl_7.json"), "--json")
     assert rc == 0 and json.loads(out)["mean_mse"] == pytest.approx(9.97e-5, rel=1e-3)
@@ -92,7 +93,7 @@ def test_malformed_table_file(tmp_path, capsys):
 def test_console_script_runs_the_demo_path(tmp_path):
     exe = shutil.which("gqa")
     if exe is None:
-        pytest.skip("the gqa console script is not installed (pip install -e .)")
+        pytest.skip(CI_REQUIRED + "the gqa console script is not installed (pip install -e .)")
     out = subprocess.run([exe, "search", "hswish", "-n", "4", "--generations", "10", "-q", "-o",
                           str(tmp_path / "h.json")], capture_output=True, text=True, check=True)
     assert "mean" in out.stdout

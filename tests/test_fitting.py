@@ -19,12 +19,6 @@ from intsim import PWLDatapath
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Known library bug (see the report): when every point of a segment has the same x,
-# _best_integer_line pins K to round(k_fallback) instead of searching every K, so the
-# returned pair is not the integer optimum (a slope moves K*x on a finer grid than B alone).
-SINGLE_X_BUG = ("library bug: _best_integer_line fixes K = round(k_fallback) when all points share one x; "
-                "the integer optimum over (K, B) needs a search over K")
-
 
 # --- helpers --------------------------------------------------------------------------------
 def _grid(dp: PWLDatapath):

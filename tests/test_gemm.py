@@ -274,8 +274,8 @@ def test_bad_operands_raise_gqaerror(a, b, field):
 
 
 def test_batch_dimension_mismatch_raises_gqaerror():
-    """(2, M, K) @ (3, K, N) cannot broadcast. BUG (reported): check_gemm checks only the last two
-    dimensions, so the torch backends raise RuntimeError and numpy a plain ValueError."""
+    """(2, M, K) @ (3, K, N) cannot broadcast: every backend raises GQAError (check_gemm checks the
+    batch dimensions too, not only the last two, so no torch RuntimeError or numpy ValueError)."""
     a = np.zeros((2, 2, 3), np.int8)
     b = np.zeros((3, 3, 4), np.int8)
     for be in ("auto", "f32", "f64", "numpy"):
@@ -321,13 +321,8 @@ def test_strided_views():
 
 
 def test_negative_stride_views():
-    """``a[::-1]`` is an ordinary int8 array; every allowed backend must multiply it.
-
-    KNOWN BUG (reported): the f32/f64 backends hand the array to ``torch.from_numpy`` without
-    ``np.ascontiguousarray`` and raise torch's ValueError ("At least one stride in the given
-    numpy array is negative"), so ``auto`` fails too whenever it picks f32/f64 (batched or
-    uint8 operands).
-    """
+    """``a[::-1]`` is an ordinary int8 array; every allowed backend multiplies it (torch.from_numpy
+    refuses negative strides, so the torch backends must make the operand contiguous first)."""
     rng = np.random.default_rng(8)
     a = rng.integers(-128, 128, (4, 5)).astype(np.int8)
     b = rng.integers(0, 256, (5, 3)).astype(np.uint8)

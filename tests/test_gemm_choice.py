@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -24,14 +23,38 @@ def fresh(tmp_path, monkeypatch):
     gemm.clear_choices()
 
 
-def slowed(name: str, seconds: float):
-    """The registered backend ``name``, made artificially slow (same exact result)."""
-    be = REGISTRY[name]
+class FakeClock:
+    """gemm's ``time`` module in these tests: a clock that only the backends' costs advance, so
+    the measurement is deterministic whatever the machine's speed or load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(gemm, "time", c)
+    for name, be in list(REGISTRY.items()):       # every backend costs 1 ms unless a test says otherwise
+        monkeypatch.setitem(REGISTRY, name, costing(be, c, 0.001))
+    return c
+
+
+def costing(be, c: FakeClock, seconds: float):
+    """Backend ``be`` (same exact result) whose run advances the fake clock by ``seconds``."""
 
     def run(a, b):
-        time.sleep(seconds)
+        c.now += seconds
         return be.run(a, b)
     return dataclasses.replace(be, run=run)
+
+
+def slowed(name: str, seconds: float, c: FakeClock):
+    """The registered backend ``name``, costing ``seconds`` more on the fake clock."""
+    return costing(REGISTRY[name], c, seconds)
 
 
 def operands(shape_a=(64, 96), shape_b=(96, 32), da=np.int8, db=np.int8, seed=0):
@@ -43,27 +66,30 @@ def operands(shape_a=(64, 96), shape_b=(96, 32), da=np.int8, db=np.int8, seed=0)
 
 
 @pytest.mark.parametrize("layout", ["2d", "batched"])
-def test_an_artificially_slow_backend_is_never_chosen(fresh, monkeypatch, layout):
+def test_an_artificially_slow_backend_is_never_chosen(fresh, clock, monkeypatch, layout):
     a, b = operands() if layout == "2d" else operands((3, 16, 40), (3, 40, 8))
     candidates = [n for n, be in REGISTRY.items() if be.auto and be.accepts(a, b, gemm.check_gemm(a, b))]
     assert len(candidates) >= 2
     for victim in candidates:
         gemm.clear_choices(disk=True)
         with monkeypatch.context() as m:
-            m.setitem(REGISTRY, victim, slowed(victim, 0.02))
+            m.setitem(REGISTRY, victim, slowed(victim, 0.02, clock))
             chosen = pick_backend(a, b)
         assert chosen != victim and chosen in candidates
 
 
-def test_the_fastest_of_known_speeds_wins_and_every_time_is_recorded(fresh, monkeypatch):
+def test_the_fastest_of_known_speeds_wins_and_every_time_is_recorded(fresh, clock, monkeypatch):
     a, b = operands()
-    monkeypatch.setitem(REGISTRY, "int_mm", slowed("int_mm", 0.03))
-    monkeypatch.setitem(REGISTRY, "f32", slowed("f32", 0.0))
-    monkeypatch.setitem(REGISTRY, "f64", slowed("f64", 0.01))
+    extra = {"int_mm": 0.03, "f32": 0.0, "f64": 0.01}
+    for name in list(REGISTRY):
+        monkeypatch.setitem(REGISTRY, name, slowed(name, extra.get(name, 0.005), clock))
     assert pick_backend(a, b) == "f32"
     secs = gemm._CHOICES[operand_class(a, b)]["seconds"]
     assert set(secs) == set(gemm.candidates(a, b)) >= {"f32", "f64"}   # int_mm too where it is exact
-    assert secs.get("int_mm", 1.0) >= 0.03 and secs["f64"] >= 0.01 and secs["f32"] < secs["f64"]
+    # the fake clock's exact costs: 1 ms each, plus the extra given above
+    assert secs["f32"] == pytest.approx(0.001) and secs["f64"] == pytest.approx(0.011)
+    assert secs.get("int_mm", 0.031) == pytest.approx(0.031)
+    assert all(v == pytest.approx(0.006) for k, v in secs.items() if k not in ("int_mm", "f32", "f64"))
 
 
 def test_the_result_is_exact_whatever_was_chosen(fresh):

