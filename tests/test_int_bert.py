@@ -216,4 +216,4 @@ def test_act_scale_and_weights():
     w = np.array([[1.0, -0.5], [0.01, 0.02]])
     q, s = quantize_weight(w, 8, True)
     assert q.dtype == np.int8 and list(q[0]) == [127, -64] and math.isclose(s[1], 0.02 / 127)
-    assert torch is not None
+    assert isinstance(torch.__version__, str)
