@@ -238,6 +238,7 @@ def cache_path(fingerprint: dict | None = None) -> Path | None:
 
 
 _CHOICES: dict[str, dict] = {}     # operand class -> {"backend": name, "seconds": {name: s}}
+_USED: set[str] = set()             # the classes this process has multiplied
 _DISK_LOADED = False
 
 
@@ -278,6 +279,7 @@ def clear_choices(disk: bool = False) -> None:
     global _DISK_LOADED
     _CHOICES.clear()
     _EXACT.clear()
+    _USED.clear()
     _DISK_LOADED = False
     path = cache_path() if disk else None
     if path is not None and path.is_file():
@@ -290,8 +292,8 @@ def machine_report() -> dict:
 
 
 def chosen_backends() -> dict[str, str]:
-    """Operand class -> backend, for every class measured (or loaded) in this process."""
-    return {cls: c["backend"] for cls, c in sorted(_CHOICES.items())}
+    """Operand class -> backend, for every class this process has multiplied (measured or cached)."""
+    return {cls: c["backend"] for cls, c in sorted(_CHOICES.items()) if cls in _USED}
 
 
 def _probe_slice(a, b):
@@ -379,6 +381,7 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     if not _DISK_LOADED:
         _load_disk()
     cls = operand_class(a, b)
+    _USED.add(cls)
     choice = _CHOICES.get(cls)
     if choice is None:
         seconds = measure(a, b)
