@@ -122,7 +122,7 @@ def cmd_search(a) -> int:
                            refine=not a.no_refine, population=a.population, generations=a.generations, seed=a.seed,
                            dp_seed=not a.no_dp_seed, exact_seed=not a.no_exact_seed,
                            max_candidates=a.max_candidates, time_limit=a.time_limit,
-                           progress=None if not a.quiet else False)
+                           max_memory_gb=a.max_memory_gb, progress=None if not a.quiet else False)
     elapsed = time.perf_counter() - t0
     print(_summary(table))
     print(table.error().report())

@@ -40,6 +40,7 @@ from .baselines import nnlut_table, pwlf_table, uniform_breakpoints
 from .dp import dp_optimum
 from .exact import MAX_CANDIDATES, ExactUnavailable, check_limits, exact_table, gap, lower_bound, objective_value
 from .ga import evolve, make_toolbox
+from .budget import check_search_budget
 from .objective import Objective
 from .segexp import SegmentExponents, segment_codes
 
@@ -313,7 +314,8 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
            population: int = 50, generations: int = 500, seed: int = 0, dp_seed: bool = True,
            exact_seed: bool = True, max_candidates: int = MAX_CANDIDATES, time_limit: float | None = None,
            optimum: bool = True, segment_exponents: SegmentExponents | None = None, progress: bool | None = None,
-           ga_options: dict | None = None, binding: bool = True, **datapath_fields) -> PWLTable:
+           ga_options: dict | None = None, binding: bool = True, max_memory_gb: float | None = None,
+           **datapath_fields) -> PWLTable:
     """Find a PWL table for ``func`` (a library name or a callable with ``domain``).
 
     ``datapath`` or its fields (``in_bits=8, slope_bits=8, slope_frac=6, ...``) fix the formats;
@@ -325,7 +327,9 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
     datapath's input and output fields are kept). ``binding``: record whether the coefficient
     formats bind (:func:`binding_report`; runs the search again with one more bit of a
     coefficient whose code sits on its limit). ``progress``: a tqdm bar for the GA
-    (``None``: shown when the search runs longer than a second on a terminal).
+    (``None``: shown when the search runs longer than a second on a terminal). A search whose
+    estimated memory exceeds ``max_memory_gb`` (default: ``GQA_MAX_SEARCH_GB`` or 4 GB) is refused
+    before it starts (:mod:`gqa_lut.budget`).
     """
     if method not in METHOD_REGISTRY:
         raise GQAError("method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
@@ -337,6 +341,8 @@ def search(func, entries: int = 8, method: str = "ga", *, datapath: PWLDatapath 
     if segment_exponents is not None:
         dp = _segment_exponent_datapath(segment_exponents, dp, method, datapath_fields)
     objective = Objective(fn, entries, dp, scales, metric=metric, coeffs=coeffs, refine=refine, weights=weights)
+    check_search_budget(fn.domain, objective.entries, dp, objective.scales, method, population, dp_seed,
+                        max_memory_gb, field="max_memory_gb")
     req = Request(fn=fn, objective=objective, weights=weights, seed=int(seed), population=population,
                   generations=generations, dp_seed=bool(dp_seed), exact_seed=bool(exact_seed) and bool(optimum),
                   progress=progress, ga_options=dict(ga_options or {}), max_candidates=max_candidates,

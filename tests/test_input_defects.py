@@ -477,3 +477,23 @@ def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
     atomic_write_text(tmp_path / "t.json", "{}")
     assert not stale.exists() and alive.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "t.json"])
+
+
+def test_library_search_beyond_the_memory_limit_is_refused_up_front(monkeypatch):
+    """gqa_lut.search() itself refuses (not only the CLI); max_memory_gb raises the limit."""
+    import gqa_lut
+    from gqa_lut import budget
+    from intsim import GQAError as _E
+
+    with pytest.raises(_E) as ei:
+        gqa_lut.search("gelu", 8, "dp", in_bits=16, scales=range(13))
+    assert ei.value.field == "max_memory_gb" and "8.6 GB" in str(ei.value)
+    seen = {}
+
+    def fake_estimate(*a, **k):      # accept the raised limit without allocating 8.6 GB here
+        seen["limit"] = True
+        return {"bytes": 8.6e9, "steps": 1, "largest_scale": 12, "codes": 32769}
+    monkeypatch.setattr(budget, "estimate", fake_estimate)
+    with pytest.raises(_E) as ei:
+        gqa_lut.search("gelu", 8, "dp", in_bits=16, scales=range(13), max_memory_gb=1.0)
+    assert "1 GB limit" in str(ei.value) and seen
