@@ -15,7 +15,7 @@ nbclient = pytest.importorskip("nbclient", reason=CI_REQUIRED + "nbclient is not
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
     "approximation_gallery": ["gallery_n8", "gallery_mean_mse"],
-    "accuracy_vs_area": ["accuracy_vs_area", "accuracy_vs_area_power"],
+    "accuracy_vs_area": ["accuracy_vs_area", "accuracy_vs_area_power", "cheapest_units"],
     "minilm_integer": ["minilm_accuracy", "minilm_energy"],
     "outliers": ["outliers_channels", "outliers_tokens", "outliers_mitigation"],
 }
