@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1
+from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1, round_half_up_bf
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
 from .registry import RECIPROCALS
@@ -219,10 +219,9 @@ def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, 
                         p = (np.int64(e[t]) * rr32) << -s
                         sat += p > 255
                         out[r, t] = min(p, 255)
-                else:   # round half up: floor((x + 2**(s-1)) / 2**s), x >= 0
-                    half = np.int64(1) << (s - 1)
+                else:
                     for t in range(T):
-                        p = (np.int64(e[t]) * rr32 + half) >> s
+                        p = round_half_up_bf(np.int64(e[t]) * rr32, s)
                         sat += p > 255
                         out[r, t] = min(p, 255)
             peaks[r, 0] = z
