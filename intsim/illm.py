@@ -151,19 +151,12 @@ def _clipped_softmax(scores, mask, rows_per_batch, q_len, key_offset, m_s, k_s, 
                 u = max(u_min, (d * qr) >> RANGE_GUARD)
                 e[t] = di_exp1(u, m, k_s + in_bits, EXP_BITS)
                 z += e[t]
+        f = (np.int64(1) << (out_bits + NORM_GUARD)) // z if z > 0 else np.int64(0)   # every key masked: 0
         sat = 0
-        f = np.int64(0)
-        if z == 0:
-            for t in range(T):
-                out[r, t] = 0
-        else:
-            f = (np.int64(1) << (out_bits + NORM_GUARD)) // z
-            for t in range(T):
-                p = round_half_up_bf(e[t] * f, NORM_GUARD)
-                if p > top:
-                    sat += 1
-                    p = top
-                out[r, t] = p
+        for t in range(T):
+            p = round_half_up_bf(e[t] * f, NORM_GUARD)
+            sat += p > top
+            out[r, t] = min(p, top)
         peaks[r, 0] = z
         peaks[r, 1] = sat
         peaks[r, 2] = rng
