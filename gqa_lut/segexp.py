@@ -18,9 +18,10 @@ and exponents the hardware stores are recorded in the provenance (:func:`segment
 
 The exact search (:func:`gqa_lut.exact.exact_optimum` with ``formats``) scans the exponent
 choices per segment: a segment's cost is the minimum over every ``(s, t)`` of its exact best
-integer line on that grid. Exact for the full-precision MSE (histogram weights included).
-What this module does not do: price the per-segment shifter and exponent storage in
-hw_models, or emit the narrow-code unit in Verilog (the wide unit is emitted as any table).
+integer line on that grid. Exact for every metric and output the exact search takes: the
+MSE (histogram weights included) and max |err|, at full precision or with ``out_bits``
+rounding (each format row's codes are scanned with the bounds of :mod:`gqa_lut.exact`,
+evaluated on the unit's own integer formula).
 """
 
 from __future__ import annotations
