@@ -144,6 +144,25 @@ class UnitPlan:
     def y_frac(self) -> int:
         return self.scales[0].acc_frac if self.out_bits is None else self.out_frac
 
+    def live_comparators(self) -> int:
+        """Comparators a hard-wired table needs: those whose constant is inside the input codes at
+        some served scale, counted once per distinct column of constants ``(P_j(e))_e``.
+
+        ``x >= P`` ("ge") with ``P <= code_min`` is always true and with ``P > code_max`` never
+        (``x > P``, "gt": ``P < code_min``, ``P >= code_max``); synthesis folds those to
+        constants, and merges comparators that compare against the same constants at every
+        scale. Without constants (a plan from a datapath alone): every breakpoint.
+        """
+        nb = self.entries - 1
+        if any(s.bp is None for s in self.scales):
+            return nb
+        lo, hi = -(1 << (self.in_bits - 1)), (1 << (self.in_bits - 1)) - 1
+        # clamp each constant to the one that gives the same outputs: then equal columns are equal
+        # comparator functions, and a column of "always"/"never" constants is a constant
+        lo, hi = (lo, hi + 1) if self.segment_rule == "ge" else (lo - 1, hi)
+        cols = {tuple(min(max(int(s.bp[j]), lo), hi) for s in self.scales) for j in range(nb)}
+        return sum(1 for c in cols if any(lo < v < hi for v in c))
+
     def shift_range(self, which: str) -> tuple[int, int]:
         vals = [getattr(s, which) for s in self.scales]
         return min(vals), max(vals)

@@ -5,10 +5,12 @@ datapath) is priced component by component (:class:`hw_models.scaling.ComponentL
 
 ================== ===========================================================================
 comparators        ``N-1`` comparisons ``x >= P_j`` on ``in_bits + 1`` bits (constants when the
-                   coefficients are fixed and one scale is served)
-index_encoder      thermometer -> segment index
+                   coefficients are fixed and one scale is served; fixed: only the comparators
+                   whose constant is inside the codes at some scale, once per distinct column of
+                   constants, :meth:`~hw_models.plan.UnitPlan.live_comparators`)
+index_encoder      comparator outputs -> segment index (their count)
 breakpoint_storage programmable: ``N-1`` load registers of ``in_bits + 1`` bits holding the
-                   active scale's constants; fixed, several scales: a constant mux on ``e``
+                   active scale's constants (fixed: folded into the comparators)
 coefficient_storage programmable: ``N`` x (``slope_bits + icpt_bits``) load registers (per-segment
                    exponents: the narrow codes and both shift amounts)
 coefficient_mux    ``N``-way select of ``K_i`` and ``B_i`` (of constants when fixed; per-segment
@@ -231,24 +233,27 @@ def int_parts(cfg: UnitConfig, lib: ComponentLibrary) -> list[Part]:
     n, nb = p.entries, p.entries - 1
     coeff_bits = p.stored_bits
     if cfg.programmable:
+        live = nb
         parts = [Part("comparators", lib.compare(p.bp_bits) * nb, detail=f"{nb} x {p.bp_bits}-bit >=")]
     else:
-        # fixed constants: P_j(e) = round(p_j * 2**e), so comparing x against the active scale's
-        # constants is comparing x aligned to the finest scale (one shift shared by all
-        # comparators) against the finest constants: N-1 constant comparators on wider codes
-        span = p.scales[-1].e - p.scales[0].e
-        parts = [Part("comparators", lib.compare(p.bp_bits + span, constant=True) * nb,
-                      detail=f"{nb} x {p.bp_bits + span}-bit >= constant")]
-    parts.append(Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"))
+        # fixed constants: only the comparators whose constant is inside the codes at some scale,
+        # once per distinct column of constants (the others fold to constants). One scale: each
+        # compares x with a constant. Several: with the active scale's constant, which the
+        # generator selects by e (a case on e per breakpoint): a comparator whose operand varies,
+        # priced as the variable comparator (the selection of constants folds into its carry
+        # logic: docs/hw_models.md, the split units)
+        live = p.live_comparators()
+        folded = "" if live == nb else f" ({nb - live} folded: constant or shared)"
+        parts = [Part("comparators", lib.compare(p.bp_bits, constant=not p.multi) * live,
+                      detail=f"{live} x {p.bp_bits}-bit >= " + ("constant" if not p.multi else "the active scale's "
+                                                                 "constant (selected by e)") + folded)]
+    parts.append(Part("index_encoder", lib.encoder(live + 1), detail=f"{live} -> {p.idx_bits} bits"))
     if cfg.programmable:
         parts.append(Part("breakpoint_storage", lib.load_register(nb * p.bp_bits), clocked=True,
                           detail=f"{nb} x {p.bp_bits}-bit registers (active scale)"))
         shifts = "" if p.segexp is None else f"+{p.ks_bits}+{p.bs_bits}"
         parts.append(Part("coefficient_storage", lib.load_register(n * coeff_bits), clocked=True,
                           detail=f"{n} x ({p.k_bits}+{p.b_bits}{shifts})-bit registers"))
-    elif p.multi:
-        parts.append(Part("breakpoint_storage", lib.barrel_shifter(p.bp_bits + span, span),
-                          detail=f"constants: x aligned to the finest scale, shift 0..{span} (shared)"))
     kb, bb = cfg.varying_bits if cfg.varying_bits is not None else (p.k_bits, p.b_bits)
     vk, vb = cfg.varying_shift_bits if cfg.varying_shift_bits is not None else (p.ks_bits, p.bs_bits)
     vk, vb = min(vk, p.ks_bits), min(vb, p.bs_bits)
