@@ -16,12 +16,19 @@ held-out configurations separately, with Spearman's rank correlation. Then the F
 
 Prints markdown (docs/hw_models.md holds it) and writes docs/figures/sky130_model_vs_synth.png.
 
-    PYTHONPATH=$PWD python benchmarks/bench_sky130.py
+``--segexp``: per-segment exponent units (s8 codes, exponents 4..8 for slope and intercept)
+against the shared s8.6 format at equal entries, both exact optima: error, the model's area
+(28 nm, programmable, calibrated on the paper's INT8 unit: what ``gqa hw`` prints; and the wide
+s12.8 datapath the format is bit for bit), and sky130 synthesis of the fixed-coefficient unit
+serving every scale beside the model at 130 nm.
+
+    PYTHONPATH=$PWD python benchmarks/bench_sky130.py [--segexp]
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -169,8 +176,37 @@ def fp32_saving() -> None:
           f"registered) {100 * (1 - C.PAPER_POINTS['units']['int8']['area_um2'] / C.PAPER_POINTS['units']['fp32']['area_um2']):.1f}%")
 
 
+SEGEXP = ("gelu", "silu", "hswish", "exp", "reciprocal", "rsqrt")
+
+
+def segexp() -> None:
+    from gqa_lut import SegmentExponents
+    from hw_models.pwl_unit import UnitConfig, estimate
+
+    fmt = SegmentExponents(8, (4, 8), 8, (4, 8))
+    print("| function | entries | mean MSE s8.6 | mean MSE per-segment | ratio | model um2 28 nm s8.6 | per-segment "
+          "| wide s12.8 | sky130 um2 s8.6 | per-segment | ratio | model 130 nm x fit s8.6 | per-segment |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for fn in SEGEXP:
+        scales = range(6) if fn == "rsqrt" else range(7)
+        for n in (8, 16):
+            plain = gqa_lut.search(fn, n, "exact", scales=scales, binding=False)
+            seg = gqa_lut.search(fn, n, "exact", scales=scales, segment_exponents=fmt, binding=False)
+            m28 = [estimate(UnitConfig.from_table(t, None)).area_um2 for t in (plain, seg)]
+            wide = estimate(UnitConfig.from_datapath(seg.datapath, n, scales)).area_um2
+            syn = [unit_on_sky130(t, None) for t in (plain, seg)]
+            e = [t.error().mean_mse for t in (plain, seg)]
+            print(f"| {fn} | {n} | {e[0]:.3e} | {e[1]:.3e} | {e[1] / e[0]:.3f} | {m28[0]:.0f} | {m28[1]:.0f} "
+                  f"| {wide:.0f} | {syn[0]['area_um2']:.0f} | {syn[1]['area_um2']:.0f} "
+                  f"| {syn[1]['area_um2'] / syn[0]['area_um2']:.2f} | {syn[0]['model_fit_area_um2']:.0f} "
+                  f"| {syn[1]['model_fit_area_um2']:.0f} |", flush=True)
+
+
 def main():
     print(f"machine: {machine()}; {tool_version('yosys')}")
+    if "--segexp" in sys.argv:
+        segexp()
+        return
     t0 = time.perf_counter()
     rows = measure()
     print(f"{len(rows)} configurations synthesized in {time.perf_counter() - t0:.0f} s "

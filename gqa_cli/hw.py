@@ -2,6 +2,8 @@
 
     gqa hw gelu8.json                         # the table's unit at 28 nm, 500 MHz
     gqa hw --entries 16 --in-bits 8 --json    # a unit from widths alone
+    gqa hw --entries 8 --segment-exponents 4:8,4:8   # per-segment exponents (s8 codes) from widths
+    gqa hw gelu8_segexp.json                  # a table searched with --segment-exponents: its narrow unit
     gqa hw gelu8.json --synth                 # plus yosys cell and transistor counts
     gqa hw gelu8.json --synth sky130          # mapped onto SkyWater 130 nm cells, beside the model
     gqa hw --components --node 45             # the component table with its sources
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -61,12 +64,34 @@ def _unit_config(a):
             raise GQAError("--entries", "given together with a table", "the table fixes the entry count; drop one")
         if a.scales is not None:
             raise GQAError("--scales", "given together with a table", "the table fixes its scale set; drop --scales")
+        if a.segment_exponents:
+            raise GQAError("--segment-exponents", "given together with a table",
+                           "the table's provenance declares its coefficient format; drop --segment-exponents")
         table = _load_table(a.table, _overrides(a), a.segment_rule)
         return UnitConfig.from_table(table, None, **kw), table
     if a.entries is None:
         raise GQAError("table", "no table file and no --entries", "give a table file, or --entries N and the widths")
+    scales = parse_scales(a.scales or "0:6")
+    if a.segment_exponents:
+        dp, fmt = _segexp_datapath(a)
+        return UnitConfig.from_datapath(dp, a.entries, scales, segment_exponents=fmt, **kw), None
     dp = PWLDatapath(**_overrides(a))
-    return UnitConfig.from_datapath(dp, a.entries, parse_scales(a.scales or "0:6"), **kw), None
+    return UnitConfig.from_datapath(dp, a.entries, scales, **kw), None
+
+
+def _segexp_datapath(a):
+    """``(wide datapath, SegmentExponents)`` of ``--segment-exponents`` with --slope-bits/--icpt-bits (default 8)."""
+    from .main import _segment_exponents
+
+    for flag in ("slope_frac", "icpt_frac"):
+        if getattr(a, flag) is not None:
+            raise GQAError(f"--{flag.replace('_', '-')}", "given together with --segment-exponents, whose exponent "
+                           "ranges set the fractions", "drop it")
+    narrow = argparse.Namespace(segment_exponents=a.segment_exponents, slope_bits=a.slope_bits or 8,
+                                icpt_bits=a.icpt_bits or 8)
+    fmt = _segment_exponents(narrow)
+    rest = {k: v for k, v in _overrides(a).items() if k not in ("slope_bits", "icpt_bits")}
+    return fmt.wide_datapath(**rest), fmt
 
 
 def _fmt_row(name, u) -> str:
@@ -219,6 +244,8 @@ def register(sub) -> None:
     h.add_argument("--entries", "-n", type=int, default=None, help="LUT entries, without a table")
     _add_width_args(h)
     h.add_argument("--scales", default=None, help="scale set without a table: A:B or A,B,C (default 0:6)")
+    h.add_argument("--segment-exponents", metavar="S_LO:S_HI,T_LO:T_HI", default=None,
+                   help="without a table: per-segment exponents, --slope-bits/--icpt-bits narrow codes (default 8)")
     h.add_argument("--fixed", action="store_true", help="hard-wired coefficients (default: programmable registers)")
     h.add_argument("--pipeline", type=int, default=0, choices=(0, 1), help="register stage after the multiplier")
     h.add_argument("--no-io-registers", action="store_true", help="leave out the input/output registers")

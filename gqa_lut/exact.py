@@ -192,8 +192,10 @@ def _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
 
     The bound grows outward from ``B0`` in both directions (a convex quadratic in ``B`` for the
     MSE, ``|b - mid| + half-range`` for max |err|), minus what the output rounding can remove.
+    ``K`` and ``B`` are codes of the format row ``fmt``; the unit sees them times the row's
+    multipliers (its codes on the datapath's grid), and ``best_k``/``best_b`` are those.
     """
-    bs, bmin, bmax = fmt[1], int(fmt[4]), int(fmt[5])
+    bs, bmin, bmax, mk, mb = fmt[1], int(fmt[4]), int(fmt[5]), int(fmt[6]), int(fmt[7])
     for bdir in (1, -1):
         B = B0 if bdir == 1 else B0 - 1
         while bmin <= B <= bmax:
@@ -204,10 +206,10 @@ def _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
                 lb = max(bb - rmin, rmax - bb) - dmax
             if lb >= best:
                 break
-            c = _seg_error(K, B, a, b, C, q_lo, bounds, codes, y, w, sk, sb, osh, omode, omin, omax, oscale,
+            c = _seg_error(K * mk, B * mb, a, b, C, q_lo, bounds, codes, y, w, sk, sb, osh, omode, omin, omax, oscale,
                            has_out, metric)
             if c < best:
-                best, best_k, best_b = c, K, B
+                best, best_k, best_b = c, K * mk, B * mb
             B += bdir
     return best, best_k, best_b
 
@@ -215,10 +217,11 @@ def _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
 @numba.njit(cache=True)
 def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
              dmax, metric):
-    """``(K, B, cost)``: the exact best integer line of segment ``(a, b)`` (module docstring, step 3)."""
-    fmt = fmts[0]
-    ks, bs = fmt[0], fmt[1]
-    kmin, kmax, bmin, bmax = int(fmt[2]), int(fmt[3]), int(fmt[4]), int(fmt[5])
+    """``(K, B, cost)``: the exact best integer line of segment ``(a, b)`` (module docstring, step 3).
+
+    ``fmts``: one row per coefficient format the segment may use (per-segment exponents:
+    several); the best over every row, its codes on the datapath's (widest) grid.
+    """
     s1 = G[b, 0] - G[a, 0]
     sx = G[b, 1] - G[a, 1]
     sxx = G[b, 2] - G[a, 2]
@@ -236,16 +239,10 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode
         # exact statistics of one x: prefix differences would leave noise in s1*sxx - sx^2
         sx, sxx, sxy = xlo * s1, xlo * xlo * s1, xlo * sy
     det = s1 * sxx - sx * sx
-    k0 = 0
-    if not one_x and det > 0.0:
-        k0 = min(max(int(np.rint((s1 * sxy - sx * sy) / det / ks)), kmin), kmax)
-    k0 = min(max(k0, kmin), kmax)
+    if metric == 0 and s1 <= 0.0:
+        return 0, 0, 0.0
+    best, best_k, best_b = np.inf, 0, 0
     if metric == 0 and has_out == 0:
-        if s1 <= 0.0:
-            return 0, 0, 0.0
-        # one row per coefficient format the segment may use (per-segment exponents: several);
-        # codes come back on the widest grid, scaled by the row's multipliers
-        best, best_k, best_b = np.inf, 0, 0
         for f in range(fmts.shape[0]):
             r = fmts[f]
             K, B, c = _best_integer_line(s1, sx, sxx, sy, sxy, syy, r[0], r[1], int(r[2]), int(r[3]), int(r[4]),
@@ -253,57 +250,65 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode
             if c < best:
                 best, best_k, best_b = c, K * int(r[6]), B * int(r[7])
         return best_k, best_b, max(best, 0.0)
-    best, best_k, best_b = np.inf, k0, 0
-    if metric == 0:
-        if s1 <= 0.0:
-            return 0, 0, 0.0
-        r = dmax * math.sqrt(s1)
-        for kdir in (1, -1):
-            K = k0 if kdir == 1 else k0 - 1
-            while kmin <= K <= kmax:
-                sl = K * ks
-                g = sl * sl * sxx - 2 * sl * sxy + syy - (sy - sl * sx) * (sy - sl * sx) / s1
-                if _shrink(g, r) >= best:
-                    break  # g is convex in K: every K further out is bounded below as well
-                B0 = min(max(int(np.rint((sy - sl * sx) / s1 / bs)), bmin), bmax)
-                best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy, syy,
-                                                        r, 0.0, 0.0, a, b, C, q_lo, bounds, codes, y, w, fmt, sk, sb,
-                                                        osh, omode, omin, omax, oscale, has_out, dmax, 0)
-                K += kdir
-        return best_k, best_b, best
-    # max_abs: walk to the integer minimiser of the convex half-range h(K), then scan outward
-    K = k0
-    rmin, rmax = _residual_range(K * ks, a, b, C, q_lo, bounds, codes, y, xs)
-    h = 0.5 * (rmax - rmin)
-    for step in (1, -1):
-        moved = False
-        while kmin <= K + step <= kmax:
-            lo2, hi2 = _residual_range((K + step) * ks, a, b, C, q_lo, bounds, codes, y, xs)
-            if 0.5 * (hi2 - lo2) < h:
-                K, h, moved = K + step, 0.5 * (hi2 - lo2), True
-            else:
+    for f in range(fmts.shape[0]):
+        fmt = fmts[f]
+        ks, bs = fmt[0], fmt[1]
+        kmin, kmax, bmin, bmax, mk, mb = int(fmt[2]), int(fmt[3]), int(fmt[4]), int(fmt[5]), int(fmt[6]), int(fmt[7])
+        k0 = 0
+        if not one_x and det > 0.0:
+            k0 = int(np.rint((s1 * sxy - sx * sy) / det / ks))
+        k0 = min(max(k0, kmin), kmax)
+        if f == 0:
+            best_k = k0 * mk
+        if metric == 0:
+            r = dmax * math.sqrt(s1)
+            for kdir in (1, -1):
+                K = k0 if kdir == 1 else k0 - 1
+                while kmin <= K <= kmax:
+                    sl = K * ks
+                    g = sl * sl * sxx - 2 * sl * sxy + syy - (sy - sl * sx) * (sy - sl * sx) / s1
+                    if _shrink(g, r) >= best:
+                        break  # g is convex in K: every K further out is bounded below as well
+                    B0 = min(max(int(np.rint((sy - sl * sx) / s1 / bs)), bmin), bmax)
+                    best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, sl, s1, sx, sxx, sy, sxy,
+                                                            syy, r, 0.0, 0.0, a, b, C, q_lo, bounds, codes, y, w, fmt,
+                                                            sk, sb, osh, omode, omin, omax, oscale, has_out, dmax, 0)
+                    K += kdir
+            continue
+        # max_abs: walk to the integer minimiser of the convex half-range h(K), then scan outward
+        K = k0
+        rmin, rmax = _residual_range(K * ks, a, b, C, q_lo, bounds, codes, y, xs)
+        h = 0.5 * (rmax - rmin)
+        for step in (1, -1):
+            moved = False
+            while kmin <= K + step <= kmax:
+                lo2, hi2 = _residual_range((K + step) * ks, a, b, C, q_lo, bounds, codes, y, xs)
+                if 0.5 * (hi2 - lo2) < h:
+                    K, h, moved = K + step, 0.5 * (hi2 - lo2), True
+                else:
+                    break
+            if moved:
                 break
-        if moved:
-            break
-    kc = K
-    for kdir in (1, -1):
-        K = kc if kdir == 1 else kc - 1
-        while kmin <= K <= kmax:
-            rmin, rmax = _residual_range(K * ks, a, b, C, q_lo, bounds, codes, y, xs)
-            mid, h = 0.5 * (rmin + rmax), 0.5 * (rmax - rmin)
-            if h - dmax >= best:
-                break  # h is convex in K
-            B0 = min(max(int(np.rint(mid / bs)), bmin), bmax)
-            if has_out == 0:
-                bb = B0 * bs
-                c = max(bb - rmin, rmax - bb)  # the line is the output: B0 is this K's best code
-                if c < best:
-                    best, best_k, best_b = c, K, B0
-            else:
-                best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                                                        0.0, 0.0, rmin, rmax, a, b, C, q_lo, bounds, codes, y, w, fmt,
-                                                        sk, sb, osh, omode, omin, omax, oscale, has_out, dmax, 1)
-            K += kdir
+        kc = K
+        for kdir in (1, -1):
+            K = kc if kdir == 1 else kc - 1
+            while kmin <= K <= kmax:
+                rmin, rmax = _residual_range(K * ks, a, b, C, q_lo, bounds, codes, y, xs)
+                mid, h = 0.5 * (rmin + rmax), 0.5 * (rmax - rmin)
+                if h - dmax >= best:
+                    break  # h is convex in K
+                B0 = min(max(int(np.rint(mid / bs)), bmin), bmax)
+                if has_out == 0:
+                    bb = B0 * bs
+                    c = max(bb - rmin, rmax - bb)  # the line is the output: B0 is this K's best code
+                    if c < best:
+                        best, best_k, best_b = c, K * mk, B0 * mb
+                else:
+                    best, best_k, best_b = _scan_intercepts(K, B0, best, best_k, best_b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                                            0.0, 0.0, rmin, rmax, a, b, C, q_lo, bounds, codes, y, w,
+                                                            fmt, sk, sb, osh, omode, omin, omax, oscale, has_out, dmax,
+                                                            1)
+                K += kdir
     return best_k, best_b, best
 
 
@@ -407,9 +412,6 @@ class ExactProblem:
         # coefficient formats: (slope LSB, intercept LSB, code ranges, multipliers onto the datapath's codes)
         rows = [(kf.resolution, bf.resolution, kf.min_int, kf.max_int, bf.min_int, bf.max_int, 1, 1)]
         if formats is not None:
-            if self.has_out or self.metric != 0:
-                raise ExactUnavailable("segment_exponents", "several coefficient formats per segment are searched "
-                                       "exactly for the full-precision MSE only", "drop out_bits / metric='max_abs'")
             rows = formats
         self.fmts = np.ascontiguousarray(np.array(rows, dtype=np.float64).reshape(-1, 8))
         self.sk = np.array([dp.slope_shift(e) for e in objective.scales], np.int64)

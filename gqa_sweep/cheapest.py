@@ -361,7 +361,8 @@ def cheapest(func, max_mse: float | None = None, max_abs: float | None = None, *
         return (max_mse is None or r["mean_mse"] <= max_mse) and (max_abs is None or r["max_abs"] <= max_abs)
 
     def priced(c: UnitChoice) -> Candidate:
-        u = estimate(UnitConfig.from_datapath(c.datapath, c.entries, scales), node, freq_mhz)
+        u = estimate(UnitConfig.from_datapath(c.datapath, c.entries, scales, segment_exponents=c.segment_exponents),
+                     node, freq_mhz)
         return Candidate(c, getattr(u, _COST_ATTR[objective]), u.area_um2, u.power_mw, u.energy_pj)
 
     cands = sorted((priced(c) for c in choices), key=lambda c: (c.cost, c.area_um2, repr(c.choice)))
@@ -461,7 +462,8 @@ def cheapest(func, max_mse: float | None = None, max_abs: float | None = None, *
                        f"{counts['pruned']} pruned, {counts['unresolved']} unresolved)",
                        "relax the target, or allow more entries / wider formats")
     win = met[0]
-    cfg = UnitConfig.from_datapath(win.choice.datapath, win.choice.entries, scales)
+    cfg = UnitConfig.from_datapath(win.choice.datapath, win.choice.entries, scales,
+                                   segment_exponents=win.choice.segment_exponents)
     fp = estimate_fp(cfg, "fp32", node, freq_mhz)
     paper = estimate(paper_int8_config(), node, freq_mhz)
     return CheapestResult(function=fn.name, target=target, objective=objective, winner=win, runners_up=met[1:1 + runners_up],

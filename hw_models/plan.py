@@ -18,6 +18,17 @@ both rules alike:
     y    = acc                                      (full precision)
          | saturate(round_shift(acc, t(e)))         (out_bits, t(e) = F(e) - out_frac)
 
+Per-segment exponents (:mod:`intsim.segexp`, a table whose provenance declares the format):
+the unit stores each segment's *narrow* codes ``k_i`` (``slope_bits`` of the format) and
+``b_i`` with the shifts ``ds_i = s_hi - s_i``, ``db_i = t_hi - t_i``, multiplies the narrow
+code and shifts each by its segment's amount onto the wide grid before the scale shifts:
+
+    prod = (k_i * x) << ds_i                        (narrow multiplier, small shifter)
+    bw   = b_i << db_i
+
+which is the wide unit's ``K_i * x`` and ``B_i`` exactly (``K_i = k_i << ds_i``), so the rest
+of the unit (``slope_bits``/``icpt_bits`` below are the wide widths) is unchanged.
+
 Output alignment: a single-scale unit outputs ``A`` with ``F(e)`` fractional bits, exactly
 ``table.output_codes``. A unit serving a whole scale set at full precision aligns every scale
 to the common ``Fc = max_e F(e)`` by folding ``Fc - F(e)`` into both shifts, so ``y`` always
@@ -34,6 +45,7 @@ import numpy as np
 
 from intsim import GQAError, PWLDatapath
 from intsim.datapath import acc_width  # intsim's accumulator rule, for the INT32 counterpart too
+from intsim.segexp import SegmentExponents, table_format
 
 
 @dataclass(frozen=True)
@@ -64,11 +76,42 @@ class UnitPlan:
     scales: tuple[ScalePlan, ...]
     aligned: bool
     segment_rule: str = "ge"   # comparators: "ge" x >= P_j, "gt" x > P_j (PWLDatapath.segment_rule)
+    segexp: SegmentExponents | None = None  # per-segment exponents (slope_bits/icpt_bits: the wide codes)
 
     # widths -------------------------------------------------------------------------------
     @property
     def prod_bits(self) -> int:
         return self.slope_bits + self.in_bits
+
+    @property
+    def k_bits(self) -> int:
+        """Width of the stored slope code (the multiplier's coefficient operand): narrow with per-segment
+        exponents, else ``slope_bits``."""
+        return self.slope_bits if self.segexp is None else self.segexp.slope_bits
+
+    @property
+    def b_bits(self) -> int:
+        """Width of the stored intercept code."""
+        return self.icpt_bits if self.segexp is None else self.segexp.icpt_bits
+
+    @property
+    def ks_bits(self) -> int:
+        """Width of a segment's stored slope shift ``ds_i`` in ``0..s_hi-s_lo`` (0: no per-segment shift)."""
+        return 0 if self.segexp is None or not self.segexp.slope_span else int(self.segexp.slope_span).bit_length()
+
+    @property
+    def bs_bits(self) -> int:
+        return 0 if self.segexp is None or not self.segexp.icpt_span else int(self.segexp.icpt_span).bit_length()
+
+    @property
+    def stored_bits(self) -> int:
+        """Bits one entry stores: slope and intercept codes and their per-segment shifts."""
+        return self.k_bits + self.b_bits + self.ks_bits + self.bs_bits
+
+    @property
+    def narrow_prod_bits(self) -> int:
+        """The multiplier's product width ``k_bits + in_bits`` (``prod_bits`` without per-segment exponents)."""
+        return self.k_bits + self.in_bits
 
     @property
     def bp_bits(self) -> int:
@@ -101,6 +144,25 @@ class UnitPlan:
     def y_frac(self) -> int:
         return self.scales[0].acc_frac if self.out_bits is None else self.out_frac
 
+    def live_comparators(self) -> int:
+        """Comparators a hard-wired table needs: those whose constant is inside the input codes at
+        some served scale, counted once per distinct column of constants ``(P_j(e))_e``.
+
+        ``x >= P`` ("ge") with ``P <= code_min`` is always true and with ``P > code_max`` never
+        (``x > P``, "gt": ``P < code_min``, ``P >= code_max``); synthesis folds those to
+        constants, and merges comparators that compare against the same constants at every
+        scale. Without constants (a plan from a datapath alone): every breakpoint.
+        """
+        nb = self.entries - 1
+        if any(s.bp is None for s in self.scales):
+            return nb
+        lo, hi = -(1 << (self.in_bits - 1)), (1 << (self.in_bits - 1)) - 1
+        # clamp each constant to the one that gives the same outputs: then equal columns are equal
+        # comparator functions, and a column of "always"/"never" constants is a constant
+        lo, hi = (lo, hi + 1) if self.segment_rule == "ge" else (lo - 1, hi)
+        cols = {tuple(min(max(int(s.bp[j]), lo), hi) for s in self.scales) for j in range(nb)}
+        return sum(1 for c in cols if any(lo < v < hi for v in c))
+
     def shift_range(self, which: str) -> tuple[int, int]:
         vals = [getattr(s, which) for s in self.scales]
         return min(vals), max(vals)
@@ -132,7 +194,7 @@ class UnitPlan:
         """The same unit with input, coefficients (and a rounded output) ``bits`` wide (INT32)."""
         scales = tuple(replace(s, bp=None, acc_bits=acc_width(bits, bits, bits, s.sk, s.sb)) for s in self.scales)
         return replace(self, in_bits=bits, slope_bits=bits, icpt_bits=bits, scales=scales,
-                       out_bits=None if self.out_bits is None else bits)
+                       out_bits=None if self.out_bits is None else bits, segexp=None)
 
 
 def check_entries(entries) -> int:
@@ -157,10 +219,21 @@ def _scale_plans(dp: PWLDatapath, scales, align: bool, bps: dict | None) -> tupl
     return tuple(plans)
 
 
-def plan_datapath(dp: PWLDatapath, entries: int, scales, align: bool = False) -> UnitPlan:
-    """The unit for a datapath, entry count and scale set (no comparator constants: cost only)."""
+def plan_datapath(dp: PWLDatapath, entries: int, scales, align: bool = False,
+                  segment_exponents: SegmentExponents | None = None) -> UnitPlan:
+    """The unit for a datapath, entry count and scale set (no comparator constants: cost only).
+
+    ``segment_exponents``: the unit stores narrow codes with per-segment exponents; ``dp`` is
+    then the format's wide datapath (:meth:`intsim.segexp.SegmentExponents.wide_datapath`).
+    """
     if not isinstance(dp, PWLDatapath):
         raise GQAError("datapath", f"must be a PWLDatapath, got {type(dp).__name__}")
+    if segment_exponents is not None:
+        if not isinstance(segment_exponents, SegmentExponents):
+            raise GQAError("segment_exponents", f"must be a SegmentExponents, got {type(segment_exponents).__name__}")
+        if not segment_exponents.matches(dp):
+            raise GQAError("datapath", f"{dp.slope_format} / {dp.icpt_format} is not the wide datapath of "
+                           f"{segment_exponents}", "use segment_exponents.wide_datapath(in_bits, ...)")
     entries = check_entries(entries)
     scales = tuple(sorted({dp.check_scale(e) for e in scales}))
     if not scales:
@@ -168,7 +241,7 @@ def plan_datapath(dp: PWLDatapath, entries: int, scales, align: bool = False) ->
     return UnitPlan(entries=entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
                     out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
                     scales=_scale_plans(dp, scales, align, None), aligned=align and len(scales) > 1,
-                    segment_rule=dp.segment_rule)
+                    segment_rule=dp.segment_rule, segexp=segment_exponents)
 
 
 def check_table_fits(table) -> None:
@@ -185,7 +258,8 @@ def check_table_fits(table) -> None:
 
 
 def plan_table(table, scale=None, align: bool = True) -> UnitPlan:
-    """The unit of a table: one scale ``scale``, or (``None``) every scale of the table's set."""
+    """The unit of a table: one scale ``scale``, or (``None``) every scale of the table's set
+    (per-segment exponents when its provenance declares them, :func:`intsim.segexp.table_format`)."""
     check_table_fits(table)
     dp = table.datapath
     if scale is None:
@@ -204,4 +278,4 @@ def plan_table(table, scale=None, align: bool = True) -> UnitPlan:
     return UnitPlan(entries=table.entries, in_bits=dp.in_bits, slope_bits=dp.slope_bits, icpt_bits=dp.icpt_bits,
                     out_bits=dp.out_bits, out_frac=dp.out_frac, rounding=dp.out_rounding,
                     scales=_scale_plans(dp, scales, align, bps), aligned=align and len(scales) > 1,
-                    segment_rule=dp.segment_rule)
+                    segment_rule=dp.segment_rule, segexp=table_format(table))

@@ -5,13 +5,19 @@ datapath) is priced component by component (:class:`hw_models.scaling.ComponentL
 
 ================== ===========================================================================
 comparators        ``N-1`` comparisons ``x >= P_j`` on ``in_bits + 1`` bits (constants when the
-                   coefficients are fixed and one scale is served)
-index_encoder      thermometer -> segment index
+                   coefficients are fixed and one scale is served; fixed: only the comparators
+                   whose constant is inside the codes at some scale, once per distinct column of
+                   constants, :meth:`~hw_models.plan.UnitPlan.live_comparators`)
+index_encoder      comparator outputs -> segment index (their count)
 breakpoint_storage programmable: ``N-1`` load registers of ``in_bits + 1`` bits holding the
-                   active scale's constants; fixed, several scales: a constant mux on ``e``
-coefficient_storage programmable: ``N`` x (``slope_bits + icpt_bits``) load registers
-coefficient_mux    ``N``-way select of ``K_i`` and ``B_i`` (of constants when fixed)
-multiplier         ``slope_bits`` x ``in_bits`` signed
+                   active scale's constants (fixed: folded into the comparators)
+coefficient_storage programmable: ``N`` x (``slope_bits + icpt_bits``) load registers (per-segment
+                   exponents: the narrow codes and both shift amounts)
+coefficient_mux    ``N``-way select of ``K_i`` and ``B_i`` (of constants when fixed; per-segment
+                   exponents: of the narrow codes and the shift amounts)
+multiplier         ``slope_bits`` x ``in_bits`` signed (per-segment exponents: the narrow code)
+segment_shifters   per-segment exponents only: ``k*x`` left by ``0..s_hi-s_lo``, ``b`` by
+                   ``0..t_hi-t_lo`` (the segment's own amounts), onto the wide grid
 shifters           variable shifts of ``K*x`` and ``B`` when they differ between scales
 scale_control      the ``e`` register and the per-scale shift amounts (several scales)
 adder              ``acc_bits``
@@ -50,6 +56,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from intsim import GQAError, PWLDatapath
+from intsim.segexp import segment_codes
 
 from . import components as C
 from .plan import UnitPlan, plan_datapath, plan_table
@@ -69,8 +76,12 @@ class UnitConfig:
     label: str = "int"
     # fixed coefficients only: how many bit positions of the slope and intercept codes differ
     # between entries (the others are the same constant in every entry, so synthesis folds them:
-    # the coefficient mux and the multiplier only see the varying bits); None: every bit varies
+    # the coefficient mux and the multiplier only see the varying bits); None: every bit varies.
+    # With per-segment exponents: the bits of the narrow codes
     varying_bits: tuple[int, int] | None = None
+    # fixed coefficients, per-segment exponents: the bits of the slope and intercept shift amounts that
+    # differ between entries (None: every bit varies)
+    varying_shift_bits: tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.pipeline, bool) or self.pipeline not in (0, 1):
@@ -79,19 +90,27 @@ class UnitConfig:
 
     @classmethod
     def from_datapath(cls, dp: PWLDatapath, entries: int, scales=range(7), **kw) -> "UnitConfig":
-        return cls(plan_datapath(dp, entries, scales, align=kw.pop("align", False)), **kw)
+        return cls(plan_datapath(dp, entries, scales, align=kw.pop("align", False),
+                                 segment_exponents=kw.pop("segment_exponents", None)), **kw)
 
     @classmethod
     def from_table(cls, table, scale=None, **kw) -> "UnitConfig":
         plan = plan_table(table, scale, align=kw.pop("align", False))
         if not kw.get("programmable", True) and "varying_bits" not in kw:
-            kw["varying_bits"] = (varying_bits(table.slopes, plan.slope_bits), varying_bits(table.intercepts, plan.icpt_bits))
+            kw["varying_bits"], shifts = stored_varying_bits(table, plan)
+            kw.setdefault("varying_shift_bits", shifts)
         return cls(plan, **kw)
 
     def describe(self) -> str:
         p = self.plan
         out = "full precision" if p.out_bits is None else f"s{p.out_bits}.{p.out_frac} ({p.rounding})"
-        return (f"{p.entries} entries, in s{p.in_bits}, slope {p.slope_bits} b, intercept {p.icpt_bits} b, "
+        if p.segexp is None:
+            coeff = f"slope {p.slope_bits} b, intercept {p.icpt_bits} b"
+        else:
+            f = p.segexp
+            coeff = (f"slope {f.slope_bits} b exp {f.slope_fracs[0]}..{f.slope_fracs[1]}, intercept {f.icpt_bits} b "
+                     f"exp {f.icpt_fracs[0]}..{f.icpt_fracs[1]} (per segment; wide {p.slope_bits}/{p.icpt_bits} b)")
+        return (f"{p.entries} entries, in s{p.in_bits}, {coeff}, "
                 f"acc {p.acc_bits} b, output {out}, {len(p.scales)} scale(s), "
                 f"{'programmable' if self.programmable else 'fixed'} coefficients, pipeline {self.pipeline}, "
                 f"{'registered' if self.io_registers else 'unregistered'} I/O")
@@ -105,6 +124,18 @@ def varying_bits(codes, bits: int) -> int:
     for w in words:
         differ |= w ^ words[0]
     return bin(differ).count("1")
+
+
+def stored_varying_bits(table, plan: UnitPlan) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((slope, intercept), (slope shift, intercept shift))``: the bits of what each entry stores
+    (:attr:`UnitPlan.stored_bits`) that differ between the table's entries."""
+    if plan.segexp is None:
+        return (varying_bits(table.slopes, plan.slope_bits), varying_bits(table.intercepts, plan.icpt_bits)), (0, 0)
+    f = plan.segexp
+    segs = segment_codes(table, f)
+    return ((varying_bits([g["slope"] for g in segs], f.slope_bits), varying_bits([g["icpt"] for g in segs], f.icpt_bits)),
+            (varying_bits([f.slope_fracs[1] - g["slope_frac"] for g in segs], max(plan.ks_bits, 1)),
+             varying_bits([f.icpt_fracs[1] - g["icpt_frac"] for g in segs], max(plan.bs_bits, 1))))
 
 
 @dataclass(frozen=True)
@@ -200,30 +231,42 @@ def int_parts(cfg: UnitConfig, lib: ComponentLibrary) -> list[Part]:
     """The integer unit's components (raw costs at ``lib``'s node)."""
     p = cfg.plan
     n, nb = p.entries, p.entries - 1
-    coeff_bits = p.slope_bits + p.icpt_bits
+    coeff_bits = p.stored_bits
     if cfg.programmable:
+        live = nb
         parts = [Part("comparators", lib.compare(p.bp_bits) * nb, detail=f"{nb} x {p.bp_bits}-bit >=")]
     else:
-        # fixed constants: P_j(e) = round(p_j * 2**e), so comparing x against the active scale's
-        # constants is comparing x aligned to the finest scale (one shift shared by all
-        # comparators) against the finest constants: N-1 constant comparators on wider codes
-        span = p.scales[-1].e - p.scales[0].e
-        parts = [Part("comparators", lib.compare(p.bp_bits + span, constant=True) * nb,
-                      detail=f"{nb} x {p.bp_bits + span}-bit >= constant")]
-    parts.append(Part("index_encoder", lib.encoder(n), detail=f"{nb} -> {p.idx_bits} bits"))
+        # fixed constants: only the comparators whose constant is inside the codes at some scale,
+        # once per distinct column of constants (the others fold to constants). One scale: each
+        # compares x with a constant. Several: with the active scale's constant, which the
+        # generator selects by e (a case on e per breakpoint): a comparator whose operand varies,
+        # priced as the variable comparator (the selection of constants folds into its carry
+        # logic: docs/hw_models.md, the split units)
+        live = p.live_comparators()
+        folded = "" if live == nb else f" ({nb - live} folded: constant or shared)"
+        parts = [Part("comparators", lib.compare(p.bp_bits, constant=not p.multi) * live,
+                      detail=f"{live} x {p.bp_bits}-bit >= " + ("constant" if not p.multi else "the active scale's "
+                                                                 "constant (selected by e)") + folded)]
+    parts.append(Part("index_encoder", lib.encoder(live + 1), detail=f"{live} -> {p.idx_bits} bits"))
     if cfg.programmable:
         parts.append(Part("breakpoint_storage", lib.load_register(nb * p.bp_bits), clocked=True,
                           detail=f"{nb} x {p.bp_bits}-bit registers (active scale)"))
+        shifts = "" if p.segexp is None else f"+{p.ks_bits}+{p.bs_bits}"
         parts.append(Part("coefficient_storage", lib.load_register(n * coeff_bits), clocked=True,
-                          detail=f"{n} x ({p.slope_bits}+{p.icpt_bits})-bit registers"))
-    elif p.multi:
-        parts.append(Part("breakpoint_storage", lib.barrel_shifter(p.bp_bits + span, span),
-                          detail=f"constants: x aligned to the finest scale, shift 0..{span} (shared)"))
-    kb, bb = cfg.varying_bits if cfg.varying_bits is not None else (p.slope_bits, p.icpt_bits)
-    parts.append(Part("coefficient_mux", lib.mux(n, kb + bb, constant=not cfg.programmable),
-                      detail=f"{n}:1 x {kb + bb} bits" + ("" if cfg.varying_bits is None else " (varying)")))
+                          detail=f"{n} x ({p.k_bits}+{p.b_bits}{shifts})-bit registers"))
+    kb, bb = cfg.varying_bits if cfg.varying_bits is not None else (p.k_bits, p.b_bits)
+    vk, vb = cfg.varying_shift_bits if cfg.varying_shift_bits is not None else (p.ks_bits, p.bs_bits)
+    vk, vb = min(vk, p.ks_bits), min(vb, p.bs_bits)
+    parts.append(Part("coefficient_mux", lib.mux(n, kb + bb + vk + vb, constant=not cfg.programmable),
+                      detail=f"{n}:1 x {kb + bb + vk + vb} bits" + ("" if cfg.varying_bits is None else " (varying)")))
     parts.append(Part("multiplier", lib.int_mult(max(kb, 1), p.in_bits) if kb else ZERO,
                       detail=f"{kb} x {p.in_bits}" + ("" if cfg.varying_bits is None else " (varying slope bits)")))
+    if p.segexp is not None:
+        # a shifter of 2**v - 1 positions has v MUX2 stages: one per varying bit of the amount
+        seg = lib.barrel_shifter(p.narrow_prod_bits + p.segexp.slope_span, (1 << vk) - 1) + \
+            lib.barrel_shifter(p.b_bits + p.segexp.icpt_span, (1 << vb) - 1)
+        parts.append(Part("segment_shifters", seg, detail=f"k*x by 0..{p.segexp.slope_span} ({vk} stages), "
+                          f"b by 0..{p.segexp.icpt_span} ({vb} stages)"))
     lo_k, hi_k = p.shift_range("sk")
     lo_b, hi_b = p.shift_range("sb")
     shifters = lib.barrel_shifter(p.prod_bits + hi_k, hi_k - lo_k) + lib.barrel_shifter(p.icpt_bits + hi_b, hi_b - lo_b)

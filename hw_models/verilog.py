@@ -12,7 +12,11 @@ datapath (:meth:`intsim.PWLTable.output_codes`), bit for bit:
   every scale is aligned to the common ``Fc = max F(e)`` fractional bits;
 - comparators ``x >= P_j(e)`` or, with the datapath's ``segment_rule="gt"``, ``x > P_j(e)``;
 - ``pipeline=1``: one register stage after the multiplier (product, intercept and ``e``),
-  a ``clk`` input, latency one cycle (``y`` follows ``x`` after one rising edge).
+  a ``clk`` input, latency one cycle (``y`` follows ``x`` after one rising edge);
+- per-segment exponents (a table whose provenance declares :mod:`intsim.segexp`'s format): the
+  case table holds each segment's narrow codes ``k``, ``b`` and shifts ``ks``, ``bs``; the unit
+  multiplies the narrow ``k`` and shifts ``k*x`` and ``b`` onto the wide grid
+  (:mod:`hw_models.plan`), which is intsim's evaluation of the wide table bit for bit.
 
 The header comment ``// y_frac_bits = N`` gives the output's fractional bits. The same table
 gives the same bytes.
@@ -33,6 +37,8 @@ from intsim import GQAError
 from intsim.datapath import SEGMENT_RULES
 from intsim.fileio import atomic_write_text, check_writable
 from intsim.fixedpoint import ROUNDING_MODES
+
+from intsim.segexp import segment_codes
 
 from .plan import UnitPlan, plan_table
 
@@ -162,6 +168,12 @@ def _header(table, plan: UnitPlan, name: str, pipeline: int) -> list[str]:
              f"// function {table.function} on [{table.domain[0]:g}, {table.domain[1]:g}], {plan.entries} entries, "
              f"method {table.provenance.get('method', '?')}",
              f"// datapath: {dp.describe()}"]
+    if plan.segexp is not None:
+        f = plan.segexp
+        lines.append(f"// per-segment exponents: slope s{f.slope_bits} with exponent {f.slope_fracs[0]}..{f.slope_fracs[1]}"
+                     f", intercept s{f.icpt_bits} with exponent {f.icpt_fracs[0]}..{f.icpt_fracs[1]}; "
+                     f"K_i*x = (k_i*x) <<< ks_i, B_i = b_i <<< bs_i (ks_i = {f.slope_fracs[1]} - s_i, "
+                     f"bs_i = {f.icpt_fracs[1]} - t_i)")
     if plan.multi:
         mapping = ", ".join(f"{k}->{s.e}" for k, s in enumerate(plan.scales))
         lines.append(f"// scales: input e is the scale index (e=k: x = q * 2**-scales[k]); {mapping}; "
@@ -284,13 +296,7 @@ def _module(table, plan: UnitPlan, name: str, pipeline: int) -> str:
         lines.append(f"  wire c{j} = (xc {_cmp(plan)} {bp_names[j]});")
     terms = " + ".join(f"{{{IW - 1}'d0, c{j}}}" if IW > 1 else f"c{j}" for j in range(nb))
     lines.append(f"  wire [{IW - 1}:0] idx = {terms};  // i = #{{j : x {_cmp(plan)} P_j}}")
-    lines += [f"  reg signed [{KW - 1}:0] k;", f"  reg signed [{BW - 1}:0] b;", "  always @(*) begin", "    case (idx)"]
-    for i in range(n):
-        label = "default" if i == n - 1 else _lit(i, IW, signed=False)
-        kk, bb = int(table.slopes[i]), int(table.intercepts[i])
-        lines.append(f"      {label}: begin k = {_lit(kk, KW)}; b = {_lit(bb, BW)}; end  // K={kk} B={bb}")
-    lines += ["    endcase", "  end"]
-    lines.append(f"  wire signed [{PW - 1}:0] prod = {_sext('k', KW, PW)} * {_sext('x', IN, PW)};")
+    lines += _coefficients(table, plan)
 
     # stage boundary
     if pipeline:
@@ -317,6 +323,40 @@ def _module(table, plan: UnitPlan, name: str, pipeline: int) -> str:
         lines += _round_stage(plan, tt)
     lines += ["endmodule", ""]
     return "\n".join(lines)
+
+
+def _coefficients(table, plan: UnitPlan) -> list[str]:
+    """The index-to-coefficient table and the multiplier: ``prod`` (``K_i * x``, prod_bits) and
+    ``b`` (``B_i``, icpt_bits) on the wide grid."""
+    n, IN, IW, KW, BW, PW = plan.entries, plan.in_bits, plan.idx_bits, plan.slope_bits, plan.icpt_bits, plan.prod_bits
+    if plan.segexp is None:
+        out = [f"  reg signed [{KW - 1}:0] k;", f"  reg signed [{BW - 1}:0] b;", "  always @(*) begin", "    case (idx)"]
+        for i in range(n):
+            label = "default" if i == n - 1 else _lit(i, IW, signed=False)
+            kk, bb = int(table.slopes[i]), int(table.intercepts[i])
+            out.append(f"      {label}: begin k = {_lit(kk, KW)}; b = {_lit(bb, BW)}; end  // K={kk} B={bb}")
+        out += ["    endcase", "  end"]
+        out.append(f"  wire signed [{PW - 1}:0] prod = {_sext('k', KW, PW)} * {_sext('x', IN, PW)};")
+        return out
+    f, NK, NB, KS, BS, NP = plan.segexp, plan.k_bits, plan.b_bits, plan.ks_bits, plan.bs_bits, plan.narrow_prod_bits
+    out = [f"  // per segment: narrow codes k, b and their shifts onto the wide grid", f"  reg signed [{NK - 1}:0] k;",
+           f"  reg signed [{NB - 1}:0] bn;"]
+    out += [f"  reg [{KS - 1}:0] ks;"] if KS else []
+    out += [f"  reg [{BS - 1}:0] bs;"] if BS else []
+    out += ["  always @(*) begin", "    case (idx)"]
+    for i, (g, kk, bb) in enumerate(zip(segment_codes(table, f), table.slopes, table.intercepts)):
+        label = "default" if i == n - 1 else _lit(i, IW, signed=False)
+        body = [f"k = {_lit(g['slope'], NK)};", f"bn = {_lit(g['icpt'], NB)};"]
+        body += [f"ks = {_lit(f.slope_fracs[1] - g['slope_frac'], KS, signed=False)};"] if KS else []
+        body += [f"bs = {_lit(f.icpt_fracs[1] - g['icpt_frac'], BS, signed=False)};"] if BS else []
+        out.append(f"      {label}: begin {' '.join(body)} end  // {g['slope']}*2^-{g['slope_frac']}, "
+                   f"{g['icpt']}*2^-{g['icpt_frac']} (K={int(kk)} B={int(bb)})")
+    out += ["    endcase", "  end"]
+    out.append(f"  wire signed [{NP - 1}:0] kx = {_sext('k', NK, NP)} * {_sext('x', IN, NP)};  // narrow multiplier")
+    # k << ks fits the wide slope code, so (k*x) << ks fits prod_bits; b << bs fits icpt_bits
+    out.append(f"  wire signed [{PW - 1}:0] prod = {_sext('kx', NP, PW)}" + (" <<< ks;" if KS else ";"))
+    out.append(f"  wire signed [{BW - 1}:0] b = {_sext('bn', NB, BW)}" + (" <<< bs;" if BS else ";"))
+    return out
 
 
 def generate(table, scale=None, name: str | None = None, pipeline: int = 0) -> VerilogUnit:

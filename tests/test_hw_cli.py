@@ -79,8 +79,10 @@ def test_hw_synth_reports_yosys_counts(tables, capsys):
     s = json.loads(out)["synth"]
     assert s["cells"] > 100 and s["transistors"] > 4 * s["cells"] // 2
     assert s["tool"].startswith("Yosys") and s["model"]["transistors"] > 0
-    # the model and yosys agree within a factor of two on the same structure
-    assert 0.5 < s["model"]["transistors"] / s["transistors"] < 2
+    # the model and yosys agree within a factor of three on the same structure: yosys' generic CMOS
+    # estimate counts about twice the transistors of real cells (docs/hw_models.md: gelu 8 mapped onto
+    # sky130 has 3608 transistors by the cells' SPICE netlists against yosys' 7190)
+    assert 1 / 3 < s["model"]["transistors"] / s["transistors"] < 2
     rc, out, _ = run(capsys, "hw", str(tables["gelu8"]), "--synth", "--pipeline", "1")
     assert rc == 0 and "transistors" in out and "cells" in out and "model / yosys" in out
 

@@ -306,3 +306,31 @@ def test_docs_hold_the_current_fidelity_table():
     assert fidelity_markdown() in text, "docs/hw_models.md is stale: rerun benchmarks/bench_hw_fidelity.py"
     assert ablation_markdown() in text, "docs/hw_models.md is stale: rerun benchmarks/bench_hw_fidelity.py"
     assert fp_crosscheck_markdown() in text, "docs/hw_models.md is stale: rerun benchmarks/bench_hw_fidelity.py"
+
+
+@settings(max_examples=60, deadline=None)
+@given(in_bits=st.integers(3, 6), rule=st.sampled_from(["ge", "gt"]),
+       scales=st.lists(st.integers(-1, 4), min_size=1, max_size=3, unique=True),
+       bps=st.lists(st.integers(-80, 80), min_size=1, max_size=6))
+def test_live_comparators_are_the_distinct_non_constant_comparator_functions(in_bits, rule, scales, bps):
+    """A hard-wired table's comparators, counted as the truth tables of ``x >= P_j(e)`` (or ``>``)
+    over every code and served scale: constant ones fold, equal ones are one."""
+    dp = PWLDatapath(in_bits=in_bits, segment_rule=rule)
+    n = len(bps) + 1
+    table = PWLTable(function="gelu", domain=(-4.0, 4.0), datapath=dp, scales=sorted(scales),
+                     breakpoints=np.sort(np.array(bps, float) / 8), slopes=[0] * n, intercepts=[0] * n)
+    plan = plan_table(table, None)
+    x = dp.codes()
+    truth = set()
+    for j in range(n - 1):
+        col = tuple(bool(v) for s in plan.scales for v in (x >= s.bp[j] if rule == "ge" else x > s.bp[j]))
+        if len(set(col)) > 1:
+            truth.add(col)
+    assert plan.live_comparators() == len(truth)
+    fixed = estimate(UnitConfig.from_table(table, None, programmable=False), calibration="none").breakdown()
+    prog = estimate(UnitConfig.from_table(table, None), calibration="none").breakdown()
+    assert prog["comparators"]["detail"].startswith(f"{n - 1} x ")
+    if truth:
+        assert fixed["comparators"]["detail"].startswith(f"{len(truth)} x ")
+    else:
+        assert "comparators" not in fixed

@@ -11,7 +11,7 @@ import gqa_lut
 from gqa_lut.exact import exact_optimum
 from gqa_lut.objective import Objective
 from gqa_lut.segexp import SegmentExponents, segment_codes
-from intsim import GQAError, PWLTable, get_function
+from intsim import GQAError, PWLDatapath, PWLTable, get_function
 
 from test_exact import brute_force
 
@@ -76,6 +76,41 @@ def test_exact_over_every_exponent_equals_brute_force(func, domain, scales, entr
     assert table.provenance["coefficient_format"]["kind"] == "per-segment exponents"
 
 
+# max |err| and rounded outputs (each rounding mode), the exact scan over every exponent per segment
+@pytest.mark.parametrize("func, domain, scales, entries, fmt, metric, out", [
+    ("gelu", (-1.0, 1.0), [0, 1, 2], 3, SegmentExponents(3, (1, 3), 3, (1, 2)), "max_abs", {}),
+    ("exp", (-2.0, 0.0), [0, 1], 4, SegmentExponents(3, (2, 3), 4, (2, 4)), "max_abs", {}),
+    ("gelu", (-1.0, 1.0), [0, 1, 2], 3, SegmentExponents(3, (1, 3), 3, (1, 2)), "mse",
+     dict(out_bits=8, out_frac=3, out_rounding="half_even")),
+    ("exp", (-2.0, 0.0), [0, 1], 4, SegmentExponents(3, (2, 3), 4, (2, 4)), "mse",
+     dict(out_bits=8, out_frac=4, out_rounding="floor")),
+    ("tanh", (-1.0, 1.0), [1, 2], 3, SegmentExponents(2, (0, 3), 3, (1, 3)), "max_abs",
+     dict(out_bits=9, out_frac=3, out_rounding="half_up")),
+    ("sigmoid", (-2.0, 2.0), [0, 1], 3, SegmentExponents(3, (1, 3), 3, (2, 3)), "mse",
+     dict(out_bits=9, out_frac=2, out_rounding="half_away")),
+])
+def test_exact_max_abs_and_rounded_outputs_over_every_exponent_equal_brute_force(func, domain, scales, entries, fmt,
+                                                                                  metric, out):
+    fn = get_function(func).with_domain(domain)
+    dp = fmt.wide_datapath(in_bits=4, **out)
+    obj = Objective(fn, entries, dp, scales, metric=metric)
+    res = exact_optimum(obj, formats=fmt.formats())
+    best = brute_force(fn, entries, dp, scales, metric=metric, slope_codes=allowed(fmt.slope_bits, *fmt.slope_fracs),
+                       icpt_codes=allowed(fmt.icpt_bits, *fmt.icpt_fracs))
+    assert res.value == pytest.approx(best, rel=1e-9, abs=1e-15)
+    # the whole format can only do better than its widest single exponent pair (s_hi, t_hi), and the
+    # search API returns that optimum as a table in the format
+    plain = PWLDatapath(in_bits=4, slope_bits=fmt.slope_bits, slope_frac=fmt.slope_fracs[1], icpt_bits=fmt.icpt_bits,
+                        icpt_frac=fmt.icpt_fracs[1], **out)
+    assert res.value <= exact_optimum(Objective(fn, entries, plain, scales, metric=metric)).value * (1 + 1e-12)
+    table = gqa_lut.search(fn, entries, "exact", scales=scales, in_bits=4, metric=metric, segment_exponents=fmt,
+                           binding=False, **out)
+    err = table.error()
+    got = err.mean_mse if metric == "mse" else err.max_max_abs
+    assert got == pytest.approx(res.value, rel=1e-9, abs=1e-15)
+    assert len(segment_codes(table, fmt)) == entries
+
+
 def test_one_exponent_is_the_plain_format_and_more_never_hurt():
     plain = gqa_lut.search("gelu", 8, "exact")
     one = gqa_lut.search("gelu", 8, "exact", segment_exponents=SegmentExponents(8, (6, 6), 8, (6, 6)))
@@ -88,7 +123,7 @@ def test_one_exponent_is_the_plain_format_and_more_never_hurt():
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(method="ga"), "segment_exponents"), (dict(slope_bits=6), "slope_bits"),
-    (dict(metric="max_abs"), "segment_exponents"), (dict(segment_exponents="wide"), "segment_exponents"),
+    (dict(segment_exponents="wide"), "segment_exponents"),
 ])
 def test_bad_segment_exponent_requests(kwargs, field):
     kwargs = dict(kwargs)
