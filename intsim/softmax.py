@@ -99,9 +99,8 @@ def masked_row_max(scores, mask, r, b, last):
     """Step 1 of every softmax kernel: the largest score of row ``r`` over its unmasked keys
     (batch row ``b``'s key mask, keys up to ``last``)."""
     mx = np.int64(INT32_MIN)
-    for t in range(min(scores.shape[1], last + 1)):
-        if mask[b, t] and scores[r, t] > mx:
-            mx = np.int64(scores[r, t])
+    for t in range(min(scores.shape[1], last + 1)):     # a select, not a branch: the loop vectorises
+        mx = max(mx, np.int64(scores[r, t]) if mask[b, t] else np.int64(INT32_MIN))
     return mx
 
 
@@ -184,23 +183,31 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
 @numba.njit(cache=True, parallel=True)
 def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
                  out, peaks):
-    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical)."""
+    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical).
+
+    Only the visible prefix ``t <= last`` is read (keys past it are zero); there the gather index
+    ``1 + d - d_lo`` is ``s - c`` with ``c = mx + d_lo - 1`` per row, clamped to the table (``d <
+    d_lo``: entry 0, counted as saturated; a masked key above the row max: clamped, then zeroed).
+    """
     rows, T = scores.shape
     last = e_of_d.shape[0] - 1
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
-            b, last_t, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
+            b = r // rows_per_batch
+            n_vis = max(min(T, last_key(r, q_len, key_offset) + 1), 0)
+            c = masked_row_max(scores, mask, r, b, n_vis - 1) + d_lo - 1
             z = np.int64(0)
             low = np.int64(0)
-            for t in range(T):
-                m = np.int64(mask[b, t] != 0) * np.int64(t <= last_t)
-                d = np.int64(scores[r, t]) - mx
-                # masked keys may lie above the row max: clamp the index, then zero them
-                i = min(max(d - d_lo, np.int64(-1)) + 1, last)
-                e[t] = e_of_d[i] * m
-                low += (d < d_lo) * m
-                z += e[t]
+            for t in range(n_vis):
+                m = np.int64(mask[b, t] != 0)
+                i = np.int64(scores[r, t]) - c
+                v = e_of_d[min(max(i, np.int64(0)), last)] * np.int32(m)
+                e[t] = v
+                low += (i <= 0) * m
+                z += v
+            for t in range(n_vis, T):
+                e[t] = 0
             sat = np.int64(0)
             if z == 0:
                 for t in range(T):
