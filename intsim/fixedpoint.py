@@ -349,35 +349,48 @@ def rdbpot_bf(x, t):
 @numba.njit(cache=True, parallel=True)
 def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res, out):
     """The per-element arithmetic of :func:`requantize_channels`: the bias add (int64, saturated to
-    int32 and counted), then exactly :func:`requantize1` as :func:`_requantize_bf`; ``m0`` int32."""
+    int32 and counted), then exactly :func:`requantize1` as :func:`_requantize_bf`; ``m0`` int32.
+
+    The row-shifted bias ``RDBPOT(bias_c, t)`` is computed once per run of rows with the same
+    shift ``t`` (not per element), and a row whose every ``n_c - t >= 0`` skips the left-shift
+    overflow count (no left shift happens there: the count would add zeros).
+    """
     rows, cols = acc.shape
     sat = np.zeros(rows, np.int64)
     ovf = np.zeros(rows, np.int64)
     peak = np.zeros(rows, np.int64)
-    for r in numba.prange(rows):
-        t = row_shift[r]
-        tmask = (np.int64(1) << t) - 1
-        pk = np.int64(0)
-        st = np.int64(0)
-        ov = np.int64(0)
-        for c in range(cols):
-            b = bias[c]
-            a = np.int64(acc[r, c]) + (b >> t) + ((b & tmask) > ((tmask >> 1) + ((b >> 63) & 1)))
-            pk = max(pk, abs(a))
-            ac = min(max(a, INT32_MIN), INT32_MAX)
-            ov += ac != a
-            nc = n[c] - t
-            a2 = _left_shift_bf(ac, nc)
-            ov += min(max(a2, INT32_MIN), INT32_MAX) != a2
-            y = _requantize_bf(ac, m0[c], nc)
-            if has_res:
-                y += residual[r, c]
-            yc = min(max(y, lo), hi)
-            st += yc != y
-            out[r, c] = yc
-        sat[r] = st
-        ovf[r] = ov
-        peak[r] = pk
+    n_min = n.min() if cols else 0
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        bt = np.empty(cols, np.int64)      # RDBPOT(bias, t) for the current row shift t
+        t_now = -1
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            t = row_shift[r]
+            if t != t_now:
+                for c in range(cols):
+                    bt[c] = rdbpot_bf(bias[c], t)
+                t_now = t
+            pk = np.int64(0)
+            st = np.int64(0)
+            ov = np.int64(0)
+            left = n_min - t < 0
+            for c in range(cols):
+                a = np.int64(acc[r, c]) + bt[c]
+                pk = max(pk, abs(a))
+                ac = min(max(a, INT32_MIN), INT32_MAX)
+                ov += ac != a
+                nc = n[c] - t
+                if left:                   # loop-invariant: the compiler unswitches the loop on it
+                    a2 = _left_shift_bf(ac, nc)
+                    ov += min(max(a2, INT32_MIN), INT32_MAX) != a2
+                y = _requantize_bf(ac, m0[c], nc)
+                if has_res:
+                    y += residual[r, c]
+                yc = min(max(y, lo), hi)
+                st += yc != y
+                out[r, c] = yc
+            sat[r] = st
+            ovf[r] = ov
+            peak[r] = pk
     return sat.sum(), ovf.sum(), peak.max() if rows else 0
 
 
