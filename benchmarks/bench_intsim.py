@@ -2,6 +2,11 @@
 
     python benchmarks/bench_intsim.py                 # speed (32 x 128) and the accuracy table
     python benchmarks/bench_intsim.py --skip-accuracy --repeats 5
+    python benchmarks/bench_intsim.py --skip-accuracy --skip-speed --cpu-profile
+
+``--cpu-profile``: one integer forward on ONE thread (torch and numba), profiled with
+``time.process_time`` as the clock: CPU seconds per kernel, which stay meaningful on a loaded
+machine where wall time does not (other jobs stretch wall time, not this process's CPU time).
 
 Speed: FP32 torch forward and the integer forward on the same 32 x 128 batch, median of
 ``--repeats`` runs after a warm-up, and their ratio (target <= 1.0, stretch 0.5).
@@ -61,6 +66,36 @@ def speed(model, enc, batch, seq, repeats):
     return t
 
 
+def cpu_profile(model, enc, batch, seq, top=12):
+    """CPU seconds per kernel of one integer forward on one thread (cProfile, process-time clock)."""
+    import cProfile
+    import pstats
+
+    import numba
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    ids, mask = bench_inputs(batch, seq, model.config.vocab_size)
+    enc.embed(ids, mask)                    # warm-up: compilation, GEMM backend probes
+    t0 = time.process_time()
+    enc.embed(ids, mask)
+    total = time.process_time() - t0
+    with torch.inference_mode():
+        tids, tmask = torch.from_numpy(ids), torch.from_numpy(mask)
+        model(tids, tmask)
+        t0 = time.process_time()
+        model(tids, tmask)
+        fp32 = time.process_time() - t0
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(enc.embed, ids, mask)
+    st = pstats.Stats(prof).stats        # {(file, line, func): (calls, ncalls, tottime, cumtime, callers)}
+    rows = sorted(((v[2], v[1], f"{Path(k[0]).name}:{k[2]}" if k[0] != "~" else k[2]) for k, v in st.items()),
+                  reverse=True)[:top]
+    print(f"CPU time, one thread, batch {batch} x seq {seq}: integer forward {total:.3f} s, FP32 torch {fp32:.3f} s")
+    for sec, calls, name in rows:
+        print(f"  {sec:7.3f} s  {calls:4d} calls  {name}")
+
+
 def accuracy(model, tok, calib, sentences, configs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,6 +128,7 @@ def main(argv=None):
     p.add_argument("--calib", type=int, default=256, help="calibration sentences")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--cpu-profile", action="store_true", help="CPU seconds per kernel, one thread")
     a = p.parse_args(argv)
     print(f"machine: {machine()}")
     model, tok = load_model(), Tokenizer()
@@ -101,6 +137,8 @@ def main(argv=None):
     print(f"calibration: {calib.sentences} sentences, {calib.tokens} tokens, {time.perf_counter() - t0:.1f} s")
     if not a.skip_speed:
         speed(model, IntBert(model, calib, SimConfig()), a.batch, a.seq, a.repeats)
+    if a.cpu_profile:
+        cpu_profile(model, IntBert(model, calib, SimConfig()), a.batch, a.seq)
     if not a.skip_accuracy:
         sentences = read_sentences(SENTENCES)
         print(f"accuracy on {len(sentences)} sentences ({SENTENCES.name}):")

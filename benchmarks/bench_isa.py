@@ -6,7 +6,8 @@
 Each setting runs in its own process (the ISA limits are read when oneDNN, ATen and numba
 start): ``native`` as the machine is, ``avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2
 ATEN_CPU_CAPABILITY=avx2 NUMBA_CPU_NAME=haswell`` (what a CPU without AVX-512/VNNI, such as Zen 3,
-runs). For each it prints:
+runs); the ``-passive`` settings add ``OMP_WAIT_POLICY=PASSIVE`` (torch's and numba's OpenMP
+pools sleep instead of spinning between parallel regions). For each it prints:
 
 - the exact int8 GEMM (4096x384)@(384x1536) per backend, and whether the backend passed its
   known-answer test there (with oneDNN limited to AVX2, ``torch._int_mm`` does not);
@@ -34,9 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine  # noqa: E402
 
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "NUMBA_CPU_NAME": "haswell"}
+# torch (its bundled libgomp) and numba (its omp threading layer: the system libgomp) run two
+# OpenMP pools whose idle threads spin-wait; PASSIVE makes both sleep instead (read at load time)
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 SETTINGS = {
     "native": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "NUMBA_CPU_NAME": "haswell"},
+    "avx2": AVX2,
+    "native-passive": PASSIVE,
+    "avx2-passive": {**AVX2, **PASSIVE},
 }
 
 GEMM_PROBE = r"""
