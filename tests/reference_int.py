@@ -514,25 +514,27 @@ def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
     return probs, low, sat, Z
 
 
-def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
-    """One row of intsim.layernorm's specification.
+def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = True, eps: int = 0):
+    """One row of intsim.layernorm's specification (``center=False``: RMSNorm, ``d = x``; ``eps``:
+    the integer epsilon ``E``, added to ``V`` as ``round_half_up(E / 2**(2r))``).
 
-    ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider); ``outs`` is a list of
+    ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider; ``"bitwise"``: DI-Norm's
+    bit-wise isqrt and the same divider); ``outs`` is a list of
     ``(G, H, T, bits)`` or ``(G, H, T, bits, dynamic)``; a dynamic output's row uses shift
     ``T + t`` (``t`` per the spec) and the returned row is ``(values, t)``'s values. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
     """
     x = [int(v) for v in x]
     C = len(x)
-    S = sum(x)
-    d = [C * v - S for v in x]
+    S = sum(x) if center else 0
+    d = [C * v - S for v in x] if center else list(x)
     r = max(0, msb(max(abs(v) for v in d)) + 2 - d_bits)
     d = [round_shift(v, r, "half_up") for v in d]
-    V = sum(v * v for v in d)
+    V = sum(v * v for v in d) + round_shift(eps, 2 * r, "half_up")
     it = 0
     if V == 0:
         z = [0] * C
-    elif rsqrt_fn is None:
-        s, it = isqrt_newton(V)
+    elif rsqrt_fn is None or rsqrt_fn == "bitwise":
+        s, it = isqrt_newton(V) if rsqrt_fn is None else isqrt_bitwise(V)
         assert s == isqrt_floor(V)
         # floor((d * 2**(Z+1) + s) / (2 s)) with Python's floor division
         z = [(v * 2 ** (z_frac + 1) + s) // (2 * s) for v in d]
@@ -603,3 +605,111 @@ def layernorm_fold(gamma, beta, scale, g_bits: int, z_frac: int, sqrt_c: float):
     G = [round(v * Fraction(2) ** T) for v in g]
     H = [round(v * Fraction(2) ** T) for v in b]
     return G, H, T, g
+
+
+def rope_constant(p: int, i: int, head_dim: int, base: float, rope_bits: int) -> tuple[int, int]:
+    """intsim.rope's step 1 for one position and pair: ``(c, s)`` codes of ``cos``/``sin`` of
+    ``p * base**(-2i/d)`` with ``rope_bits - 1`` fractional bits, half-even, clipped symmetric."""
+    import math
+    a = float(p) * (base ** (-(2 * i) / head_dim))
+    top = 2 ** (rope_bits - 1) - 1
+    c = round_fraction(Fraction(math.cos(a)) * 2 ** (rope_bits - 1), "half_even")
+    s = round_fraction(Fraction(math.sin(a)) * 2 ** (rope_bits - 1), "half_even")
+    return max(-top, min(top, c)), max(-top, min(top, s))
+
+
+def rope_vector(x, p: int, base: float, rope_bits: int, m0: int, n: int, out_bits: int):
+    """intsim.rope's steps 2-3 for one head vector ``x`` (d codes) at position ``p``:
+    ``y_{2i} = x_{2i} c - x_{2i+1} s``, ``y_{2i+1} = x_{2i} s + x_{2i+1} c``, then
+    ``saturate(RDBPOT(SRDHM(y, M0), n))``. Returns ``(codes, saturations, peak |y|)``."""
+    d = len(x)
+    out, sat, peak = [], 0, 0
+    for i in range(d // 2):
+        c, s = rope_constant(p, i, d, base, rope_bits)
+        a, b = int(x[2 * i]), int(x[2 * i + 1])
+        for y in (a * c - b * s, a * s + b * c):
+            peak = max(peak, abs(y))
+            v, _ = requantize(y, m0, n)
+            v, hit = saturate(v, out_bits)
+            out.append(v)
+            sat += hit
+    return out, sat, peak
+
+
+# --- I-LLM (intsim.illm's docstring) ----------------------------------------------------------
+
+LOG2E_M, LOG2E_FRAC = 23637, 14
+
+
+def di_exp(u: int, m: int, k: int, b: int = 16) -> int:
+    """DI-Exp: ``2**-(q + f)`` of ``t = -u m L`` (n = k + 14 fraction bits) as ``(2**n - f/2) >> q``,
+    rescaled to ``2**-b`` (floor); exact Python integers."""
+    assert u <= 0
+    n = k + LOG2E_FRAC
+    t = -u * m * LOG2E_M
+    assert t < 2**62
+    q, f = divmod(t, 2**n)
+    y = 2**n - f // 2
+    sh = q + n - b
+    return y // 2**sh if sh >= 0 else y * 2 ** (-sh)
+
+
+def isqrt_bitwise(v: int) -> tuple[int, int]:
+    """DI-Norm's bit-wise check, literally: ``(floor(sqrt v), steps)``."""
+    if v <= 0:
+        return 0, 0
+    s, steps = 0, 0
+    for j in range(msb(v) // 2, -1, -1):
+        if (s + 2**j) ** 2 <= v:
+            s += 2**j
+        steps += 1
+    return s, steps
+
+
+def clipped_softmax_row(scores, mask, m_s: int, k_s: int, clip_codes: int, in_bits: int = 8, out_bits: int = 8):
+    """One row of DI-ClippedSoftmax. Returns ``(probabilities, saturations, Z)``."""
+    keys = [int(a) for a, v in zip(scores, mask) if v]
+    if not keys:
+        return [0] * len(scores), 0, 0
+    mx, mn = max(keys), min(keys)
+    R = max(1, min(mx - mn, clip_codes))
+    Q = 2 ** (in_bits + 22) // R
+    E = []
+    for a, v in zip(scores, mask):
+        if not v:
+            E.append(0)
+            continue
+        d = max(int(a) - mx, INT32_MIN)
+        u = max(-(2**in_bits), (d * Q) // 2**22)
+        E.append(di_exp(u, m_s * R, k_s + in_bits))
+    Z = sum(E)
+    F = 2 ** (out_bits + 32) // Z
+    probs, sat = [], 0
+    for e in E:
+        p = round_shift(e * F, 32, "half_up")
+        p, hit = saturate(p, out_bits, signed=False)
+        probs.append(p)
+        sat += hit
+    return probs, sat, Z
+
+
+def di_silu(x: int, m_s: int, k_s: int, sig_bits: int = 15) -> int:
+    """DI-SiLU of one code: ``x * round_half_up(num 2**K / den)`` with the DI-Exp of ``-|x|``."""
+    x = int(x)
+    e = di_exp(-abs(x), m_s, k_s)
+    num, den = (2**16 if x >= 0 else e), 2**16 + e
+    return x * round_fraction(Fraction(num * 2**sig_bits, den), "half_up")
+
+
+def dyadic_scale(s: float) -> tuple[int, int]:
+    """``(M, k)``: ``M 2**-k`` the half-even rounding of ``s`` to a mantissa in ``[2**15, 2**16)``."""
+    v = Fraction(s)
+    k = 0
+    while v * 2**k >= 2**16:
+        k -= 1
+    while v * 2**k < 2**15:
+        k += 1
+    m = round(v * 2**k)
+    if m == 2**16:
+        m, k = m // 2, k - 1
+    return m, k
