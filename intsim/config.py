@@ -4,7 +4,8 @@ weight-scale granularity, residual-stream width, outlier handling.
 A config is a flat mapping (a JSON or TOML file, or keyword arguments); every key is checked,
 unknown keys and impossible values are refused with the field named. The allowed kernels and
 methods are those of :mod:`intsim.registry`. ``gelu``/``gelu_table`` are the FFN activation
-slot's kernel and table: files may also call them ``activation``/``activation_table``. Tables are given by the
+slot's kernel and table: files may also call them ``activation``/``activation_table``;
+``silu``/``silu_table`` are the decoder's SwiGLU gate (a SiLU table only). Tables are given by the
 name of an embedded default (``intsim/tables/NAME.json``), a table file path, or a
 :class:`~intsim.table.PWLTable` object (Python API).
 """
@@ -23,14 +24,16 @@ from .table import PWLTable
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
 
 ALIASES = {"activation": "gelu", "activation_table": "gelu_table"}   # slot names of the gelu* fields
-TABLE_SLOTS = {"gelu_table": "gelu", "exp_table": "exp", "recip_table": "reciprocal",  # table field -> the
-               "rsqrt_table": "rsqrt"}                                                # function it holds
+TABLE_SLOTS = {"gelu_table": "gelu", "silu_table": "silu", "exp_table": "exp",   # table field -> the
+               "recip_table": "reciprocal", "rsqrt_table": "rsqrt"}             # function it holds
 TABLE_KEYS = tuple(TABLE_SLOTS)
+ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the others: exp, reciprocal, rsqrt)
 
 # value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
-          "ln_d_bits": (4, 24), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
+          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
+         "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5"}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
 
@@ -59,7 +62,7 @@ def check_table_function(table: PWLTable, field_name: str) -> None:
     checks it is its own (:meth:`SimConfig.check_sites`). The other slots take exactly theirs."""
     want = TABLE_SLOTS[field_name]
     if field_name == "gelu_table":
-        others = {f for k, f in TABLE_SLOTS.items() if k != field_name}
+        others = {f for k, f in TABLE_SLOTS.items() if k not in ACTIVATION_SLOTS}
         if table.function in others:
             raise GQAError(field_name, f"holds a {table.function} table, which is not an activation: this slot "
                            "computes the FFN activation", f"give an activation table (embedded: "
@@ -89,6 +92,8 @@ class SimConfig:
     residual_bits: int = 16         # the residual stream (LayerNorm inputs, residual copies)
     gelu: str = "pwl"
     gelu_table: object = "gelu16"
+    silu: str = "pwl"               # the decoder's SwiGLU gate activation (ACTIVATIONS entries computing silu)
+    silu_table: object = "silu16"
     softmax: str = "pwl"
     exp_table: object = "exp16"
     reciprocal: str = "pwl"         # softmax normalisation: range-reduced PWL reciprocal or an integer divider
@@ -96,6 +101,7 @@ class SimConfig:
     layernorm: str = "pwl"          # rsqrt by range-reduced PWL, or I-BERT's Newton isqrt + divider
     rsqrt_table: object = "rsqrt_mantissa16"
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction
+    rope_bits: int = 16             # RoPE's cos/sin constants, signed (rope_bits - 1 fraction bits)
     outliers: str = "smooth+per_token"  # smooth: LayerNorm-output outliers migrate into the weights;
     #                                 per_token: dynamic power-of-two scale per token for the GELU output and context
     smooth_alpha: float = 0.7

@@ -1,6 +1,7 @@
-"""GELU through a PWL table: the interface every integer GELU kernel shares.
+"""Activations through a PWL table (GELU, SiLU, ... : the table's function), and the interface
+every integer activation kernel shares.
 
-A GELU kernel is built offline from the calibrated largest |input| and then maps integer codes
+An activation kernel is built offline from the calibrated largest |input| and then maps integer codes
 to integer codes:
 
 - ``kernel = Kind(in_absmax, ...)`` chooses its input format: ``in_bits`` (signed) and the real
@@ -25,7 +26,9 @@ from .errors import GQAError
 from .pwl import pwl_map
 
 
-class PWLGelu:
+class PWLActivation:
+    """The PWL unit on ``table``: computes whatever function the table approximates (``table.function``)."""
+
     name = "pwl"
 
     def __init__(self, in_absmax: float, table, e: int | None = None):
@@ -41,12 +44,16 @@ class PWLGelu:
         self.out_scale = 2.0 ** -table.output_frac(e)
         acc_bits = dp.acc_bits(e) if dp.out_bits is None else dp.out_bits
         if acc_bits > 32:
-            raise GQAError("gelu table", f"its output at e={e} needs {acc_bits} bits",
+            raise GQAError(f"{table.function} table", f"its output at e={e} needs {acc_bits} bits",
                            "narrow the coefficient formats or set out_bits <= 32")
 
-    def __call__(self, q, stats=None, name="gelu"):
+    def __call__(self, q, stats=None, name=None):
+        name = name or self.table.function
         y = pwl_map(q, self.table, self.e, np.int32)
         if stats is not None:
             t = self.table
             stats.lut(name, q.size, table=t.function, entries=t.entries, in_bits=t.datapath.in_bits)
         return y
+
+
+PWLGelu = PWLActivation   # the name of the encoder's first version (a GELU table)

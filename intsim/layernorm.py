@@ -1,28 +1,42 @@
-"""Integer-only LayerNorm with declared widths, rsqrt by range reduction (or Newton), integer gamma/beta.
+"""Integer-only LayerNorm and RMSNorm with declared widths, rsqrt by range reduction (or Newton), integer gamma/beta.
 
-Specification, per row ``x`` of ``C`` integer codes (any scale: LayerNorm is scale invariant;
-epsilon, 1e-12 in BERT, is below one code of any realistic input and is dropped):
+Specification, per row ``x`` of ``C`` integer codes (any scale: both norms are scale invariant):
 
-1. ``S = sum_c x_c``; ``d_c = C * x_c - S`` (exact: ``d = C * (x - mean)``).
+1. centring (LayerNorm, ``center=True``): ``S = sum_c x_c``; ``d_c = C * x_c - S`` (exact:
+   ``d = C * (x - mean)``). RMSNorm (``center=False``) skips it: ``d_c = x_c`` (no sum is formed).
 2. width reduction: ``r = max(0, msb(max_c |d_c|) + 2 - D)``,
    ``d'_c = round_half_up(d_c / 2**r)``, so ``|d'| <= 2**(D-1)`` (``D`` = ``d_bits``, 16 by default;
    the bound is reached only by rounding up at the edge); squares fit ``2D - 1`` bits and ``V``
    ``2D - 2 + ceil(log2 C)`` bits, which must stay within int64 (checked).
-3. ``V = sum_c d'_c**2``; ``z_c = d'_c / sqrt(V)`` held with ``Z`` fractional bits (``|z| <= 1``):
+3. ``V = sum_c d'_c**2 + round_half_up(E / 2**(2r))``, ``E`` the optional epsilon constant
+   (``eps_code``: epsilon at the scale of ``d**2``, :func:`eps_code`; 0 by default); ``z_c = d'_c / sqrt(V)`` held with ``Z`` fractional bits (``|z| <= 1``):
    - ``rsqrt="pwl"``: ``(R, sh) = rsqrt(V)`` (leading one, PWL table on the mantissa, shift),
      ``z_c = round_half_up(d'_c * R / 2**(sh - Z))``;
    - ``rsqrt="newton"``: ``s = isqrt(V)`` (I-BERT's integer Newton iteration),
      ``z_c = floor((d'_c * 2**(Z+1) + s) / (2 s))`` (a divider, round half up).
-   ``V == 0`` gives ``z = 0``. (``(x - mean) / std = sqrt(C) * z``: ``sqrt(C)`` is folded into gamma.)
+   ``V == 0`` gives ``z = 0``. Both norms are ``sqrt(C) * z``: ``(x - mean) / std`` for LayerNorm
+   and ``x / sqrt(mean(x**2))`` for RMSNorm; ``sqrt(C)`` is folded into gamma.
 4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
    and one shift ``T``: ``y_c = saturate(round_half_away((z_c * G_c + H_c) / 2**T), s{bits})``
-   with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``.
+   with ``G_c = round(gamma_c * sqrt(C) * 2**(T - Z) / s_o)``, ``H_c = round(beta_c * 2**T / s_o)``
+   (RMSNorm has no beta: ``H = 0``).
    A *dynamic* output (per-token scaling) shifts each row by ``T + t_r`` instead, ``t_r >= 0`` the
    smallest with ``max_c |z_c G_c + H_c| >> (T + t_r) <= 2**(bits-1) - 2`` (so rounding cannot
    saturate); the row's real scale is ``s_o * 2**t_r`` and the kernel returns ``t``.
    ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)``
    (``g_bits = max(16, output bits)``)
    and ``T <= 51 - ceil(log2 max|beta_c / s_o|)`` (``H`` is then an exactly rounded float64 product).
+
+Epsilon: dropped by default, or folded (``eps_code``). BERT's 1e-12 is below one code of any
+realistic input. SmolLM2's RMSNorm adds ``eps = 1e-5`` to ``mean(x**2)``; measured on its FP32
+residual stream (``tools/measure_rmsnorm_eps.py``: 512 tokens of intsim/data/sentences.txt, all
+61 norms) the smallest per-token ``mean(x**2)`` is 0.0060 (layer 0's attention norm, whose input
+is the raw embedding; 0.011 at layer 0's FFN norm, >= 1.45 from layer 1 on), so dropping eps
+changes an output by at most 8.3e-4 relative (0.1 code of an int8 output at full range) at layer
+0 and by < 3.5e-6 elsewhere. For exactness the constant folds in: with the input scale ``s``,
+``E = eps * C / s**2`` (RMSNorm, ``sum x**2 = C mean(x**2)``) or ``eps * C**3 / s**2``
+(LayerNorm, ``d = C (x - mean)``), rounded to an integer offline; the per-row width reduction
+scales it by ``2**-2r`` like the squares.
 """
 
 from __future__ import annotations
@@ -72,7 +86,7 @@ class LNOutput:
 
 
 @numba.njit(cache=True, parallel=True)
-def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
+def _layernorm(x, center, eps_v, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
                G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks):
     # the module docstring's steps; every rounding a branch-free shift (round_half_up_bf: steps 2
     # and 3, rdbpot_bf = half away from zero: step 4) so the channel loops vectorise
@@ -81,14 +95,15 @@ def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, h
         d = np.empty(C, np.int64)
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
             s = np.int64(0)
-            for c in range(C):
-                s += x[r, c]
+            if center:
+                for c in range(C):
+                    s += x[r, c]
             dmax = np.int64(0)
             for c in range(C):
-                d[c] = C * np.int64(x[r, c]) - s
+                d[c] = (C * np.int64(x[r, c]) - s) if center else np.int64(x[r, c])
                 dmax = max(dmax, abs(d[c]))
             sh = max(0, msb(dmax) + 2 - d_bits)
-            v = np.int64(0)
+            v = round_half_up_bf(eps_v, min(2 * sh, 62))
             for c in range(C):
                 d[c] = round_half_up_bf(d[c], sh)
                 v += d[c] * d[c]
@@ -139,20 +154,27 @@ def _layernorm(x, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, h
             peaks[r, 3] = it
 
 
-class IntLayerNorm:
-    """LayerNorm of integer rows with one or two outputs (module docstring)."""
+def eps_code(eps: float, channels: int, in_scale: float, center: bool) -> int:
+    """The integer epsilon ``E`` of step 3 for inputs at real scale ``in_scale`` (module docstring)."""
+    return int(round(eps * channels ** (3 if center else 1) / in_scale**2))
 
-    def __init__(self, rsqrt: str = "pwl", rsqrt_table=None, d_bits: int = 16):
+
+class IntLayerNorm:
+    """LayerNorm (``center=True``) or RMSNorm (``center=False``) of integer rows with one or two
+    outputs (module docstring)."""
+
+    def __init__(self, rsqrt: str = "pwl", rsqrt_table=None, d_bits: int = 16, center: bool = True):
         if rsqrt not in RSQRTS:
             raise GQAError("layernorm.rsqrt", f"{rsqrt!r} is unknown", f"use one of {', '.join(RSQRTS)}")
         if rsqrt == "pwl" and rsqrt_table is None:
             raise GQAError("layernorm.rsqrt", "'pwl' needs an rsqrt mantissa table", "give rsqrt_table")
         if not 4 <= d_bits <= 31:
             raise GQAError("layernorm.d_bits", f"{d_bits} is outside [4, 31]", "16 is the default")
-        self.rsqrt, self.d_bits = rsqrt, d_bits
+        self.rsqrt, self.d_bits, self.center = rsqrt, d_bits, bool(center)
         self.table = MantissaTable(rsqrt_table, "rsqrt") if rsqrt == "pwl" else None
 
-    def __call__(self, x, out1: LNOutput, out2: LNOutput | None = None, stats=None, name="layernorm"):
+    def __call__(self, x, out1: LNOutput, out2: LNOutput | None = None, stats=None, name="layernorm",
+                 eps_code: int = 0):
         shape = x.shape
         x2 = np.ascontiguousarray(x.reshape(-1, shape[-1]))
         rows, C = x2.shape
@@ -163,6 +185,9 @@ class IntLayerNorm:
         if 2 * self.d_bits - 2 + math.ceil(math.log2(max(C, 2))) > 62:
             raise GQAError("layernorm.d_bits", f"{self.d_bits} bits over {C} channels overflow the int64 variance sum",
                            f"use d_bits <= {(64 - math.ceil(math.log2(max(C, 2)))) // 2}")
+        if not 0 <= eps_code < 2 ** (2 * self.d_bits - 2):
+            raise GQAError(f"{name}.eps_code", f"{eps_code} is outside [0, 2**{2 * self.d_bits - 2})",
+                           "epsilon at the squares' scale is at most one full-width square (see eps_code())")
         y1 = np.empty(x2.shape, out1.dtype)
         o2 = out2 if out2 is not None else out1
         y2 = np.empty(x2.shape if out2 is not None else (1, 1), o2.dtype)
@@ -170,7 +195,7 @@ class IntLayerNorm:
         row_shift = np.zeros(rows, np.int64)
         t = self.table
         dummy = (np.zeros(1, np.int64),) * 3 + (np.zeros(7, np.int64),)
-        _layernorm(x2, self.d_bits, Z_FRAC, self.rsqrt == "newton", t.unit if t else dummy, t.e if t else 0,
+        _layernorm(x2, self.center, np.int64(eps_code), self.d_bits, Z_FRAC, self.rsqrt == "newton", t.unit if t else dummy, t.e if t else 0,
                    t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
                    o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks)
         if stats is not None:
@@ -185,9 +210,10 @@ class IntLayerNorm:
     def _count(self, stats, name, rows, C, peaks, x2, n_out):
         n = rows * C
         x_bits = int(np.abs(x2).max()).bit_length() + 1 if x2.size else 1
-        stats.count("add", f"{name}.sum", n, bits=x_bits + math.ceil(math.log2(C)))
-        stats.count("mul", f"{name}.center", n, a_bits=x_bits, b_bits=math.ceil(math.log2(C)) + 1)
-        stats.count("compare", f"{name}.dmax", n, bits=x_bits + 10)
+        if self.center:
+            stats.count("add", f"{name}.sum", n, bits=x_bits + math.ceil(math.log2(C)))
+            stats.count("mul", f"{name}.center", n, a_bits=x_bits, b_bits=math.ceil(math.log2(C)) + 1)
+        stats.count("compare", f"{name}.dmax", n, bits=x_bits + (10 if self.center else 0))
         stats.count("mul", f"{name}.square", n, a_bits=self.d_bits, b_bits=self.d_bits)
         stats.count("add", f"{name}.var", n, bits=2 * self.d_bits + math.ceil(math.log2(C)))
         if self.rsqrt == "pwl":
@@ -202,6 +228,7 @@ class IntLayerNorm:
         stats.count("mul", f"{name}.gamma", n * n_out, a_bits=Z_FRAC + 2, b_bits=16)
         stats.count("add", f"{name}.beta", n * n_out, bits=32)
         stats.count("shift", f"{name}.out", n * n_out, bits=32)
-        stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), 32)
+        if self.center:
+            stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), 32)
         stats.accumulator(f"{name}.var", int(peaks[:, 1].max()), 2 * self.d_bits + math.ceil(math.log2(C)) + 1)
         stats.saturated(f"{name}.out", int(peaks[:, 2].sum()))

@@ -8,14 +8,19 @@ all read these, so adding a kernel is one registration here (plus its module)::
 
 Kinds and the interface of their implementations:
 
-- ``ACTIVATIONS`` (``SimConfig.gelu``): ``make(cfg, in_absmax, site) -> kernel`` with the
+- ``ACTIVATIONS`` (``SimConfig.gelu``, the encoder's FFN slot; ``SimConfig.silu``, the decoder's
+  SwiGLU gate): ``make(name, cfg, in_absmax, site, function="gelu") -> kernel`` with the
   interface of :mod:`intsim.gelu` (``in_bits``, ``in_scale``, ``out_scale``, ``kernel(q, stats, name)``);
-  ``site`` names the activation (``pwl_input_exp`` keys). ``cfg.gelu_table`` is the table of the slot.
+  ``site`` names the activation (``pwl_input_exp`` keys). An entry declares the functions it
+  computes (``functions=``, default GELU only); the ``gelu`` slot's factory is called
+  ``(cfg, in_absmax, site)`` with the table ``cfg.gelu_table``, any other function's with
+  ``function=`` added (the PWL entry then runs ``cfg.{function}_table``, e.g. ``cfg.silu_table``).
 - ``SOFTMAXES`` (``SimConfig.softmax``): ``make(cfg, in_scale) -> kernel`` with
   ``kernel(scores, key_mask, stats, name, causal=False)`` (:func:`intsim.softmax.score_rows`).
 - ``RECIPROCALS`` (``SimConfig.reciprocal``): the PWL softmax's normalisation.
-- ``NORMS`` (``SimConfig.layernorm``): ``make(cfg) -> kernel`` with the interface of
-  :class:`intsim.layernorm.IntLayerNorm` (``kernel(x, out1, out2=None, stats, name)``).
+- ``NORMS`` (``SimConfig.layernorm``): ``make(cfg, center=True) -> kernel`` with the interface of
+  :class:`intsim.layernorm.IntLayerNorm` (``kernel(x, out1, out2=None, stats, name)``);
+  ``center=False`` is the same entry's RMSNorm (the decoder's norms).
 - ``OUTLIERS`` (``SimConfig.outliers``): composable methods; a config names ``none`` or
   methods joined by ``+`` in registration order (``smooth+per_token``).
 - ``ACT_SCALES`` (``SimConfig.act_scales``): ``scale(absmax, bits) -> real scale`` of an activation.
@@ -82,6 +87,44 @@ class Registry:
         return self.get(name).impl(*args, **kwargs)
 
 
+class ActivationRegistry(Registry):
+    """Activation kernels, each declaring the functions it computes (``gelu``, ``silu``, ...)."""
+
+    def __init__(self, kind: str, field: str):
+        super().__init__(kind, field)
+        self._functions: dict[str, tuple[str, ...]] = {}
+
+    def register(self, name: str, doc: str, impl=None, functions=("gelu",)):
+        if impl is None:
+            return lambda f: self.register(name, doc, f, functions)
+        super().register(name, doc, impl)
+        self._functions[name] = tuple(functions)
+        return impl
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        del self._functions[name]
+
+    def functions(self, name: str) -> tuple[str, ...]:
+        self.get(name)
+        return self._functions[name]
+
+    def names_for(self, function: str) -> tuple[str, ...]:
+        """The entries that compute ``function``."""
+        return tuple(n for n in self.names() if function in self._functions[n])
+
+    def make(self, name: str, cfg, in_absmax: float, site: str, function: str = "gelu"):
+        """The kernel ``name`` for ``function`` at ``site`` (the ``gelu`` slot accepts every entry:
+        its table may hold any activation, :meth:`intsim.config.SimConfig.check_sites` checks it)."""
+        impl = self.impl(name)
+        if function == "gelu":
+            return impl(cfg, in_absmax, site)
+        if function not in self._functions[name]:
+            raise GQAError(function, f"{name!r} does not compute {function}",
+                           f"use one of {', '.join(self.names_for(function))}")
+        return impl(cfg, in_absmax, site, function=function)
+
+
 class Composable(Registry):
     """A registry whose choices are ``none`` or any of its entries joined by ``+`` (registration order)."""
 
@@ -101,7 +144,7 @@ class Composable(Registry):
 
 # --- the registrations ------------------------------------------------------------------------------
 
-ACTIVATIONS = Registry("activation", "gelu")
+ACTIVATIONS = ActivationRegistry("activation", "gelu")
 SOFTMAXES = Registry("softmax", "softmax")
 RECIPROCALS = Registry("reciprocal", "reciprocal")
 NORMS = Registry("norm", "layernorm")
@@ -110,10 +153,11 @@ ACT_SCALES = Registry("activation scale", "act_scales")
 WEIGHT_SCALES = Registry("weight scale", "weight_scales")
 
 
-@ACTIVATIONS.register("pwl", "the PWL unit on the slot's table (power-of-two input scale)")
-def _pwl_activation(cfg, in_absmax: float, site: str):
-    from .gelu import PWLGelu
-    return PWLGelu(in_absmax, cfg.gelu_table, e=cfg.pwl_input_exp.get(site))
+@ACTIVATIONS.register("pwl", "the PWL unit on the slot's table (power-of-two input scale)",
+                      functions=("gelu", "silu"))
+def _pwl_activation(cfg, in_absmax: float, site: str, function: str = "gelu"):
+    from .gelu import PWLActivation
+    return PWLActivation(in_absmax, getattr(cfg, f"{function}_table"), e=cfg.pwl_input_exp.get(site))
 
 
 @ACTIVATIONS.register("ibert", "I-BERT's i-GELU (second-order polynomial erf)")
@@ -150,16 +194,16 @@ RECIPROCALS.register("pwl", "leading one, PWL table on the mantissa, shift", "pw
 RECIPROCALS.register("divider", "an integer divider", "divider")
 
 
-@NORMS.register("pwl", "LayerNorm, rsqrt by leading one, PWL table on the mantissa, shift")
-def _pwl_norm(cfg):
+@NORMS.register("pwl", "LayerNorm/RMSNorm, rsqrt by leading one, PWL table on the mantissa, shift")
+def _pwl_norm(cfg, center: bool = True):
     from .layernorm import IntLayerNorm
-    return IntLayerNorm("pwl", cfg.rsqrt_table, cfg.ln_d_bits)
+    return IntLayerNorm("pwl", cfg.rsqrt_table, cfg.ln_d_bits, center=center)
 
 
-@NORMS.register("newton", "LayerNorm, I-BERT's Newton integer square root and a divider")
-def _newton_norm(cfg):
+@NORMS.register("newton", "LayerNorm/RMSNorm, I-BERT's Newton integer square root and a divider")
+def _newton_norm(cfg, center: bool = True):
     from .layernorm import IntLayerNorm
-    return IntLayerNorm("newton", cfg.rsqrt_table, cfg.ln_d_bits)
+    return IntLayerNorm("newton", cfg.rsqrt_table, cfg.ln_d_bits, center=center)
 
 
 OUTLIERS.register("smooth", "SmoothQuant: norm-output channel outliers migrate into the consuming weights", "smooth")
@@ -188,7 +232,7 @@ def gemm_backends() -> tuple[str, ...]:
 def choices() -> dict[str, tuple[str, ...]]:
     """Config field -> its allowed values, from the registries (what SimConfig validates against)."""
     return {"weight_scales": WEIGHT_SCALES.names(), "act_scales": ACT_SCALES.names(),
-            "gelu": ACTIVATIONS.names(), "softmax": SOFTMAXES.names(), "reciprocal": RECIPROCALS.names(),
+            "gelu": ACTIVATIONS.names(), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(), "reciprocal": RECIPROCALS.names(),
             "layernorm": NORMS.names(), "outliers": OUTLIERS.choices(), "gemm_backend": gemm_backends()}
 
 
@@ -197,7 +241,8 @@ def describe() -> str:
     lines = []
     for reg in (ACTIVATIONS, SOFTMAXES, RECIPROCALS, NORMS, OUTLIERS, ACT_SCALES, WEIGHT_SCALES):
         lines.append(f"{reg.field} ({reg.kind}):")
-        lines += [f"  {e.name:<12} {e.doc}" for e in reg]
+        lines += [f"  {e.name:<12} {e.doc}" + (f" [{', '.join(reg.functions(e.name))}]"
+                                                if isinstance(reg, ActivationRegistry) else "") for e in reg]
         if isinstance(reg, Composable):
             lines.append(f"  (choices: {', '.join(reg.choices())})")
     lines.append(f"gemm_backend: {', '.join(gemm_backends())}")

@@ -514,8 +514,9 @@ def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
     return probs, low, sat, Z
 
 
-def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
-    """One row of intsim.layernorm's specification.
+def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = True, eps: int = 0):
+    """One row of intsim.layernorm's specification (``center=False``: RMSNorm, ``d = x``; ``eps``:
+    the integer epsilon ``E``, added to ``V`` as ``round_half_up(E / 2**(2r))``).
 
     ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider); ``outs`` is a list of
     ``(G, H, T, bits)`` or ``(G, H, T, bits, dynamic)``; a dynamic output's row uses shift
@@ -523,11 +524,11 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs):
     """
     x = [int(v) for v in x]
     C = len(x)
-    S = sum(x)
-    d = [C * v - S for v in x]
+    S = sum(x) if center else 0
+    d = [C * v - S for v in x] if center else list(x)
     r = max(0, msb(max(abs(v) for v in d)) + 2 - d_bits)
     d = [round_shift(v, r, "half_up") for v in d]
-    V = sum(v * v for v in d)
+    V = sum(v * v for v in d) + round_shift(eps, 2 * r, "half_up")
     it = 0
     if V == 0:
         z = [0] * C
@@ -603,3 +604,32 @@ def layernorm_fold(gamma, beta, scale, g_bits: int, z_frac: int, sqrt_c: float):
     G = [round(v * Fraction(2) ** T) for v in g]
     H = [round(v * Fraction(2) ** T) for v in b]
     return G, H, T, g
+
+
+def rope_constant(p: int, i: int, head_dim: int, base: float, rope_bits: int) -> tuple[int, int]:
+    """intsim.rope's step 1 for one position and pair: ``(c, s)`` codes of ``cos``/``sin`` of
+    ``p * base**(-2i/d)`` with ``rope_bits - 1`` fractional bits, half-even, clipped symmetric."""
+    import math
+    a = float(p) * (base ** (-(2 * i) / head_dim))
+    top = 2 ** (rope_bits - 1) - 1
+    c = round_fraction(Fraction(math.cos(a)) * 2 ** (rope_bits - 1), "half_even")
+    s = round_fraction(Fraction(math.sin(a)) * 2 ** (rope_bits - 1), "half_even")
+    return max(-top, min(top, c)), max(-top, min(top, s))
+
+
+def rope_vector(x, p: int, base: float, rope_bits: int, m0: int, n: int, out_bits: int):
+    """intsim.rope's steps 2-3 for one head vector ``x`` (d codes) at position ``p``:
+    ``y_{2i} = x_{2i} c - x_{2i+1} s``, ``y_{2i+1} = x_{2i} s + x_{2i+1} c``, then
+    ``saturate(RDBPOT(SRDHM(y, M0), n))``. Returns ``(codes, saturations, peak |y|)``."""
+    d = len(x)
+    out, sat, peak = [], 0, 0
+    for i in range(d // 2):
+        c, s = rope_constant(p, i, d, base, rope_bits)
+        a, b = int(x[2 * i]), int(x[2 * i + 1])
+        for y in (a * c - b * s, a * s + b * c):
+            peak = max(peak, abs(y))
+            v, _ = requantize(y, m0, n)
+            v, hit = saturate(v, out_bits)
+            out.append(v)
+            sat += hit
+    return out, sat, peak

@@ -4,9 +4,11 @@ The integer encoder needs tables before any search has run, and intsim must not 
 gqa_lut (the layers in DESIGN.md), so the defaults are searched once here and committed with
 their provenance. Deterministic: the same gqa_lut version writes the same bytes.
 
-    python tools/make_default_tables.py
+    python tools/make_default_tables.py              # every table
+    python tools/make_default_tables.py silu8 silu16 # only these
 """
 
+import sys
 from pathlib import Path
 
 import gqa_lut
@@ -20,6 +22,8 @@ SPECS = {
     "gelu8": dict(func="gelu", entries=8),
     "gelu16": dict(func="gelu", entries=16),
     "gelu16_in12": dict(func="gelu", entries=16, in_bits=12, scales=range(3, 10)),  # a 12-bit GELU input
+    "silu8": dict(func="silu", entries=8),     # the decoder's SwiGLU gate (issue 14)
+    "silu16": dict(func="silu", entries=16),
     "exp8": dict(func="exp", entries=8),
     "exp16": dict(func="exp", entries=16),
     "recip_mantissa16": dict(func="reciprocal", entries=16, domain=(1.0, 2.0), scales=[10], in_bits=12,
@@ -29,9 +33,14 @@ SPECS = {
 }
 
 
-def main():
+def main(names=None):
     OUT.mkdir(exist_ok=True)
+    unknown = sorted(set(names or ()) - set(SPECS))
+    if unknown:
+        sys.exit(f"unknown table {unknown[0]!r}; known: {', '.join(SPECS)}")
     for name, spec in SPECS.items():
+        if names and name not in names:
+            continue
         spec = dict(spec)
         table = gqa_lut.search(spec.pop("func"), seed=0, progress=False, **spec)
         table.provenance["default_table"] = name
@@ -40,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
