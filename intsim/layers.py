@@ -290,6 +290,40 @@ LayerNormSite = NormSite    # the name of the BERT encoder's first version
 
 # --- attention -----------------------------------------------------------------------------------------
 
+class IntKVCache:
+    """The integer KV cache of a decoder: per layer, int8 keys (after RoPE) and values of every
+    position decoded so far, (B, kv_heads, S, head_dim), with their real scales ``(s_k, s_v)``.
+
+    The scales are the layer's static calibrated ones (the QKV requantizer removes any per-token
+    operand shift), so a cached code means the same real value at every later step, and a step's
+    attention over the cache is the same integer computation as over a full recomputation.
+    """
+
+    def __init__(self, n_layers: int):
+        self.k: list = [None] * n_layers
+        self.v: list = [None] * n_layers
+        self.scales: list = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Positions held (the next token's position)."""
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def update(self, layer: int, k, v, scales):
+        """Append this step's codes (B, kv_heads, T, head_dim); return all of them (B, kv_heads, S, head_dim)."""
+        if self.k[layer] is not None:
+            if self.scales[layer] != scales:
+                raise GQAError("cache", f"layer {layer} holds codes at scales {self.scales[layer]}, not {scales}",
+                               "use one cache per integer model (model.new_cache())")
+            k = np.concatenate((self.k[layer], k), axis=2)
+            v = np.concatenate((self.v[layer], v), axis=2)
+        self.k[layer], self.v[layer], self.scales[layer] = k, v, scales
+        return k, v
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k + self.v if a is not None)
+
+
 class IntAttention:
     """Multi-head attention on an int8 operand, its output projection and the residual add.
 
@@ -299,50 +333,81 @@ class IntAttention:
     to the operand ``names.ctx``, then ``out(ctx) + residual``. Grouped KV heads: ``kv_heads``
     divides ``heads`` and query head ``h`` reads K/V head ``h // (heads // kv_heads)``.
     ``weights``: ``(wq, bq, wk, bk, wv, bv, wo, bo)`` (FP32 arrays; biases may be None).
+
+    Rotary position embeddings (``rope``: a factory ``rope(in_scale, out_scale, bits) -> kernel``,
+    ``kernel(x, positions, stats, name)`` on (B, heads, T, head_dim) codes at absolute positions):
+    the GEMM then produces q and k at the scales of the sites ``names.q_pre`` / ``.k_pre`` (before
+    RoPE), the kernel rotates them into int8 at the scales of ``names.q`` / ``.k`` (after RoPE).
+    A :class:`IntKVCache` (``cache``, this layer's slot ``layer``) keeps k after RoPE and v: the
+    step's T queries attend to every cached key (the causal mask places them last).
     """
 
     def __init__(self, weights, heads: int, kv_heads: int, in_scale: float, in_factor, names: Names,
-                 calib: Calibration, cfg: SimConfig, out_scale: float, softmax, causal: bool = False):
+                 calib: Calibration, cfg: SimConfig, out_scale: float, softmax, causal: bool = False,
+                 rope=None, layer: int = 0):
         wq, bq, wk, bk, wv, bv, wo, bo = weights
         if heads % kv_heads:
             raise GQAError("kv_heads", f"{kv_heads} does not divide {heads} query heads", "a divisor of heads")
         pc = cfg.calib_percentile
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, wq.shape[0] // heads
-        self.causal, self.backend = causal, cfg.gemm_backend
-        self.s_q, self.s_k, self.s_v = (act_scale(calib.absmax(n, pc), cfg.act_bits, cfg.act_scales)
-                                        for n in (names.q, names.k, names.v))
+        self.causal, self.backend, self.layer = causal, cfg.gemm_backend, layer
+
+        def scale(site):
+            return act_scale(calib.absmax(site, pc), cfg.act_bits, cfg.act_scales)
+
+        # the GEMM's q and k: before RoPE when there is a rotation, else the scores' operands
+        s_q, s_k = (scale(names.q_pre), scale(names.k_pre)) if rope is not None else (scale(names.q), scale(names.k))
+        self.s_v = scale(names.v)
         zeros = [np.zeros(w.shape[0]) if b is None else b for w, b in ((wq, bq), (wk, bk), (wv, bv))]
-        out_s = np.concatenate([np.full(wq.shape[0], self.s_q), np.full(wk.shape[0], self.s_k),
+        out_s = np.concatenate([np.full(wq.shape[0], s_q), np.full(wk.shape[0], s_k),
                                 np.full(wv.shape[0], self.s_v)])
         self.qkv = IntLinear(np.concatenate([wq, wk, wv]), np.concatenate(zeros), in_scale, cfg, out_s,
                              cfg.act_bits, col_factor=in_factor)
+        self.rope_q = self.rope_k = None
+        self.s_q, self.s_k = s_q, s_k          # the scores' operands
+        if rope is not None:
+            self.s_q, self.s_k = scale(names.q), scale(names.k)
+            self.rope_q = rope(s_q, self.s_q, cfg.act_bits)
+            self.rope_k = rope(s_k, self.s_k, cfg.act_bits)
         self.softmax = SOFTMAXES.make(softmax, cfg, self.s_q * self.s_k / math.sqrt(self.head_dim))
         self.s_ctx, f_ctx = requantized_operand_scale(calib, names.ctx, [wo], cfg)
         self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
                                   "per_token" in outlier_methods(cfg))
         self.out = IntLinear(wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
 
-    def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None):
-        """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C)."""
+    def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None, positions=None, cache=None):
+        """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C).
+
+        ``positions`` (T,): the tokens' absolute positions (RoPE); ``cache``: an :class:`IntKVCache`
+        to read earlier keys and values from and append this step's to (``key_mask`` then covers
+        every cached position)."""
         B, T, _ = x8.shape
         H, G, d = self.heads, self.kv_heads, self.head_dim
         qkv, _ = self.qkv(x8, stats, prefix + "qkv", row_shift=t8)                # (B, T, (H + 2G) d) int8
         q = qkv[..., :H * d].reshape(B, T, H, d).transpose(0, 2, 1, 3)            # (B, H, T, d)
         k = qkv[..., H * d:(H + G) * d].reshape(B, T, G, d).transpose(0, 2, 1, 3)  # (B, G, T, d)
         v = qkv[..., (H + G) * d:].reshape(B, T, G, d).transpose(0, 2, 1, 3)      # (B, G, T, d)
+        if self.rope_q is not None:
+            positions = np.arange(T) if positions is None else np.asarray(positions)
+            q = self.rope_q(np.ascontiguousarray(q), positions, stats, prefix + "rope_q")   # (B, H, T, d) int8
+            k = self.rope_k(np.ascontiguousarray(k), positions, stats, prefix + "rope_k")   # (B, G, T, d) int8
+            _record(trace, prefix, q_rope=q, k_rope=k)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v, (self.s_k, self.s_v))           # (B, G, S, d): cached + new
         if G != H:   # grouped KV: each K/V head serves H // G consecutive query heads
-            k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, T, d) -> (B, H, T, d)
-        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, T)
-        scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, T) int32
+            k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, S, d) -> (B, H, S, d)
+        S = k.shape[2]
+        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, S)
+        scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, S) int32
         probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8
         ctx_acc = int_gemm(probs, np.ascontiguousarray(v), self.backend)          # (B, H, T, d) int32
         ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, H * d)  # (B, T, H d)
         ctx, t_ctx, sat = self.ctx(ctx_acc, stats, prefix + "context")
         s, _ = self.out(ctx, stats, prefix + "attn_out", residual=x_res, row_shift=t_ctx)   # (B, T, C)
         if stats is not None:
-            stats.mac(prefix + "scores", B * H * T * T * d)
+            stats.mac(prefix + "scores", B * H * T * S * d)
             stats.accumulator(prefix + "scores.acc", int(np.abs(scores).max()), 32)
-            stats.mac(prefix + "context", B * H * T * T * d, a_bits=PROB_BITS)
+            stats.mac(prefix + "context", B * H * T * S * d, a_bits=PROB_BITS)
             stats.accumulator(prefix + "context.acc", int(np.abs(ctx_acc).max()), 32)
             stats.count("mul", prefix + "context.requant", ctx_acc.size, a_bits=32, b_bits=32)
             stats.saturated(prefix + "context.out", sat)

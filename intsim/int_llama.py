@@ -1,0 +1,265 @@
+"""The integer-only Llama decoder (SmolLM2-135M-Instruct): int8 GEMMs, integer RMSNorm, RoPE,
+causal softmax and SwiGLU, an int8 KV cache; the only float is the last step, logits = int32
+accumulators times their scale.
+
+Built offline from the FP32 reference (:mod:`intsim.llama`, names as there), a calibration of its
+activations (:func:`intsim.calibration.calibrate_stream` over :data:`SITES`) and a datapath config
+(:class:`intsim.config.SimConfig`), composed from the shared integer layers of :mod:`intsim.layers`.
+Read top to bottom, one token row through one layer is::
+
+    h                                 the residual stream: residual_bits codes at one scale s_h
+    n8, t = attention_norm(h)         int8 GEMM operand (RMS kernel, gamma folded; per-token shifts t)
+    q8, k8, v8 = requant(n8 @ Wqkv)   one GEMM; q, k at their pre-RoPE scales
+    q8, k8 = rope(q8), rope(k8)       integer rotation at absolute positions -> post-RoPE scales
+    cache: K, V = [K; k8], [V; v8]    int8 keys after RoPE and values (IntKVCache)
+    p8 = softmax(q8 @ K^T, causal)    int32 scores -> UINT8 probabilities (2**-8); query h reads KV head h // 3
+    c8 = requant(p8 @ V)              the context, int8 (per token)
+    h = sat(requant(c8 @ Wo) + h)     the residual add fused into the requantizer
+    m8, t = ffn_norm(h)
+    a8 = requant(silu(requant(m8 @ W1)) * requant(m8 @ W3))   PWL SiLU, int64 gate product
+    h = sat(requant(a8 @ W2) + h)
+
+then ``norm`` (int8 operand) and the tied output layer (the token embedding, int8 per row): the
+logits are the int32 accumulators times ``s_x * s_w`` (per row times ``2**t`` of a per-token
+operand). The embedding is int8 per row, aligned by integer multipliers and requantized onto
+the stream. Every operation is row-wise (per token), so decoding with the cache is bit for bit
+the full forward's computation.
+
+Weights: ``"w8"``, int8 per output channel from the dequantized GGUF weights (:class:`IntLinear`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .calibration import Calibration, calibrate_stream
+from .config import SimConfig
+from .errors import GQAError
+from .gemm import Constant, int_gemm
+from .layers import (ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
+                     OperandRequant, Scope, Site, act_scale, quantize_weight)
+from .llama import Llama, LlamaConfig, check_generation
+from .registry import ACTIVATIONS, NORMS, WEIGHT_SCALES
+
+__all__ = ["SITES", "IntLlama", "IntLogits", "build", "calibration", "WEIGHTS", "CALIB_TEXT"]
+
+WEIGHTS = ("w8",)
+CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
+CALIB_TOKENS, CALIB_SEQ = 1024, 128
+
+# The tensors calibration observes in the FP32 decoder (intsim.llama) and the builder reads, by name.
+SITES = ModelSites(
+    layer=Scope("layers.{i}", "layers.{i}", repeat="layers",
+                h_in=Site("attention_norm", "in", residual=True),     # the residual stream entering the layer
+                attn_norm_out=Site("attention_norm"),
+                q_pre=Site("attention.wq"), k_pre=Site("attention.wk"),
+                q=Site("attention.q_rope"), k=Site("attention.k_rope"),  # after RoPE: k is what the cache stores
+                v=Site("attention.wv"),
+                scores=Site("attention.softmax", "in"),               # scaled, masked scores (softmax input)
+                ctx=Site("attention.wo", "in"), attn_out=Site("attention.wo"),
+                h_mid=Site("ffn_norm", "in", residual=True),
+                ffn_norm_out=Site("ffn_norm"),
+                gate=Site("feed_forward.w1"),                         # = the SiLU input
+                up=Site("feed_forward.w3"),
+                act_out=Site("feed_forward.w2", "in"),                # SiLU(gate) * up: the down projection's operand
+                ffn_out=Site("feed_forward.w2")),
+    final=Scope("final", h_in=Site("norm", "in", residual=True), out=Site("norm")),
+)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _rope(cfg: SimConfig, c: LlamaConfig):
+    """The RoPE stage's factory ``(in_scale, out_scale, bits) -> kernel`` (IntAttention's interface)."""
+    from .rope import IntRope
+
+    return lambda s_in, s_out, bits: IntRope(c.head_dim, c.rope_base, s_in, s_out, out_bits=bits)
+
+
+class IntLogits:
+    """The output layer: ``logits = (x8 @ W^T) * s_x * s_w`` per vocabulary row, ``2**t`` per token row.
+
+    ``W``: int8 per row (the tied token embedding); the int32 accumulators are the integer result,
+    the product with their scale (float64) the dequantization the sampler reads."""
+
+    def __init__(self, w, in_scale: float, cfg: SimConfig, col_factor=None):
+        w = np.asarray(w, np.float64)
+        if col_factor is not None and col_factor.size > 1:   # smoothing of the final norm's operand
+            w = w * col_factor[None, :]
+        q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
+        self.wt = Constant(q.T)                               # (V, C) -> (C, V)
+        self.scale = in_scale * sw                            # (V,) real value of one accumulator code
+        self.backend = cfg.gemm_backend
+
+    def __call__(self, x8, row_shift=None, stats=None, name="output"):
+        """int8 (B, T, C) and per-token shifts (B, T) -> (int32 accumulators (B, T, V), float64 logits)."""
+        lead = x8.shape[:-1]
+        acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
+        scale = self.scale[None, :]
+        if row_shift is not None:
+            scale = scale * np.exp2(row_shift.reshape(-1, 1).astype(np.float64))
+        if stats is not None:
+            stats.mac(name, acc.size * self.wt.shape[0])
+            stats.accumulator(f"{name}.acc", int(np.abs(acc).max()) if acc.size else 0, 32)
+        return acc.reshape(*lead, -1), (acc * scale).reshape(*lead, -1)
+
+
+class IntBlock:
+    """One pre-norm decoder layer on integers (the module docstring's lines)."""
+
+    def __init__(self, blk, i: int, c: LlamaConfig, calib: Calibration, cfg: SimConfig, norm_kernel, stream: float,
+                 rope):
+        pc, rb = cfg.calib_percentile, cfg.residual_bits
+        n, self.name = SITES.layer(i), f"layers.{i}."
+        a, f = blk.attention, blk.feed_forward
+        wq, wk, wv, wo = (_np(m.weight) for m in (a.wq, a.wk, a.wv, a.wo))
+        w1, w2, w3 = (_np(m.weight) for m in (f.w1, f.w2, f.w3))
+        self.attention_norm = NormSite(_np(blk.attention_norm.weight), None, norm_kernel, calib, n.attn_norm_out,
+                                       cfg, None, consumers=[wq, wk, wv], percentile=pc)
+        self.attention = IntAttention((wq, None, wk, None, wv, None, wo, None), c.n_heads, c.n_kv_heads,
+                                      self.attention_norm.gemm_scale, self.attention_norm.factor, n, calib, cfg,
+                                      stream, cfg.softmax, causal=True, rope=rope, layer=i)
+        self.ffn_norm = NormSite(_np(blk.ffn_norm.weight), None, norm_kernel, calib, n.ffn_norm_out, cfg, None,
+                                 consumers=[w1, w3], percentile=pc)
+        silu = ACTIVATIONS.make(cfg.activation, cfg, calib.absmax(n.gate, pc), self.name + "silu")
+        self.feed_forward = ActivationSite(w1, None, self.ffn_norm.gemm_scale, self.ffn_norm.factor, silu, calib,
+                                           n.act_out, [w2], cfg, name="silu", w_up=w3, up_site=n.up,
+                                           in_proj="w1", up_proj="w3")
+        self.w2 = IntLinear(w2, None, self.feed_forward.out_scale, cfg, stream, rb, col_factor=self.feed_forward.factor)
+
+    def __call__(self, h, positions, cache, stats=None, trace=None):
+        """Residual stream (B, T, C) at positions (T,) -> the stream after the layer."""
+        p = self.name
+        _, n8, t_n = self.attention_norm(h, stats)                                # (B, T, C) int8, (B, T) shifts
+        h = self.attention(n8, t_n, h, None, stats, p, trace, positions, cache)   # h + attention(norm(h))
+        _, m8, t_m = self.ffn_norm(h, stats)
+        a8, t_a = self.feed_forward(m8, t_m, stats, p, trace)                     # (B, T, F) int8
+        out, _ = self.w2(a8, stats, p + "w2", residual=h, row_shift=t_a)          # h + w2(silu(w1 m) * w3 m)
+        if trace is not None:
+            trace.update({p + "attn_norm": n8, p + "h_mid": h, p + "ffn_norm": m8, p + "h_out": out})
+        return out
+
+
+class IntLlama:
+    """The integer decoder: ``logits(ids, cache)`` -> float64 (B, T, V); ``model(ids)`` as a torch model."""
+
+    def __init__(self, model: Llama, calib: Calibration, cfg: SimConfig | None = None):
+        cfg = cfg or SimConfig()
+        self.cfg, self.config = cfg, model.config
+        c, rb = model.config, cfg.residual_bits
+        norm_kernel = NORMS.make(cfg.layernorm, cfg)
+        # one scale for the whole residual stream: it never clips (its width is the outlier budget)
+        self.stream = act_scale(max(calib.absmax(x) for x in calib.residual), rb, cfg.act_scales)
+        emb = _np(model.tok_embeddings.weight)
+        self.embeddings = IntEmbedding([emb], cfg.embed_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
+        self.to_stream = OperandRequant(self.embeddings.scale / self.stream, rb, per_token=False)
+        rope = _rope(cfg, c)
+        self.layers = [IntBlock(blk, i, c, calib, cfg, norm_kernel, self.stream, rope)
+                       for i, blk in enumerate(model.layers)]
+        w_out = emb if model.output is None else _np(model.output.weight)
+        self.norm = NormSite(_np(model.norm.weight), None, norm_kernel, calib, SITES.final().out, cfg, None,
+                             consumers=[w_out], percentile=cfg.calib_percentile)
+        self.output = IntLogits(w_out, self.norm.gemm_scale, cfg, col_factor=self.norm.factor)
+        cfg.check_sites([blk.name + "silu" for blk in self.layers], activation="silu")
+
+    def new_cache(self) -> IntKVCache:
+        return IntKVCache(len(self.layers))
+
+    def logits(self, ids, cache: IntKVCache | None = None, stats=None, trace=None) -> np.ndarray:
+        """Token ids (B, T) -> next-token logits (B, T, V) float64; with a cache, T new tokens after the cached ones."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise GQAError("ids", f"has shape {ids.shape} and dtype {ids.dtype}", "give (batch, tokens) integer ids")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise GQAError("ids", f"holds ids outside [0, {self.config.vocab_size})", "tokenize with the model's tokenizer")
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise GQAError("ids", f"{start + T} positions exceed the model's context of {self.config.max_seq_len}",
+                           f"use at most {self.config.max_seq_len} tokens")
+        positions = np.arange(start, start + T)
+        x = self.embeddings(ids, stats=stats)                                  # (B, T, C) int32, aligned rows
+        h, _, _ = self.to_stream(x, stats, "embeddings.to_stream")             # (B, T, C) residual codes
+        if trace is not None:
+            trace.update({"ids": ids, "positions": positions, "emb": x, "h": h})
+        for blk in self.layers:
+            h = blk(h, positions, cache, stats, trace)
+        _, x8, t = self.norm(h, stats)                                         # (B, T, C) int8, (B, T) shifts
+        acc, logits = self.output(x8, t, stats)                                # (B, T, V)
+        if trace is not None:
+            trace.update({"norm": x8, "logits_acc": acc})
+            if t is not None:
+                trace["norm_shift"] = t
+        return logits
+
+    def __call__(self, ids):
+        """torch ids (B, T) -> torch logits (B, T, V) (what :func:`intsim.perplexity.perplexity` calls)."""
+        return torch.from_numpy(self.logits(ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)))
+
+    def generate(self, prompt_ids, max_new_tokens: int, eos_id: int | None = None, progress: bool = False) -> list[int]:
+        """Greedy decoding with the integer KV cache: the new token ids (stops after ``eos_id`` if given)."""
+        ids = check_generation(prompt_ids, max_new_tokens, self.config.max_seq_len)
+        cache = self.new_cache()
+        logits = self.logits(np.array([ids]), cache)                           # prefill: (1, T, V)
+        new: list[int] = []
+        for _ in tqdm(range(max_new_tokens), desc="integer decode", unit="token", disable=not progress):
+            nxt = int(logits[0, -1].argmax())
+            new.append(nxt)
+            if nxt == eos_id:
+                break
+            logits = self.logits(np.array([[nxt]]), cache)                     # one step: (1, 1, V)
+        return new
+
+
+# --- building ------------------------------------------------------------------------------------------
+
+def _trimmed(layers: int | None) -> Llama:
+    """The FP32 decoder, only its first ``layers`` blocks when given (weights shared, never copied)."""
+    from .llama import load_model
+
+    model = load_model()
+    if layers is None:
+        return model
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= model.config.n_layers:
+        raise GQAError("layers", f"is {layers!r}", f"give 1 .. {model.config.n_layers} (or None: all)")
+    model.layers = model.layers[:layers]
+    model.config = dataclasses.replace(model.config, n_layers=layers)
+    return model
+
+
+@functools.lru_cache(maxsize=4)
+def _calibration(layers: int | None, calib_text: str | None, progress: bool) -> Calibration:
+    from .gguf_model import load_tokenizer
+
+    text = CALIB_TEXT.read_text() if calib_text is None else calib_text
+    if not text.strip():
+        raise GQAError("calib_text", "is empty or whitespace only", "give a calibration text")
+    tok = load_tokenizer()
+    ids = tok.encode(text)[:CALIB_TOKENS]
+    return calibrate_stream(_trimmed(layers), tok, ids, CALIB_SEQ, SITES, progress=progress)
+
+
+def calibration(layers: int | None = None, calib_text: str | None = None, progress: bool = False) -> Calibration:
+    """The decoder's calibration (first :data:`CALIB_TOKENS` tokens of ``calib_text``, default
+    :data:`CALIB_TEXT`, in windows of :data:`CALIB_SEQ`), computed once per process and arguments."""
+    return _calibration(layers, calib_text, bool(progress))
+
+
+def build(cfg: SimConfig | None = None, weights: str = "w8", layers: int | None = None, calib_text: str | None = None,
+          progress: bool = False):
+    """-> ``(int_model, fp32_model, tokenizer)``; ``layers=N``: the first N blocks only (both models)."""
+    from .gguf_model import load_tokenizer
+
+    if weights not in WEIGHTS:
+        raise GQAError("weights", f"{weights!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
+    calib = calibration(layers, calib_text, progress)
+    fp32 = _trimmed(layers)
+    return IntLlama(fp32, calib, cfg), fp32, load_tokenizer()
