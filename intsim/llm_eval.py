@@ -101,6 +101,13 @@ def compare_generation(int_model, fp32_model, prompt_ids, max_new_tokens: int, e
     return GenerationComparison(list(prompt_ids), ints, fps, first_difference(ints, fps))
 
 
+def genre_text(name: str) -> str:
+    """A held-out genre's sentences (:mod:`intsim.genres`) as one text, one sentence a line."""
+    from .genres import genre_sentences
+
+    return "\n".join(genre_sentences(name))
+
+
 def bench_prompt(seq: int, vocab: int, seed: int = 0) -> list[int]:
     """``seq`` random ordinary-token ids (the timing workload; ids below 256 and the control tokens avoided)."""
     rng = np.random.default_rng(seed)

@@ -43,6 +43,8 @@ Computation (two methods, the same integers; :data:`METHODS`):
 - ``folded``: ``A = x @ (D q + M)^T`` as one float64 GEMM. Exact: every product and partial sum is
   an integer of magnitude at most ``bound_n < 2**(ACC_BITS-1) <= 2**53``, which float64 holds
   exactly in any summation order. Distributivity over the integers makes it equal to ``group``.
+  The shift is numpy's exact :func:`~intsim.fixedpoint.round_shift` per group of equal ``t_n``
+  (none at all when every ``t_n = 0``: the requantizer reads the exact float64 values as they are).
 
 Operation statistics (what the hardware executes): ``M N K`` MACs at 8 x 4 bits (Q8_0: 8 x 8) into
 the group register, ``M K`` adds for the block sums (shared by all rows), ``2 M N K/32`` rescale
@@ -145,19 +147,16 @@ def _combine(g, s, dd, mm, t, out):
     return peak_g.max() if rows else 0, peak_a.max() if rows else 0
 
 
-@numba.njit(cache=True, parallel=True)
-def _shift_rows(a, t, out):
-    """``folded``: ``A32 = RDBPOT(A, t_c)`` of an exact float64 ``A`` (R, N); returns ``max |A|``."""
-    rows, cols = a.shape
-    peak = np.zeros(rows, np.int64)
-    for r in numba.prange(rows):
-        p = np.int64(0)
-        for c in range(cols):
-            v = np.int64(a[r, c])
-            p = max(p, abs(v))
-            out[r, c] = rdbpot_bf(v, t[c])
-        peak[r] = p
-    return peak.max() if rows else 0
+def shift_columns(a: np.ndarray, t: np.ndarray):
+    """``RDBPOT(A, t_c)`` per column of an exact-integer ``A`` (R, N), grouped by equal shifts; with
+    every ``t_c = 0`` (SmolLM2's rows: they fit int32 as they are) ``A`` itself, unconverted."""
+    if not t.any():
+        return a
+    out = np.empty(a.shape, np.int64)
+    for v in np.unique(t):
+        cols = np.flatnonzero(t == v)
+        out[:, cols] = round_shift(a[:, cols].astype(np.int64), int(v), "half_away")
+    return out
 
 
 class IntQ4Linear:
@@ -216,14 +215,16 @@ class IntQ4Linear:
     def shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
 
-    def accumulate(self, x2: np.ndarray):
-        """int8 (R, K) -> ``(A32 int32 (R, N), max |G| or None, max |A|)`` by :attr:`method`."""
+    def accumulate(self, x2: np.ndarray, peaks: bool = False):
+        """int8 (R, K) -> ``(A32 (R, N), max |G|, max |A|)`` by :attr:`method`; ``A32`` holds int32
+        values (``folded``: maybe as exact float64); the peaks are None unless measured (``peaks``;
+        ``group`` always measures them)."""
         if x2.dtype != np.int8 or x2.ndim != 2 or x2.shape[1] != self.in_features:
             raise GQAError("x8", f"is {x2.dtype} of shape {x2.shape}",
                            f"give int8 activation codes with {self.in_features} features")
         rows = x2.shape[0]
-        out = np.empty((rows, self.out_features), np.int32)
         if self.method == "group":
+            out = np.empty((rows, self.out_features), np.int32)
             xb = np.ascontiguousarray(x2.reshape(rows, self.nb, BLOCK).transpose(1, 0, 2))   # (nb, R, 32)
             g = int_gemm(xb, self.qt, self.backend, float_out=True)                          # (nb, R, N)
             s = xb.sum(axis=2, dtype=np.int64)                                               # (nb, R)
@@ -232,12 +233,13 @@ class IntQ4Linear:
         import torch
 
         a = torch.matmul(torch.from_numpy(x2).to(torch.float64), self.wt).numpy()            # (R, N) exact integers
-        return out, None, int(_shift_rows(a, self.t, out))
+        peak_a = int(np.abs(a).max(initial=0)) if peaks else None
+        return shift_columns(a, self.t), None, peak_a
 
     def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
         lead = x8.shape[:-1]
         x2 = x8.reshape(-1, x8.shape[-1])                                      # (..., K) -> (R, K)
-        acc, peak_g, peak_a = self.accumulate(x2)
+        acc, peak_g, peak_a = self.accumulate(x2, peaks=stats is not None)
         y, sat, ovf, peak = requantize_channels(acc, self.bias, self.m0, self.n, self.out_bits,
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
