@@ -31,7 +31,7 @@ ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the o
 
 # value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
-          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
+          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5"}
@@ -95,6 +95,7 @@ class SimConfig:
     silu: str = "pwl"               # the decoder's SwiGLU gate activation (ACTIVATIONS entries computing silu)
     silu_table: object = "silu16"
     softmax: str = "pwl"
+    softmax_clip: float = 15.0      # I-LLM's DI-ClippedSoftmax: the score range kept below the row max
     exp_table: object = "exp16"
     reciprocal: str = "pwl"         # softmax normalisation: range-reduced PWL reciprocal or an integer divider
     recip_table: object = "recip_mantissa16"

@@ -13,7 +13,9 @@ Specification, per row ``x`` of ``C`` integer codes (any scale: both norms are s
    - ``rsqrt="pwl"``: ``(R, sh) = rsqrt(V)`` (leading one, PWL table on the mantissa, shift),
      ``z_c = round_half_up(d'_c * R / 2**(sh - Z))``;
    - ``rsqrt="newton"``: ``s = isqrt(V)`` (I-BERT's integer Newton iteration),
-     ``z_c = floor((d'_c * 2**(Z+1) + s) / (2 s))`` (a divider, round half up).
+     ``z_c = floor((d'_c * 2**(Z+1) + s) / (2 s))`` (a divider, round half up);
+   - ``rsqrt="bitwise"`` (I-LLM's DI-Norm, :mod:`intsim.illm`): ``s = isqrt(V)`` by the bit-wise
+     check (one result bit per step, no divider), then the same divider as ``newton``.
    ``V == 0`` gives ``z = 0``. Both norms are ``sqrt(C) * z``: ``(x - mean) / std`` for LayerNorm
    and ``x / sqrt(mean(x**2))`` for RMSNorm; ``sqrt(C)`` is folded into gamma.
 4. each output ``o`` (a GEMM operand, a residual copy) has per-channel integers ``G_c``, ``H_c``
@@ -49,9 +51,10 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import ROW_BLOCK, rdbpot_bf, round_half_up_bf
+from .illm import isqrt_bitwise
 from .rangereduce import MantissaTable, isqrt_newton, msb, rsqrt1
 
-RSQRTS = ("pwl", "newton")
+RSQRTS = ("pwl", "newton", "bitwise")
 Z_FRAC = 14
 
 
@@ -86,7 +89,7 @@ class LNOutput:
 
 
 @numba.njit(cache=True, parallel=True)
-def _layernorm(x, center, eps_v, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
+def _layernorm(x, center, eps_v, d_bits, z_frac, sqrt_mode, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
                G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks):
     # the module docstring's steps; every rounding a branch-free shift (round_half_up_bf: steps 2
     # and 3, rdbpot_bf = half away from zero: step 4) so the channel loops vectorise
@@ -112,14 +115,16 @@ def _layernorm(x, center, eps_v, d_bits, z_frac, use_newton, rs_u, e_r, f_r, G1,
             rr = np.int64(0)
             rsh = np.int64(0)
             if v > 0:
-                if use_newton:
+                if sqrt_mode == 1:
                     root, it = isqrt_newton(v)
+                elif sqrt_mode == 2:
+                    root, it = isqrt_bitwise(v)
                 else:
                     rr, rsh = rsqrt1(v, rs_u, e_r, f_r)
             if v == 0:
                 for c in range(C):
                     d[c] = 0
-            elif use_newton:
+            elif sqrt_mode > 0:
                 for c in range(C):
                     d[c] = (d[c] * (np.int64(1) << (z_frac + 1)) + root) // (2 * root)
             elif rsh - z_frac <= 0:
@@ -195,7 +200,7 @@ class IntLayerNorm:
         row_shift = np.zeros(rows, np.int64)
         t = self.table
         dummy = (np.zeros(1, np.int64),) * 3 + (np.zeros(7, np.int64),)
-        _layernorm(x2, self.center, np.int64(eps_code), self.d_bits, Z_FRAC, self.rsqrt == "newton", t.unit if t else dummy, t.e if t else 0,
+        _layernorm(x2, self.center, np.int64(eps_code), self.d_bits, Z_FRAC, RSQRTS.index(self.rsqrt), t.unit if t else dummy, t.e if t else 0,
                    t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
                    o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks)
         if stats is not None:
@@ -221,9 +226,14 @@ class IntLayerNorm:
             stats.lut(f"{name}.rsqrt", rows, table="rsqrt", entries=self.table.table.entries,
                       in_bits=self.table.table.datapath.in_bits)
             stats.count("mul", f"{name}.normalize", n, a_bits=self.d_bits, b_bits=16)
-        else:
+        elif self.rsqrt == "newton":
             it = int(peaks[:, 3].sum())
             stats.count("div", f"{name}.isqrt", it, bits=2 * self.d_bits + 9)
+            stats.count("div", f"{name}.normalize", n, bits=2 * self.d_bits + 9)
+        else:   # the bit-wise check: a square and a compare per result bit
+            it = int(peaks[:, 3].sum())
+            stats.count("mul", f"{name}.isqrt", it, a_bits=self.d_bits + 5, b_bits=self.d_bits + 5)
+            stats.count("compare", f"{name}.isqrt", it, bits=2 * self.d_bits + 9)
             stats.count("div", f"{name}.normalize", n, bits=2 * self.d_bits + 9)
         stats.count("mul", f"{name}.gamma", n * n_out, a_bits=Z_FRAC + 2, b_bits=16)
         stats.count("add", f"{name}.beta", n * n_out, bits=32)

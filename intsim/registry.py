@@ -114,14 +114,14 @@ class ActivationRegistry(Registry):
         return tuple(n for n in self.names() if function in self._functions[n])
 
     def make(self, name: str, cfg, in_absmax: float, site: str, function: str = "gelu"):
-        """The kernel ``name`` for ``function`` at ``site`` (the ``gelu`` slot accepts every entry:
-        its table may hold any activation, :meth:`intsim.config.SimConfig.check_sites` checks it)."""
+        """The kernel ``name`` for ``function`` at ``site`` (the ``gelu`` slot's PWL table may hold
+        any activation: :meth:`intsim.config.SimConfig.check_sites` checks it is the model's)."""
         impl = self.impl(name)
-        if function == "gelu":
-            return impl(cfg, in_absmax, site)
         if function not in self._functions[name]:
             raise GQAError(function, f"{name!r} does not compute {function}",
                            f"use one of {', '.join(self.names_for(function))}")
+        if function == "gelu":
+            return impl(cfg, in_absmax, site)
         return impl(cfg, in_absmax, site, function=function)
 
 
@@ -172,6 +172,13 @@ def _ivit_activation(cfg, in_absmax: float, site: str):
     return ShiftGelu(in_absmax, in_bits=cfg.act_bits)
 
 
+@ACTIVATIONS.register("illm", "I-LLM's DI-SiLU: sigmoid by DI-Exp and an integer divider (DI-SwiGLU)",
+                      functions=("silu",))
+def _illm_activation(cfg, in_absmax: float, site: str, function: str = "silu"):
+    from .illm import DISiLU
+    return DISiLU(in_absmax, in_bits=cfg.act_bits)
+
+
 @SOFTMAXES.register("pwl", "PWL exp, integer sum, reciprocal (see RECIPROCALS)")
 def _pwl_softmax(cfg, in_scale: float):
     from .softmax import IntSoftmax
@@ -190,6 +197,12 @@ def _ivit_softmax(cfg, in_scale: float):
     return Shiftmax(in_scale)
 
 
+@SOFTMAXES.register("illm", "I-LLM's DI-ClippedSoftmax (dynamic clipped range, DI-Exp, integer normalisation)")
+def _illm_softmax(cfg, in_scale: float):
+    from .illm import DIClippedSoftmax
+    return DIClippedSoftmax(in_scale, cfg.softmax_clip)
+
+
 RECIPROCALS.register("pwl", "leading one, PWL table on the mantissa, shift", "pwl")
 RECIPROCALS.register("divider", "an integer divider", "divider")
 
@@ -204,6 +217,12 @@ def _pwl_norm(cfg, center: bool = True):
 def _newton_norm(cfg, center: bool = True):
     from .layernorm import IntLayerNorm
     return IntLayerNorm("newton", cfg.rsqrt_table, cfg.ln_d_bits, center=center)
+
+
+@NORMS.register("illm", "I-LLM's DI-Norm: bit-wise integer square root, a divider (LayerNorm/RMSNorm)")
+def _illm_norm(cfg, center: bool = True):
+    from .layernorm import IntLayerNorm
+    return IntLayerNorm("bitwise", None, cfg.ln_d_bits, center=center)
 
 
 OUTLIERS.register("smooth", "SmoothQuant: norm-output channel outliers migrate into the consuming weights", "smooth")
@@ -232,7 +251,7 @@ def gemm_backends() -> tuple[str, ...]:
 def choices() -> dict[str, tuple[str, ...]]:
     """Config field -> its allowed values, from the registries (what SimConfig validates against)."""
     return {"weight_scales": WEIGHT_SCALES.names(), "act_scales": ACT_SCALES.names(),
-            "gelu": ACTIVATIONS.names(), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(), "reciprocal": RECIPROCALS.names(),
+            "gelu": ACTIVATIONS.names_for("gelu"), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(), "reciprocal": RECIPROCALS.names(),
             "layernorm": NORMS.names(), "outliers": OUTLIERS.choices(), "gemm_backend": gemm_backends()}
 
 

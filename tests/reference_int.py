@@ -518,7 +518,8 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = Tr
     """One row of intsim.layernorm's specification (``center=False``: RMSNorm, ``d = x``; ``eps``:
     the integer epsilon ``E``, added to ``V`` as ``round_half_up(E / 2**(2r))``).
 
-    ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider); ``outs`` is a list of
+    ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider; ``"bitwise"``: DI-Norm's
+    bit-wise isqrt and the same divider); ``outs`` is a list of
     ``(G, H, T, bits)`` or ``(G, H, T, bits, dynamic)``; a dynamic output's row uses shift
     ``T + t`` (``t`` per the spec) and the returned row is ``(values, t)``'s values. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
     """
@@ -532,8 +533,8 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = Tr
     it = 0
     if V == 0:
         z = [0] * C
-    elif rsqrt_fn is None:
-        s, it = isqrt_newton(V)
+    elif rsqrt_fn is None or rsqrt_fn == "bitwise":
+        s, it = isqrt_newton(V) if rsqrt_fn is None else isqrt_bitwise(V)
         assert s == isqrt_floor(V)
         # floor((d * 2**(Z+1) + s) / (2 s)) with Python's floor division
         z = [(v * 2 ** (z_frac + 1) + s) // (2 * s) for v in d]
@@ -633,3 +634,82 @@ def rope_vector(x, p: int, base: float, rope_bits: int, m0: int, n: int, out_bit
             out.append(v)
             sat += hit
     return out, sat, peak
+
+
+# --- I-LLM (intsim.illm's docstring) ----------------------------------------------------------
+
+LOG2E_M, LOG2E_FRAC = 23637, 14
+
+
+def di_exp(u: int, m: int, k: int, b: int = 16) -> int:
+    """DI-Exp: ``2**-(q + f)`` of ``t = -u m L`` (n = k + 14 fraction bits) as ``(2**n - f/2) >> q``,
+    rescaled to ``2**-b`` (floor); exact Python integers."""
+    assert u <= 0
+    n = k + LOG2E_FRAC
+    t = -u * m * LOG2E_M
+    assert t < 2**62
+    q, f = divmod(t, 2**n)
+    y = 2**n - f // 2
+    sh = q + n - b
+    return y // 2**sh if sh >= 0 else y * 2 ** (-sh)
+
+
+def isqrt_bitwise(v: int) -> tuple[int, int]:
+    """DI-Norm's bit-wise check, literally: ``(floor(sqrt v), steps)``."""
+    if v <= 0:
+        return 0, 0
+    s, steps = 0, 0
+    for j in range(msb(v) // 2, -1, -1):
+        if (s + 2**j) ** 2 <= v:
+            s += 2**j
+        steps += 1
+    return s, steps
+
+
+def clipped_softmax_row(scores, mask, m_s: int, k_s: int, clip_codes: int, in_bits: int = 8, out_bits: int = 8):
+    """One row of DI-ClippedSoftmax. Returns ``(probabilities, saturations, Z)``."""
+    keys = [int(a) for a, v in zip(scores, mask) if v]
+    if not keys:
+        return [0] * len(scores), 0, 0
+    mx, mn = max(keys), min(keys)
+    R = max(1, min(mx - mn, clip_codes))
+    Q = 2 ** (in_bits + 22) // R
+    E = []
+    for a, v in zip(scores, mask):
+        if not v:
+            E.append(0)
+            continue
+        d = max(int(a) - mx, INT32_MIN)
+        u = max(-(2**in_bits), (d * Q) // 2**22)
+        E.append(di_exp(u, m_s * R, k_s + in_bits))
+    Z = sum(E)
+    F = 2 ** (out_bits + 32) // Z
+    probs, sat = [], 0
+    for e in E:
+        p = round_shift(e * F, 32, "half_up")
+        p, hit = saturate(p, out_bits, signed=False)
+        probs.append(p)
+        sat += hit
+    return probs, sat, Z
+
+
+def di_silu(x: int, m_s: int, k_s: int, sig_bits: int = 15) -> int:
+    """DI-SiLU of one code: ``x * round_half_up(num 2**K / den)`` with the DI-Exp of ``-|x|``."""
+    x = int(x)
+    e = di_exp(-abs(x), m_s, k_s)
+    num, den = (2**16 if x >= 0 else e), 2**16 + e
+    return x * round_fraction(Fraction(num * 2**sig_bits, den), "half_up")
+
+
+def dyadic_scale(s: float) -> tuple[int, int]:
+    """``(M, k)``: ``M 2**-k`` the half-even rounding of ``s`` to a mantissa in ``[2**15, 2**16)``."""
+    v = Fraction(s)
+    k = 0
+    while v * 2**k >= 2**16:
+        k -= 1
+    while v * 2**k < 2**15:
+        k += 1
+    m = round(v * 2**k)
+    if m == 2**16:
+        m, k = m // 2, k - 1
+    return m, k

@@ -341,3 +341,183 @@ def test_pwl_activation_is_generic_and_keeps_its_old_name():
     k(np.arange(-5, 5), stats=stats)
     assert stats.to_dict()["lut"] == [{"op": "silu", "table": "silu", "entries": 16, "in_bits": 8, "count": 10}]
     assert math.isclose(k.out_scale, 2.0 ** -t.output_frac(k.e))
+
+
+# =============================================================================================
+# I-LLM: DI-Exp, DI-ClippedSoftmax, DI-Norm, DI-SiLU (intsim.illm)
+# =============================================================================================
+
+from intsim.illm import DIClippedSoftmax, DISiLU, di_exp1, dyadic_scale, isqrt_bitwise  # noqa: E402
+from intsim.registry import SOFTMAXES  # noqa: E402
+
+
+@FAST
+@given(st.integers(-(2**12), 0), st.integers(1, 2**24), st.integers(0, 40), st.sampled_from([16, 16, 8, 30]))
+def test_di_exp_matches_reference(u, m, k, b):
+    if -u * m * ref.LOG2E_M >= 2**62:
+        return
+    assert di_exp1(u, m, k, b) == ref.di_exp(u, m, k, b)
+
+
+def test_di_exp_accuracy():
+    """DI-Exp against exp at scale 15/256 (DI-ClippedSoftmax's full clip range): measured max
+    |error| 0.0428 (of 1), max relative error 6.1 % above exp(-8) -- the linear 2**-f."""
+    u = np.arange(-4096, 1)
+    E = np.array([di_exp1(int(v), 240, 12, 16) for v in u]) / 2**16
+    f = np.exp(u * 240 * 2.0**-12)
+    assert E[-1] == 1.0 and np.all(np.diff(E) >= 0)            # exp(0) exact, monotone
+    assert np.abs(E - f).max() <= 0.045
+    assert (np.abs(E - f) / f)[u * 240 * 2.0**-12 > -8].max() <= 0.065
+
+
+@given(st.floats(2.0**-30, 2.0**14))
+def test_dyadic_scale_matches_reference(s):
+    assert dyadic_scale(s, "s") == ref.dyadic_scale(s)
+
+
+@st.composite
+def illm_softmax_cases(draw):
+    B, H, Tq = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    Tk = draw(st.integers(Tq, 9))
+    spread = draw(st.sampled_from([3, 300, 30000, 2**31 - 1]))    # 3: ties and ranges below the clip
+    vals = draw(st.lists(st.one_of(st.integers(-spread, min(spread, 2**31 - 1)), st.sampled_from([0, 1, -1])),
+                         min_size=B * H * Tq * Tk, max_size=B * H * Tq * Tk))
+    scores = np.clip(np.array(vals, np.int64), -(2**31), 2**31 - 1).astype(np.int32).reshape(B, H, Tq, Tk)
+    mask = np.array(draw(st.lists(st.booleans(), min_size=B * Tk, max_size=B * Tk)), np.uint8).reshape(B, Tk)
+    if draw(st.booleans()):
+        mask[:] = 1
+    in_scale = 2.0 ** draw(st.floats(-14, -2))
+    clip = draw(st.sampled_from([15.0, 15.0, 4.0, 0.5]))
+    return scores, mask, draw(st.booleans()), in_scale, clip
+
+
+@SLOW
+@given(illm_softmax_cases())
+def test_clipped_softmax_matches_reference(case):
+    scores, mask, causal, in_scale, clip = case
+    sm = DIClippedSoftmax(in_scale, clip)
+    stats = OpStats()
+    p = sm(scores, mask, stats=stats, causal=causal)
+    assert p.dtype == np.uint8 and p.shape == scores.shape
+    B, H, Tq, Tk = scores.shape
+    assert (sm.m_s, sm.k_s) == ref.dyadic_scale(in_scale) and sm.c_clip == max(1, math.floor(clip / in_scale))
+    sat, z_max = 0, 0
+    for b in range(B):
+        for h in range(H):
+            for i in range(Tq):
+                vis = ref.visible_keys(mask[b].tolist(), i, Tq, causal)
+                row, sa, Z = ref.clipped_softmax_row(scores[b, h, i].tolist(), vis, sm.m_s, sm.k_s, sm.c_clip)
+                assert p[b, h, i].tolist() == row, (b, h, i)
+                sat, z_max = sat + sa, max(z_max, Z)
+    assert stats.saturations.get("softmax.prob_max", 0) == sat
+    assert stats.accumulators["softmax.sum"]["peak_abs"] == z_max
+    n, rows = scores.size, B * H * Tq
+    assert stats.totals()["div"] == 2 * rows and stats.totals()["compare"] == 2 * n
+
+
+def test_clipped_softmax_accuracy_vs_float():
+    """Against float softmax on random rows (sigma 0.5 .. 6 at scale 1/256, 128 keys, padding),
+    and causal rows. Measured: max |p error| 0.0121, mean 6.0e-4, row sums within 11 codes of 256
+    (the PWL softmax on the same rows: 0.0446 / 6.4e-4 / 12); causal rows 0.0137, nothing above
+    the diagonal."""
+    rng = np.random.default_rng(0)
+    sm = SOFTMAXES.make("illm", SimConfig(softmax="illm"), 1 / 256)
+    worst_sum, worst_p, means = 0, 0.0, []
+    for sigma in (0.5, 1, 3, 6):
+        s = np.round(rng.normal(0, sigma, (2, 4, 32, 128)) * 256).astype(np.int32)
+        mask = np.ones((2, 128), bool)
+        mask[1, 100:] = False
+        p = sm(s, mask)
+        x = np.where(mask[:, None, None, :], s / 256, -np.inf)
+        f = np.exp(x - x.max(-1, keepdims=True))
+        f /= f.sum(-1, keepdims=True)
+        worst_sum = max(worst_sum, int(np.abs(p.sum(-1).astype(np.int64) - 256).max()))
+        worst_p = max(worst_p, float(np.abs(p / 256 - f).max()))
+        means.append(float(np.abs(p / 256 - f).mean()))
+    assert worst_p <= 0.0125 and np.mean(means) <= 6.5e-4 and worst_sum <= 12, (worst_p, np.mean(means), worst_sum)
+    s = np.round(rng.normal(0, 3, (1, 3, 16, 16)) * 64).astype(np.int32)
+    p = DIClippedSoftmax(1 / 64)(s, None, causal=True)
+    x = np.where(np.tril(np.ones((16, 16), bool)), s / 64, -np.inf)
+    f = np.exp(x - x.max(-1, keepdims=True))
+    f /= f.sum(-1, keepdims=True)
+    assert np.abs(p / 256 - f).max() <= 0.014
+    assert (p[..., np.triu(np.ones((16, 16), bool), 1)] == 0).all()
+
+
+def test_clipped_softmax_clips_and_refuses():
+    """A key more than ``clip`` below the row max gets the probability of exactly ``clip`` below
+    (clipped, not dropped); bad parameters are clear errors."""
+    s = np.array([[[[0, -64 * 20, -64 * 30]]]], np.int32)          # scale 1/64: -20 and -30 below
+    p = DIClippedSoftmax(1 / 64, clip=15.0)(s)
+    assert p[0, 0, 0, 1] == p[0, 0, 0, 2]
+    with pytest.raises(GQAError, match="softmax_clip"):
+        DIClippedSoftmax(1 / 64, clip=0.0)
+    with pytest.raises(GQAError, match="softmax_clip"):
+        SimConfig(softmax_clip=100.0)
+    assert SimConfig(softmax="illm", softmax_clip=8.0).softmax_clip == 8.0
+
+
+def test_isqrt_bitwise():
+    for v in list(range(0, 5000)) + [2**k + d for k in range(12, 62) for d in (-1, 0, 1)]:
+        s, steps = isqrt_bitwise(v)
+        assert (s, steps) == ref.isqrt_bitwise(v) and s == ref.isqrt_floor(v)
+
+
+@SLOW
+@given(rms_cases(), st.booleans())
+def test_di_norm_matches_reference(case, center):
+    """DI-Norm in both forms (RMSNorm, LayerNorm) against the reference; equal to the Newton mode."""
+    x, d_bits, outs, eps = case
+    kernel = NORMS.make("illm", SimConfig(layernorm="illm", ln_d_bits=d_bits), center=center)
+    assert kernel.rsqrt == "bitwise" and kernel.center == center
+    stats = OpStats()
+    got = kernel(x, *outs, stats=stats, name="dinorm", eps_code=eps)
+    newton = IntLayerNorm("newton", None, d_bits, center=center)(x, *outs, eps_code=eps)
+    got, newton = (got if len(outs) == 2 else (got,)), (newton if len(outs) == 2 else (newton,))
+    spec = [(o.G.tolist(), o.H.tolist(), o.T, o.bits, o.dynamic) for o in outs]
+    steps = 0
+    for r, row in enumerate(x.tolist()):
+        ys, _, _, _, it = ref.layernorm_row(row, d_bits, Z_FRAC, "bitwise", spec, center=center, eps=eps)
+        steps += it
+        for k, y in enumerate(ys):
+            g, w = (got[k][0], newton[k][0]) if outs[k].dynamic else (got[k], newton[k])
+            assert g[r].tolist() == y == w[r].tolist()
+    tot = stats.totals()
+    token_max = x.size if outs[0].dynamic else 0          # a per-token output's row maximum
+    assert tot["div"] == x.size and tot["compare"] == x.size + steps + token_max
+
+
+@pytest.mark.parametrize("in_absmax", [2.0, 6.0, 12.0, 30.0])
+def test_di_silu_matches_reference_every_code(in_absmax):
+    k = ACTIVATIONS.make("illm", SimConfig(silu="illm"), in_absmax, "layers.0.silu", function="silu")
+    assert isinstance(k, DISiLU) and (k.m_s, k.k_s) == ref.dyadic_scale(in_absmax / 127)
+    assert k.in_scale == k.m_s * 2.0**-k.k_s and k.out_scale == k.in_scale * 2.0**-15
+    q = np.arange(-128, 128)
+    stats = OpStats()
+    y = k(q, stats=stats)
+    assert y.dtype == np.int32 and y.tolist() == [ref.di_silu(int(v), k.m_s, k.k_s) for v in q]
+    assert stats.totals()["div"] == q.size
+    with pytest.raises(GQAError, match="silu"):
+        k(np.array([128]))
+
+
+def test_di_silu_accuracy_vs_torch():
+    """DI-SiLU against torch silu on every code: measured max |error| 0.0134 / 0.0134 / 0.0133 /
+    0.0120 at in_absmax 2 / 6 / 12 / 30 (mean 6.9e-3, 4.5e-3, 2.3e-3, 9.2e-4): DI-Exp's linear
+    2**-f bounds it; the PWL silu16 table's worst is 0.0109."""
+    for in_absmax, bound in ((2.0, 0.014), (6.0, 0.014), (12.0, 0.014), (30.0, 0.0125)):
+        k = DISiLU(in_absmax)
+        q = np.arange(-128, 128)
+        f = torch.nn.functional.silu(torch.tensor(q * k.in_scale)).numpy()
+        assert np.abs(k(q) * k.out_scale - f).max() <= bound
+
+
+def test_illm_entries_in_the_registries():
+    assert "illm" in choices()["softmax"] and "illm" in choices()["layernorm"] and "illm" in choices()["silu"]
+    assert "illm" not in choices()["gelu"]                      # DI-SiLU computes SiLU only
+    with pytest.raises(GQAError) as ei:
+        SimConfig(gelu="illm")
+    assert ei.value.field == "gelu"
+    with pytest.raises(GQAError, match="does not compute gelu"):
+        ACTIVATIONS.make("illm", SimConfig(), 4.0, "blocks.0.gelu")
+    assert isinstance(SOFTMAXES.make("illm", SimConfig(softmax_clip=8.0), 0.01), DIClippedSoftmax)
