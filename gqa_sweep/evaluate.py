@@ -46,6 +46,19 @@ def _minilm_base(m: dict):
     return _MINILM_CACHE[key]
 
 
+def _plugged(table, m: dict, slots: dict, model: str):
+    """A model axis point's SimConfig options with the table in its slot (``plug_table``):
+    ``(options, slot or None, note)``; no slot for the table's function: the config's tables, noted."""
+    options, note = dict(m["options"]), ""
+    slot = slots.get(table.function)
+    if m["plug_table"]:
+        if slot is None:
+            note = f"no {model} slot for {table.function}; config tables used"
+        else:
+            options[slot] = table
+    return options, slot, note
+
+
 def _minilm_accuracy(table, m: dict) -> dict:
     import warnings
 
@@ -55,14 +68,7 @@ def _minilm_accuracy(table, m: dict) -> dict:
 
     with _torch_threads(1):
         model, tok, calib, sentences, ref = _minilm_base(m)
-        options = dict(m["options"])
-        note = ""
-        slot = MINILM_SLOTS.get(table.function)
-        if m["plug_table"]:
-            if slot is None:
-                note = f"no MiniLM slot for {table.function}; config tables used"
-            else:
-                options[slot] = table
+        options, slot, note = _plugged(table, m, MINILM_SLOTS, "MiniLM")
         try:
             enc = IntBert(model, calib, SimConfig(**options))
         except GQAError as exc:
@@ -97,14 +103,7 @@ def _llm_accuracy(table, m: dict) -> dict:
 
     with _torch_threads(1):
         tok, text = _llm_text(m)
-        options = dict(m["options"])
-        note = ""
-        slot = LLM_SLOTS.get(table.function)
-        if m["plug_table"]:
-            if slot is None:
-                note = f"no decoder slot for {table.function}; config tables used"
-            else:
-                options[slot] = table
+        options, slot, note = _plugged(table, m, LLM_SLOTS, "decoder")
         try:       # the calibration is computed once per process (int_llama caches it)
             model, fp32, _ = build(SimConfig(**options), weights=m["weights"], layers=m["layers"])
         except GQAError as exc:
