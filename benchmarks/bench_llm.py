@@ -5,8 +5,9 @@
 2. the configuration table: PWL 8 against 16 entries, every alternative kernel of the registries,
    every outlier option (first genre only);
 3. speed at --seq: integer prefill against FP32 torch, decode tokens/s of both (W8A8 and W4A8);
-4. the Q4_1 layer's two methods (group: the hardware's order; folded: one exact float64 GEMM)
-   against FP32 torch on every linear shape of the decoder at --seq tokens.
+4. the Q4_1 layer's methods (group: the hardware's order; folded: one exact float64 GEMM; sliced:
+   int8 digit GEMMs on the fastest exact backend) against FP32 torch on the decoder's linear
+   shapes at --seq tokens.
 
     python benchmarks/bench_llm.py                                   # everything, 30 layers
     python benchmarks/bench_llm.py --parts accuracy,speed --tokens 512
@@ -103,7 +104,7 @@ def q4layer(a) -> None:
     """The Q4_1 layer's methods on layer 0's tensors at --seq tokens, interleaved, best of --repeats."""
     from intsim.config import SimConfig
     from intsim.gguf_model import open_gguf
-    from intsim.q4linear import IntQ4Linear
+    from intsim.q4linear import METHODS, IntQ4Linear
 
     g = open_gguf()
     rng = np.random.default_rng(0)
@@ -112,7 +113,7 @@ def q4layer(a) -> None:
         w = torch.from_numpy(np.ascontiguousarray(g.tensor(f"blk.0.{name}.weight").T))
         x = rng.integers(-128, 128, (a.seq, w.shape[0])).astype(np.int8)
         xf = torch.from_numpy(x.astype(np.float32))
-        layers = {m: IntQ4Linear(qb, None, 0.02, SimConfig(), 0.05, 8, method=m) for m in ("group", "folded")}
+        layers = {m: IntQ4Linear(qb, None, 0.02, SimConfig(), 0.05, 8, method=m) for m in METHODS if m != "auto"}
         runs = {"fp32": lambda: torch.matmul(xf, w), **{m: (lambda l=l: l(x)) for m, l in layers.items()}}
         for fn in runs.values():
             fn()
@@ -122,10 +123,11 @@ def q4layer(a) -> None:
                 t0 = time.perf_counter()
                 fn()
                 best[k] = min(best[k], time.perf_counter() - t0)
-        same = np.array_equal(layers["group"](x)[1], layers["folded"](x)[1])
-        print(f"{name:12s} {w.shape[0]:5d} -> {w.shape[1]:5d}: FP32 torch {1e3 * best['fp32']:6.2f} ms, "
-              f"group {1e3 * best['group']:6.2f} ms ({best['group'] / best['fp32']:.1f}x), folded "
-              f"{1e3 * best['folded']:6.2f} ms ({best['folded'] / best['fp32']:.1f}x); same integers: {same}", flush=True)
+        accs = [np.asarray(l(x)[1], np.int64) for l in layers.values()]
+        same = all(np.array_equal(accs[0], acc) for acc in accs[1:])
+        print(f"{name:12s} {w.shape[0]:5d} -> {w.shape[1]:5d}: FP32 torch {1e3 * best['fp32']:6.2f} ms, " + ", ".join(
+              f"{m} {1e3 * best[m]:6.2f} ms ({best[m] / best['fp32']:.1f}x)" for m in layers)
+              + f"; same integers: {same}", flush=True)
 
 
 def main(argv=None) -> int:
