@@ -47,9 +47,17 @@ from .layers import (ActivationSite, IntAttention, IntEmbedding, IntKVCache, Int
 from .llama import Llama, LlamaConfig, check_generation
 from .registry import ACTIVATIONS, NORMS, WEIGHT_SCALES
 
-__all__ = ["SITES", "IntLlama", "IntLogits", "build", "calibration", "WEIGHTS", "CALIB_TEXT"]
+__all__ = ["SITES", "IntLlama", "IntLogits", "build", "calibration", "default_config", "DECODER_DEFAULTS", "WEIGHTS",
+           "CALIB_TEXT"]
 
 WEIGHTS = ("w8",)
+# The decoder's datapath defaults where they differ from SimConfig's (the encoder's): SmolLM2's
+# residual stream holds massive activations (~22,500 in one channel of the first token from layer
+# 11 on, against ~1 elsewhere), so the stream is 24 bits wide (16 bits: a code of 0.77, the first
+# layers drown; 32 bits: the stream scale is so fine that the fused residual requantizers shift
+# their int32 accumulators left and saturate), and static operand ranges are the calibrated
+# maxima (a 99.99th percentile clips exactly those massive values; per-token scales handle them).
+DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0}
 CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
 CALIB_TOKENS, CALIB_SEQ = 1024, 128
 
@@ -77,11 +85,17 @@ def _np(t) -> np.ndarray:
     return t.detach().numpy()
 
 
+def default_config(**overrides) -> SimConfig:
+    """The decoder's default config: SimConfig with :data:`DECODER_DEFAULTS`, then ``overrides``."""
+    return SimConfig.from_dict({**DECODER_DEFAULTS, **overrides})
+
+
 def _rope(cfg: SimConfig, c: LlamaConfig):
     """The RoPE stage's factory ``(in_scale, out_scale, bits) -> kernel`` (IntAttention's interface)."""
-    from .rope import IntRope
+    from .rope import IntRoPE
 
-    return lambda s_in, s_out, bits: IntRope(c.head_dim, c.rope_base, s_in, s_out, out_bits=bits)
+    return lambda s_in, s_out, bits: IntRoPE(c.head_dim, c.rope_base, s_in, s_out, out_bits=bits,
+                                             rope_bits=cfg.rope_bits, in_bits=cfg.act_bits)
 
 
 class IntLogits:
@@ -129,10 +143,10 @@ class IntBlock:
                                       stream, cfg.softmax, causal=True, rope=rope, layer=i)
         self.ffn_norm = NormSite(_np(blk.ffn_norm.weight), None, norm_kernel, calib, n.ffn_norm_out, cfg, None,
                                  consumers=[w1, w3], percentile=pc)
-        silu = ACTIVATIONS.make(cfg.activation, cfg, calib.absmax(n.gate, pc), self.name + "silu")
+        silu = ACTIVATIONS.make(cfg.silu, cfg, calib.absmax(n.gate, pc), self.name + "silu", function="silu")
         self.feed_forward = ActivationSite(w1, None, self.ffn_norm.gemm_scale, self.ffn_norm.factor, silu, calib,
                                            n.act_out, [w2], cfg, name="silu", w_up=w3, up_site=n.up,
-                                           in_proj="w1", up_proj="w3")
+                                           in_proj="w1", up_proj="w3", token_input=True)
         self.w2 = IntLinear(w2, None, self.feed_forward.out_scale, cfg, stream, rb, col_factor=self.feed_forward.factor)
 
     def __call__(self, h, positions, cache, stats=None, trace=None):
@@ -145,6 +159,7 @@ class IntBlock:
         out, _ = self.w2(a8, stats, p + "w2", residual=h, row_shift=t_a)          # h + w2(silu(w1 m) * w3 m)
         if trace is not None:
             trace.update({p + "attn_norm": n8, p + "h_mid": h, p + "ffn_norm": m8, p + "h_out": out})
+            trace.update({k: v for k, v in ((p + "attn_norm_shift", t_n), (p + "ffn_norm_shift", t_m)) if v is not None})
         return out
 
 
@@ -152,10 +167,10 @@ class IntLlama:
     """The integer decoder: ``logits(ids, cache)`` -> float64 (B, T, V); ``model(ids)`` as a torch model."""
 
     def __init__(self, model: Llama, calib: Calibration, cfg: SimConfig | None = None):
-        cfg = cfg or SimConfig()
+        cfg = cfg or default_config()
         self.cfg, self.config = cfg, model.config
         c, rb = model.config, cfg.residual_bits
-        norm_kernel = NORMS.make(cfg.layernorm, cfg)
+        norm_kernel = NORMS.make(cfg.layernorm, cfg, center=False)          # RMSNorm
         # one scale for the whole residual stream: it never clips (its width is the outlier budget)
         self.stream = act_scale(max(calib.absmax(x) for x in calib.residual), rb, cfg.act_scales)
         emb = _np(model.tok_embeddings.weight)
@@ -168,7 +183,7 @@ class IntLlama:
         self.norm = NormSite(_np(model.norm.weight), None, norm_kernel, calib, SITES.final().out, cfg, None,
                              consumers=[w_out], percentile=cfg.calib_percentile)
         self.output = IntLogits(w_out, self.norm.gemm_scale, cfg, col_factor=self.norm.factor)
-        cfg.check_sites([blk.name + "silu" for blk in self.layers], activation="silu")
+        cfg.check_sites([blk.name + "silu" for blk in self.layers])           # pwl_input_exp names
 
     def new_cache(self) -> IntKVCache:
         return IntKVCache(len(self.layers))
@@ -255,7 +270,11 @@ def calibration(layers: int | None = None, calib_text: str | None = None, progre
 
 def build(cfg: SimConfig | None = None, weights: str = "w8", layers: int | None = None, calib_text: str | None = None,
           progress: bool = False):
-    """-> ``(int_model, fp32_model, tokenizer)``; ``layers=N``: the first N blocks only (both models)."""
+    """-> ``(int_model, fp32_model, tokenizer)``; ``layers=N``: the first N blocks only (both models).
+
+    ``cfg``: a :class:`SimConfig` (default :func:`default_config`); ``calib_text``: the calibration
+    text (default :data:`CALIB_TEXT`; never an evaluation text). The calibration is computed once
+    per process and ``(layers, calib_text)``."""
     from .gguf_model import load_tokenizer
 
     if weights not in WEIGHTS:

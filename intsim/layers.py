@@ -36,7 +36,7 @@ import numpy as np
 from .calibration import Calibration
 from .config import SimConfig
 from .errors import GQAError
-from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic
+from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic, rounding_divide_by_pot
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
@@ -411,11 +411,60 @@ class IntAttention:
             stats.accumulator(prefix + "context.acc", int(np.abs(ctx_acc).max()), 32)
             stats.count("mul", prefix + "context.requant", ctx_acc.size, a_bits=32, b_bits=32)
             stats.saturated(prefix + "context.out", sat)
-        _record(trace, prefix, qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx)
+        _record(trace, prefix, qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx, ctx_shift=t_ctx)
         return s
 
 
 # --- activation sites ----------------------------------------------------------------------------------
+
+class TokenScaledActivation:
+    """A PWL activation whose input scale ``2**-e`` is chosen per token from its table's scale set.
+
+    The in-projection requantizes to an int32 register ``v`` at the table's finest scale
+    ``2**-e_max``; per row the smallest shift ``t`` in ``[0, e_max - e_min]`` with
+    ``max|v| >> t <= 2**(in_bits-1) - 1`` (a leading-one detector) gives the unit's codes
+    ``q = saturate(RDBPOT(v, t))`` at scale ``2**-(e_max - t)`` (rows beyond the coarsest scale
+    saturate, counted), evaluated by the unit at that scale (one table serves every scale: the
+    GQA-LUT datapath); each output is aligned to the finest output scale ``2**-F(e_max)`` by a left
+    shift ``F(e_max) - F(e)`` (exact). So a token of small activations keeps ``in_bits`` of
+    resolution while a token with a massive one still fits. ``kernel``: a PWL activation
+    (:class:`intsim.gelu.PWLActivation`) of the site.
+    """
+
+    def __init__(self, kernel):
+        table = kernel.table
+        self.table, self.in_bits = table, kernel.in_bits
+        self.e_max, self.e_min = max(table.scales), min(table.scales)
+        self.kernels = {e: type(kernel)(0.0, table, e=e) for e in table.scales}
+        self.in_scale, self.out_scale = self.kernels[self.e_max].in_scale, self.kernels[self.e_max].out_scale
+        self.frac_max = table.output_frac(self.e_max)
+
+    def __call__(self, v, stats=None, name="activation"):
+        """int32 register (..., F) at ``in_scale`` -> (int64 outputs at ``out_scale``, the unit's codes, row shifts)."""
+        v2 = np.asarray(v, np.int64).reshape(-1, v.shape[-1])                     # (..., F) -> (M, F)
+        hi = (1 << (self.in_bits - 1)) - 1
+        peak = np.abs(v2).max(1) if v2.size else np.zeros(v2.shape[0], np.int64)
+        bits = np.frexp(peak.astype(np.float64))[1]                               # bit length of each row's peak
+        t = np.clip(bits - (self.in_bits - 1), 0, self.e_max - self.e_min).astype(np.int64)
+        q = np.empty(v2.shape, np.int8 if self.in_bits <= 8 else np.int16)
+        out = np.empty(v2.shape, np.int64)
+        sat = 0
+        for shift in np.unique(t):
+            rows = t == shift
+            r = rounding_divide_by_pot(v2[rows], int(shift))
+            qc = np.clip(r, -hi - 1, hi)
+            sat += int((qc != r).sum())
+            e = self.e_max - int(shift)
+            q[rows] = qc
+            out[rows] = self.kernels[e](qc, None).astype(np.int64) << (self.frac_max - self.table.output_frac(e))
+        if stats is not None:
+            stats.count("compare", f"{name}.token_max", v2.size, bits=32)
+            stats.count("shift", f"{name}.token_shift", v2.size, bits=32)
+            stats.lut(name, v2.size, table=self.table.function, entries=self.table.entries, in_bits=self.in_bits)
+            stats.count("shift", f"{name}.align", v2.size, bits=32)
+            stats.saturated(f"{name}.in", sat)
+        return out.reshape(v.shape), q.reshape(v.shape), t.reshape(v.shape[:-1])
+
 
 class ActivationSite:
     """The FFN's non-linearity between its in- and out-projections, on integers:
@@ -425,6 +474,10 @@ class ActivationSite:
     - gated (``w_up`` given; SwiGLU's ``silu(gate) * up``): ``a = act(gate) * u`` with
       ``u = requant(x W_up^T)`` int8 at the calibrated scale of ``up_site``: an int64 product of the
       kernel's int32 code and ``u`` at scale ``kernel.out_scale * s_u`` (a declared 32-bit register).
+    - gated with ``per_token`` outliers and a PWL kernel (``token_input=True``): the kernel's input
+      scale is chosen per token (:class:`TokenScaledActivation`), and ``u`` is a per-token operand
+      (nominal scale for the median token, :func:`intsim.fixedpoint.requantize_dynamic`; its row
+      shifts, plus the operand's, add to the output's row shifts). The up projection has no bias then.
 
     Then ``a`` is requantized to the out-projection's int8 operand at the calibrated scale of
     ``out_site`` (:class:`OperandRequant`, per token if configured). ``kernel``: any activation
@@ -434,37 +487,70 @@ class ActivationSite:
 
     def __init__(self, w_in, b_in, in_scale: float, in_factor, kernel, calib: Calibration, out_site: str,
                  consumers, cfg: SimConfig, name: str = "gelu", w_up=None, b_up=None, up_site: str | None = None,
-                 in_proj: str = "ffn_in", up_proj: str = "ffn_up"):
+                 in_proj: str = "ffn_in", up_proj: str = "ffn_up", token_input: bool = False):
+        per_token = "per_token" in outlier_methods(cfg)
+        self.token_input = token_input and per_token and w_up is not None and hasattr(kernel, "table")
+        if self.token_input:
+            if b_up is not None:
+                raise GQAError(up_proj, "has a bias; a per-token gate operand is built without one",
+                               "use token_input=False for a biased up projection")
+            kernel = TokenScaledActivation(kernel)
         self.kernel, self.name, self.in_proj, self.up_proj = kernel, name, in_proj, up_proj
-        self.proj = IntLinear(w_in, b_in, in_scale, cfg, kernel.in_scale, kernel.in_bits, col_factor=in_factor)
+        in_bits = 32 if self.token_input else kernel.in_bits     # token_input: an int32 register at the finest scale
+        self.proj = IntLinear(w_in, b_in, in_scale, cfg, kernel.in_scale, in_bits, col_factor=in_factor)
         self.up = None
         scale = kernel.out_scale
         if w_up is not None:
-            s_u = act_scale(calib.absmax(up_site, cfg.calib_percentile), cfg.act_bits, cfg.act_scales)
+            pick = calib.token_max(up_site) if self.token_input else calib.absmax(up_site, cfg.calib_percentile)
+            s_u = act_scale(pick, cfg.act_bits, cfg.act_scales)
             self.up = IntLinear(w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
             scale = scale * s_u
+        self.act_bits = cfg.act_bits
         self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
         self.factor = f
-        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, "per_token" in outlier_methods(cfg))
+        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
+
+    def _up_per_token(self, x8, t8, stats, name):
+        """u int8 per token: the up GEMM's accumulator requantized dynamically; row shifts include the operand's."""
+        x2 = x8.reshape(-1, x8.shape[-1])                                         # (B, T, C) -> (M, C)
+        acc = int_gemm(x2, self.up.wt, self.up.backend, float_out=True)           # (M, F) int32 values
+        u, t_u = requantize_dynamic(acc, self.up.m0, self.up.n, self.act_bits)
+        if stats is not None:
+            stats.mac(name, acc.size * self.up.wt.shape[0])
+            stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
+            stats.count("compare", f"{name}.token_max", acc.size, bits=32)
+            stats.count("shift", f"{name}.token_shift", acc.size, bits=32)
+        t = t_u if t8 is None else t_u + np.asarray(t8).reshape(-1)
+        return u.reshape(*x8.shape[:-1], -1), t.reshape(x8.shape[:-1])
 
     def __call__(self, x8, t8, stats=None, prefix="", trace=None):
         """int8 operand (B, T, C) and its row shifts -> the out-projection's operand (B, T, F) and row shifts."""
         p = prefix + self.name
         a_in, _ = self.proj(x8, stats, prefix + self.in_proj, row_shift=t8)       # (B, T, F) kernel input codes
-        a = self.kernel(a_in, stats, p)                                           # (B, T, F) int32
+        t_in = t_u = None
+        if self.token_input:
+            a, a_in, t_in = self.kernel(a_in, stats, p)                           # (B, T, F) int64, codes, (B, T) shifts
+        else:
+            a = self.kernel(a_in, stats, p)                                       # (B, T, F) int32
         u = None
         if self.up is not None:
-            u, _ = self.up(x8, stats, prefix + self.up_proj, row_shift=t8)         # (B, T, F) int8
+            if self.token_input:
+                u, t_u = self._up_per_token(x8, t8, stats, prefix + self.up_proj)  # (B, T, F) int8, (B, T)
+            else:
+                u, _ = self.up(x8, stats, prefix + self.up_proj, row_shift=t8)     # (B, T, F) int8
             a = a.astype(np.int64) * u                                            # the gate: int64 product
             if stats is not None:
                 stats.count("mul", p + ".gate", a.size, a_bits=32, b_bits=8)
         a_q, t_a, sat = self.requant(a, stats, p)
+        if t_u is not None:                                                       # u's row scales carry over
+            t_a = t_u if t_a is None else t_a + t_u
         if stats is not None:
             stats.count("mul", p + ".requant", a.size, a_bits=32, b_bits=32)
             stats.accumulator(p + ".out", int(np.abs(a).max()) if a.size else 0, 32)
             stats.saturated(p + ".requant", sat)
         _record(trace, prefix, **{f"{self.name}_in": a_in, f"{self.name}_up": u, f"{self.name}_out": a,
-                                  f"{self.name}_q": a_q})
+                                  f"{self.name}_q": a_q, f"{self.name}_in_shift": t_in,
+                                  f"{self.name}_up_shift": t_u, f"{self.name}_q_shift": t_a})
         return a_q, t_a
 
 
