@@ -38,15 +38,16 @@ PPL_TARGET, TOP1_TARGET, PREFILL_TARGET = 1.03, 0.90, 1.0
 def config_variants() -> dict[str, dict]:
     """The docs table's rows: SimConfig options, derived from the registries (every non-default
     decoder kernel and outlier option) plus the 8-entry PWL tables."""
-    from intsim.config import SimConfig
-    from intsim.registry import NORMS, OUTLIERS, RECIPROCALS, SOFTMAXES
+    from intsim.int_llama import default_config
+    from intsim.registry import ACTIVATIONS, NORMS, OUTLIERS, RECIPROCALS, SOFTMAXES
 
-    base = SimConfig()
+    base = default_config()
     rows = {"default": {}, "pwl8": {"silu_table": "silu8", "exp_table": "exp8"}}
-    for reg in (SOFTMAXES, RECIPROCALS, NORMS):
-        for name in reg.names():
-            if name != getattr(base, reg.field):
-                rows[f"{reg.field}={name}"] = {reg.field: name}
+    for field, names in (("silu", ACTIVATIONS.names_for("silu")), ("softmax", SOFTMAXES.names()),
+                         ("reciprocal", RECIPROCALS.names()), ("layernorm", NORMS.names())):
+        for name in names:
+            if name != getattr(base, field):
+                rows[f"{field}={name}"] = {field: name}
     for name in OUTLIERS.choices():
         if name != base.outliers:
             rows[f"outliers={name}"] = {"outliers": name}
@@ -60,8 +61,7 @@ def texts(genres, tokens: int, tok) -> dict[str, str]:
 
 
 def accuracy(a, tok, cfg_rows) -> list[dict]:
-    from intsim.config import SimConfig
-    from intsim.int_llama import build
+    from intsim.int_llama import build, default_config
     from intsim.llm_eval import compare_text
 
     rows = []
@@ -69,7 +69,7 @@ def accuracy(a, tok, cfg_rows) -> list[dict]:
     for weights, name, options in cfg_rows:
         t0 = time.perf_counter()
         try:
-            model, fp32, _ = build(SimConfig(**options), weights=weights, layers=a.layers, progress=False)
+            model, fp32, _ = build(default_config(**options), weights=weights, layers=a.layers, progress=False)
         except Exception as exc:      # a variant the decoder refuses is a row of the table, not the end of the run
             rows.append({"weights": weights, "config": name, "error": str(exc)})
             print(f"{weights:6s} {name:28s} refused: {exc}", flush=True)

@@ -17,9 +17,9 @@ import json
 import sys
 
 from intsim import GQAError
-from intsim.fileio import atomic_write_json, check_outputs, read_text
+from intsim.fileio import atomic_write_json, check_outputs, read_config_file, read_text
 
-from .sim import _config, print_machine
+from .sim import print_machine
 
 # library argument names -> the options that set them (a library error names the option the user typed)
 OPTION_OF = {"weights": "--weights", "text": "--text", "context": "--context", "prompt": "--prompt",
@@ -36,6 +36,17 @@ def _as_options():
             raise
         problem = str(exc).split(": ", 1)[1]
         raise GQAError(OPTION_OF[exc.field], problem) from None
+
+
+def _config(path):
+    """The decoder's datapath config: its defaults (int_llama.DECODER_DEFAULTS), then the file's options."""
+    from intsim.config import SimConfig
+    from intsim.int_llama import DECODER_DEFAULTS
+
+    options = read_config_file(path) if path else {}
+    if not isinstance(options, dict):
+        raise GQAError("--config", f"{path} does not hold a mapping of option names to values")
+    return SimConfig.from_dict({**DECODER_DEFAULTS, **options}, source=str(path) if path else "config")
 
 
 def _build(a):

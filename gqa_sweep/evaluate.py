@@ -97,15 +97,14 @@ def _llm_text(m: dict):
 
 
 def _llm_accuracy(table, m: dict) -> dict:
-    from intsim.config import SimConfig
-    from intsim.int_llama import build
+    from intsim.int_llama import build, default_config
     from intsim.llm_eval import compare_text
 
     with _torch_threads(1):
         tok, text = _llm_text(m)
         options, slot, note = _plugged(table, m, LLM_SLOTS, "decoder")
         try:       # the calibration is computed once per process (int_llama caches it)
-            model, fp32, _ = build(SimConfig(**options), weights=m["weights"], layers=m["layers"])
+            model, fp32, _ = build(default_config(**options), weights=m["weights"], layers=m["layers"])
         except GQAError as exc:
             if not m["plug_table"] or slot is None:
                 raise
