@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=None, help="the first N tokens of each text")
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--weights", default="w8", help="w8 or q4_1")
     ap.add_argument("--set", action="append", default=[], help="config override key=value (JSON value)")
     a = ap.parse_args()
     over = {}
@@ -36,12 +37,12 @@ def main():
         except json.JSONDecodeError:
             over[k] = v
     torch.set_num_threads(1)
-    im, fm, tok = build(default_config(**over), layers=a.layers, progress=True)
+    im, fm, tok = build(default_config(**over), weights=a.weights, layers=a.layers, progress=True)
     for g in a.genres:
         ids = tok.encode("\n".join(genre_sentences(g)))[: a.max_tokens]
         t0 = time.time()
         r = compare(im, fm, ids, a.context, progress=True)
-        print(json.dumps({"genre": g, "context": a.context, "overrides": over, **r,
+        print(json.dumps({"genre": g, "context": a.context, "weights": a.weights, "overrides": over, **r,
                           "seconds": round(time.time() - t0, 1), "cpu": platform.processor() or platform.machine()}),
               flush=True)
 
