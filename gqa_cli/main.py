@@ -217,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, help="figure file; its suffix picks the format (.png, .pdf, .svg)")
     add_segment_rule_arg(pl, None, SEGMENT_RULE_FOR_FILES)
     pl.set_defaults(run=cmd_plot)
-    from . import hw as _hw, sim as _sim
+    from . import hw as _hw, llm as _llm, sim as _sim
     _hw.register(sub)
     _sim.register(sub)
+    _llm.register(sub)
     from . import sweep as _sweep
     _sweep.register(sub)
     from . import cheapest as _cheapest

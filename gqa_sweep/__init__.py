@@ -5,7 +5,8 @@
     gqa sweep spec.toml -o results.csv --scheduler tcp://10.0.0.5:8786   # a dask.distributed cluster
 
 A spec (TOML) is a grid: functions x entries x formats x search methods, optionally x MiniLM
-datapath configs. Every point searches one table (:func:`gqa_lut.search`) and records its error
+(``[minilm]``) or decoder-LLM (``[llm]``, SmolLM2-135M: perplexity ratio and top-1 against FP32 on
+a held-out genre text) datapath configs. Every point searches one table (:func:`gqa_lut.search`) and records its error
 per scale and mean (:meth:`intsim.PWLTable.error`), the area and power of its integer unit and
 of the FP32 and INT32 counterparts (:func:`hw_models.compare`), and optionally the integer
 MiniLM's cosine and nearest-neighbour agreement to FP32 with the table in its slot::

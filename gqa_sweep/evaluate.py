@@ -1,6 +1,7 @@
 """Evaluating one point (runs in a worker: top level, picklable arguments): search its table,
 measure its error per scale, the area and power of its unit (hw_models), and optionally the
-integer MiniLM's accuracy with the table in its slot."""
+integer MiniLM's accuracy, or the integer decoder's perplexity and top-1 against FP32, with the
+table in its slot."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import json
 
 from intsim import GQAError
 
-from .spec import MINILM_SLOTS, one_line
+from .spec import LLM_SLOTS, MINILM_SLOTS, one_line
 
 _MINILM_CACHE: dict = {}
+_LLM_CACHE: dict = {}
 
 
 @contextlib.contextmanager
@@ -44,6 +46,19 @@ def _minilm_base(m: dict):
     return _MINILM_CACHE[key]
 
 
+def _plugged(table, m: dict, slots: dict, model: str):
+    """A model axis point's SimConfig options with the table in its slot (``plug_table``):
+    ``(options, slot or None, note)``; no slot for the table's function: the config's tables, noted."""
+    options, note = dict(m["options"]), ""
+    slot = slots.get(table.function)
+    if m["plug_table"]:
+        if slot is None:
+            note = f"no {model} slot for {table.function}; config tables used"
+        else:
+            options[slot] = table
+    return options, slot, note
+
+
 def _minilm_accuracy(table, m: dict) -> dict:
     import warnings
 
@@ -53,14 +68,7 @@ def _minilm_accuracy(table, m: dict) -> dict:
 
     with _torch_threads(1):
         model, tok, calib, sentences, ref = _minilm_base(m)
-        options = dict(m["options"])
-        note = ""
-        slot = MINILM_SLOTS.get(table.function)
-        if m["plug_table"]:
-            if slot is None:
-                note = f"no MiniLM slot for {table.function}; config tables used"
-            else:
-                options[slot] = table
+        options, slot, note = _plugged(table, m, MINILM_SLOTS, "MiniLM")
         try:
             enc = IntBert(model, calib, SimConfig(**options))
         except GQAError as exc:
@@ -73,6 +81,37 @@ def _minilm_accuracy(table, m: dict) -> dict:
     c = compare(emb, ref)
     return {"mean_cosine": c["mean_cosine"], "min_cosine": c["min_cosine"], "nn_agreement": c["nn_agreement"],
             "minilm_note": note}
+
+
+def _llm_text(m: dict):
+    """(tokenizer, the evaluation text: the first ``tokens`` tokens of the genre), once per worker process."""
+    key = (m["text"], m["tokens"])
+    if key not in _LLM_CACHE:
+        from intsim.gguf_model import load_tokenizer
+        from intsim.llm_eval import genre_text
+
+        tok = load_tokenizer()
+        _LLM_CACHE.clear()
+        _LLM_CACHE[key] = (tok, tok.decode(tok.encode(genre_text(m["text"]))[:m["tokens"]]))
+    return _LLM_CACHE[key]
+
+
+def _llm_accuracy(table, m: dict) -> dict:
+    from intsim.int_llama import build, default_config
+    from intsim.llm_eval import compare_text
+
+    with _torch_threads(1):
+        tok, text = _llm_text(m)
+        options, slot, note = _plugged(table, m, LLM_SLOTS, "decoder")
+        try:       # the calibration is computed once per process (int_llama caches it)
+            model, fp32, _ = build(default_config(**options), weights=m["weights"], layers=m["layers"])
+        except GQAError as exc:
+            if not m["plug_table"] or slot is None:
+                raise
+            return {"llm_note": f"the table cannot serve {slot}: {exc}"}
+        c = compare_text(model, fp32, tok, text, m["context"])
+    return {"ppl_int": c.ppl_int, "ppl_fp32": c.ppl_fp32, "ppl_ratio": c.ppl_ratio, "top1_agreement": c.top1_agreement,
+            "llm_tokens": c.tokens, "llm_note": note}
 
 
 def evaluate_point(point: dict) -> dict:
@@ -124,4 +163,9 @@ def evaluate_point(point: dict) -> dict:
             out.update(_minilm_accuracy(table, point["minilm"]))
         except GQAError as exc:
             out["error"] = one_line(f"minilm: {exc}")
+    if point.get("llm"):
+        try:
+            out.update(_llm_accuracy(table, point["llm"]))
+        except GQAError as exc:
+            out["error"] = one_line(f"llm: {exc}")
     return out

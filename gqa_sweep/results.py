@@ -20,13 +20,15 @@ from pathlib import Path
 
 from intsim import GQAError
 
-from .grid import columns
+from .grid import MODEL_AXES, columns
 from .spec import SWEEP_VERSION, load_spec, one_line, spec_hash
 
 MAGIC = "# gqa-sim sweep v"
-INT_COLUMNS = {"index", "entries", "in_bits", "slope_bits", "slope_frac", "icpt_bits", "icpt_frac", "clipped"}
+INT_COLUMNS = {"index", "entries", "in_bits", "slope_bits", "slope_frac", "icpt_bits", "icpt_frac", "clipped",
+               "llm_tokens"}
 
-TEXT_COLUMNS = {"key", "function", "format", "method", "minilm_config", "scales", "error", "table", "minilm_note"}
+TEXT_COLUMNS = {"key", "function", "format", "method", "minilm_config", "llm_config", "scales", "error", "table",
+                "minilm_note", "llm_note"}
 
 
 def _fmt(v) -> str:
@@ -55,8 +57,9 @@ def format_row(cols: list[str], point: dict, result: dict) -> str:
     """One results line (with its newline): the columns' values and a CRC-32 of them."""
     values = {"index": point["index"], "key": point["key"], "function": point["function"],
               "entries": point["entries"], "format": point["format"], "method": point["method"], **result}
-    if point["minilm"]:
-        values["minilm_config"] = point["minilm"]["config"]
+    for axis in MODEL_AXES:
+        if point.get(axis):
+            values[f"{axis}_config"] = point[axis]["config"]
     body = _csv_line([_fmt(values.get(c)) for c in cols])
     return f"{body},{_crc(body)}\n"
 

@@ -1,4 +1,4 @@
-"""The sweep spec: a TOML grid (functions x entries x formats x methods [x MiniLM configs]),
+"""The sweep spec: a TOML grid (functions x entries x formats x methods [x MiniLM or decoder configs]),
 validated and normalised to a canonical form whose SHA-256 ties a results file to it.
 
 The spec format is described in :mod:`gqa_sweep` (the package docstring).
@@ -19,7 +19,7 @@ SWEEP_VERSION = 1
 
 DEFAULT_SCALES = "0:6"
 
-TOP_KEYS = ("functions", "entries", "methods", "formats", "scales", "domains", "seed", "hw", "minilm")
+TOP_KEYS = ("functions", "entries", "methods", "formats", "scales", "domains", "seed", "hw", "minilm", "llm")
 # plus one optional table per search method of gqa_lut.METHODS: its options, passed to gqa_lut.search
 
 FORMAT_KEYS = tuple(f.name for f in fields(PWLDatapath))     # a format is a PWLDatapath
@@ -35,8 +35,13 @@ HW_DEFAULTS = {"node": 28, "freq_mhz": 500.0, "activity": 1.0, "calibration": "p
 
 MINILM_DEFAULTS = {"sentences": 32, "calib_sentences": 32, "batch": 32, "model": None, "plug_table": True}
 
+# the decoder axis (SmolLM2-135M, intsim.int_llama): perplexity and top-1 against FP32 on the first ``tokens``
+# tokens of a held-out genre text (intsim.genres), windows of ``context``; ``layers``: the first N blocks only
+LLM_DEFAULTS = {"text": "news", "tokens": 256, "context": 256, "layers": None, "weights": "w8", "plug_table": True}
+
 MAX_GRID_POINTS = 1_000_000   # default limit of a grid's size; raise it with GQA_MAX_GRID_POINTS
-MINILM_SLOTS = {fn: key for key, fn in TABLE_SLOTS.items()}   # function -> the SimConfig table it can serve
+MINILM_SLOTS = {fn: key for key, fn in TABLE_SLOTS.items() if fn != "silu"}   # function -> the SimConfig table it can serve
+LLM_SLOTS = {fn: key for key, fn in TABLE_SLOTS.items() if fn != "gelu"}      # the decoder's (SwiGLU: silu, no gelu)
 
 
 def is_int(v) -> bool:
@@ -73,8 +78,8 @@ def grid_size(raw: dict) -> int:
     """Points of a raw spec's grid, counted from the axis lengths (nothing expanded)."""
     def n(v, default=1):
         return len(v) if isinstance(v, (list, dict)) else default
-    minilm = raw.get("minilm")
-    configs = minilm.get("configs", {"default": {}}) if isinstance(minilm, dict) else None
+    axis = raw.get("minilm", raw.get("llm"))
+    configs = axis.get("configs", {"default": {}}) if isinstance(axis, dict) else None
     return (n(raw.get("functions")) * n(raw.get("entries")) * n(raw.get("methods"))
             * n(raw.get("formats", {"default": {}})) * n(configs))
 
@@ -136,7 +141,7 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
     size, limit = grid_size(raw), max_grid_points()
     if size > limit:            # before any point is validated or built
         raise GQAError("spec", f"the grid has {size:,} points (functions x entries x methods x formats "
-                       f"[x minilm.configs]), more than the limit of {limit:,}",
+                       f"[x minilm/llm.configs]), more than the limit of {limit:,}",
                        "split the spec into smaller sweeps, or raise the limit with GQA_MAX_GRID_POINTS=N")
     for f in functions:
         if not isinstance(f, str):
@@ -248,10 +253,14 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
     minilm = raw.get("minilm")
     if minilm is not None:
         minilm = _normalize_minilm(minilm)
-
-    return {"version": SWEEP_VERSION, "functions": functions, "entries": entries, "methods": methods,
-            "formats": norm_formats, "scales": norm_scales, "domains": norm_domains, "seed": seed, **options,
-            "hw": hw, "minilm": minilm}
+    out = {"version": SWEEP_VERSION, "functions": functions, "entries": entries, "methods": methods,
+           "formats": norm_formats, "scales": norm_scales, "domains": norm_domains, "seed": seed, **options,
+           "hw": hw, "minilm": minilm}
+    if "llm" in raw:         # present only when given: a spec without it keeps its hash
+        if minilm is not None:
+            raise GQAError("llm", "a sweep takes one model axis", "sweep minilm and llm in two specs")
+        out["llm"] = _normalize_llm(raw["llm"])
+    return out
 
 
 def _method_options(raw: dict, method: str, search) -> dict:
@@ -276,9 +285,44 @@ def method_options(spec: dict, method: str) -> dict:
     return dict(spec.get(method) or {})
 
 
-def _normalize_minilm(minilm) -> dict:
+def _model_configs(axis: dict, where: str) -> dict:
+    """A model axis' ``configs``: named SimConfig option sets, each validated (default: one, ``default``)."""
     from intsim.config import SimConfig
 
+    configs = axis.get("configs", {"default": {}})
+    if not isinstance(configs, dict):
+        raise GQAError(f"{where}.configs", "must be a table of named SimConfig option sets",
+                       f"write [{where}.configs.NAME] sections")
+    if not configs:
+        raise GQAError(f"{where}.configs", "is an empty axis", f"give at least one [{where}.configs.NAME] section")
+    for name, c in configs.items():
+        if not isinstance(c, dict):
+            raise GQAError(f"{where}.configs.{name}", f"must be a table of SimConfig options, got {type(c).__name__}")
+        SimConfig.from_dict(dict(c), source=f"{where}.configs.{name}")   # validates every key and value
+    return {name: dict(c) for name, c in configs.items()}
+
+
+def _normalize_llm(llm) -> dict:
+    from intsim.genres import genre_names
+    from intsim.int_llama import WEIGHTS
+
+    _check_keys(llm, [*LLM_DEFAULTS, "configs"], "llm")
+    m = {**LLM_DEFAULTS, **{k: v for k, v in llm.items() if k != "configs"}}
+    if m["text"] not in genre_names():
+        raise GQAError("llm.text", f"{m['text']!r} is not a held-out genre", f"use one of {', '.join(genre_names())}")
+    _check_number(m, "tokens", "llm", int, 2)
+    _check_number(m, "context", "llm", int, 2)
+    if m["layers"] is not None:
+        _check_number(m, "layers", "llm", int, 1)
+    if m["weights"] not in WEIGHTS:
+        raise GQAError("llm.weights", f"{m['weights']!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
+    if not isinstance(m["plug_table"], bool):
+        raise GQAError("llm.plug_table", f"must be true or false, got {m['plug_table']!r}")
+    m["configs"] = _model_configs(llm, "llm")
+    return m
+
+
+def _normalize_minilm(minilm) -> dict:
     _check_keys(minilm, [*MINILM_DEFAULTS, "configs"], "minilm")
     m = {**MINILM_DEFAULTS, **{k: v for k, v in minilm.items() if k != "configs"}}
     for k in ("sentences", "calib_sentences", "batch"):
@@ -287,17 +331,7 @@ def _normalize_minilm(minilm) -> dict:
         raise GQAError("minilm.model", f"must be a model directory path, got {m['model']!r}")
     if not isinstance(m["plug_table"], bool):
         raise GQAError("minilm.plug_table", f"must be true or false, got {m['plug_table']!r}")
-    configs = minilm.get("configs", {"default": {}})
-    if not isinstance(configs, dict):
-        raise GQAError("minilm.configs", "must be a table of named SimConfig option sets",
-                       "write [minilm.configs.NAME] sections")
-    if not configs:
-        raise GQAError("minilm.configs", "is an empty axis", "give at least one [minilm.configs.NAME] section")
-    for name, c in configs.items():
-        if not isinstance(c, dict):
-            raise GQAError(f"minilm.configs.{name}", f"must be a table of SimConfig options, got {type(c).__name__}")
-        SimConfig.from_dict(dict(c), source=f"minilm.configs.{name}")   # validates every key and value
-    m["configs"] = {name: dict(c) for name, c in configs.items()}
+    m["configs"] = _model_configs(minilm, "minilm")
     return m
 
 

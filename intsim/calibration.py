@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .bert import SentenceBert, Tokenizer
 from .errors import GQAError
@@ -146,9 +147,63 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
     sentences = list(sentences)
     if not sentences:
         raise GQAError("calibration sentences", "are empty", "give at least one sentence")
+    batches = (tokenizer(sentences[i: i + batch_size], warn=False) for i in range(0, len(sentences), batch_size))
+    return calibrate_batches(model, batches, sites, tokenizer.id_to_token, top)
+
+
+def calibrate_stream(model, tokenizer, ids, seq_len: int, sites, batch_size: int = 8, top: int = 5,
+                     progress: bool = False) -> Calibration:
+    """A causal model (``model(ids) -> logits``) on one token stream: windows of ``seq_len`` ids.
+
+    The stream is cut into consecutive windows (each a sequence of its own, no BOS); the last one,
+    if shorter, is right-padded and its padding masked out of the statistics (causal: padding
+    never changes an earlier position). Every batch has ``seq_len`` positions, so attention-score
+    sites have the same width in every batch.
+    """
+    ids = [int(i) for i in ids]
+    if len(ids) < 2:
+        raise GQAError("calibration text", f"holds {len(ids)} token(s)", "give a text of at least two tokens")
+    if seq_len < 2:
+        raise GQAError("calibration seq_len", f"is {seq_len}", "give at least 2")
+    rows = [ids[i: i + seq_len] for i in range(0, len(ids), seq_len)]
+
+    def batches():
+        for i in tqdm(range(0, len(rows), batch_size), desc="calibration", unit="batch", disable=not progress):
+            part = rows[i: i + batch_size]
+            x, mask = np.zeros((len(part), seq_len), np.int64), np.zeros((len(part), seq_len), np.int64)
+            for b, r in enumerate(part):                  # right-padded: (batch, seq_len)
+                x[b, :len(r)], mask[b, :len(r)] = r, 1
+            yield x, mask
+
+    return calibrate_batches(model, batches(), sites, tokenizer.id_to_token, top, forward=lambda m, x, _: m(x))
+
+
+def _rows(t: torch.Tensor, sel: np.ndarray) -> np.ndarray:
+    """The observed values of one site as (real tokens, channels).
+
+    A (B, T, C) tensor gives its real tokens' rows. A 4-D one is per head, (B, heads, T, X) (q or
+    k after RoPE: X = head_dim; attention scores: X = keys), and is read as (B, T, heads * X), the
+    layout of the projection it comes from; masked scores (-inf) count as 0.
+    """
+    if t.dim() == 4:
+        B, H, T, X = t.shape
+        t = t.transpose(1, 2).reshape(B, T, H * X)                  # (B, H, T, X) -> (B, T, H X)
+        t = torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype))
+    return t.numpy()[sel]
+
+
+def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=None) -> Calibration:
+    """Hook the declared ``sites`` of ``model`` and run it on ``batches`` of ``(ids, mask)`` arrays.
+
+    ``forward(model, ids, mask)`` runs one batch (torch tensors; default ``model(ids, mask)``);
+    statistics are over real tokens (``mask == 1``) only; ``id_to_token`` names the tokens of the
+    largest values. Every model's calibration is this function with its own batches and sites.
+    """
+    forward = forward or (lambda m, ids, mask: m(ids, mask))
     rows: dict[str, list] = {}
-    where: list = []     # (sentence, position, token id) of every real token, in row order
+    where: list = []     # (sequence, position, token id) of every real token, in row order
     current = {}
+    n_seq = 0
 
     def make_hook(name, side):
         def hook(mod, inp, out):
@@ -159,15 +214,15 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
     handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in sites.hooks(model)]
     try:
         with torch.inference_mode():
-            for i in range(0, len(sentences), batch_size):
-                ids, mask = tokenizer(sentences[i: i + batch_size], warn=False)
+            for ids, mask in batches:
                 current.clear()
-                model(torch.from_numpy(ids), torch.from_numpy(mask))
+                forward(model, torch.from_numpy(ids), torch.from_numpy(mask))
                 sel = mask.astype(bool)
                 for b, p in zip(*np.nonzero(sel)):
-                    where.append((i + int(b), int(p), int(ids[b, p])))
+                    where.append((n_seq + int(b), int(p), int(ids[b, p])))
+                n_seq += ids.shape[0]
                 for name, t in current.items():
-                    rows.setdefault(name, []).append(t.numpy()[sel])
+                    rows.setdefault(name, []).append(_rows(t, sel))
     finally:
         for h in handles:
             h.remove()
@@ -184,8 +239,8 @@ def calibrate(model: SentenceBert, tokenizer: Tokenizer, sentences, batch_size: 
         for f in flat:
             r, c = divmod(int(f), x.shape[1])
             s_i, pos, tok = where[r]
-            topv.append((float(x[r, c]), c, s_i, pos, tokenizer.id_to_token(tok)))
+            topv.append((float(x[r, c]), c, s_i, pos, id_to_token(tok)))
         stats[name] = TensorStats(absmax=float(a.max()), percentiles=pct, channel_max=a.max(0),
                                   hist=_hist(a), kurtosis=_kurtosis(x),
                                   token_max_p50=float(np.median(a.max(1))), top=topv)
-    return Calibration(stats, len(sentences), len(where), residual=sites.residual(model))
+    return Calibration(stats, n_seq, len(where), residual=sites.residual(model))

@@ -36,7 +36,7 @@ import numpy as np
 from .calibration import Calibration
 from .config import SimConfig
 from .errors import GQAError
-from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic
+from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic, rounding_divide_by_pot
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
@@ -175,6 +175,11 @@ class ModelSites:
 
 # --- linear layers -------------------------------------------------------------------------------------
 
+def _int_linear(part, *args, **kwargs):
+    """The default projection factory of the composite layers: an :class:`IntLinear` whatever the part."""
+    return IntLinear(*args, **kwargs)
+
+
 class IntLinear:
     """``y = x @ W^T + b`` on int8 codes: int32 accumulator, then one requantization per column.
 
@@ -290,6 +295,40 @@ LayerNormSite = NormSite    # the name of the BERT encoder's first version
 
 # --- attention -----------------------------------------------------------------------------------------
 
+class IntKVCache:
+    """The integer KV cache of a decoder: per layer, int8 keys (after RoPE) and values of every
+    position decoded so far, (B, kv_heads, S, head_dim), with their real scales ``(s_k, s_v)``.
+
+    The scales are the layer's static calibrated ones (the QKV requantizer removes any per-token
+    operand shift), so a cached code means the same real value at every later step, and a step's
+    attention over the cache is the same integer computation as over a full recomputation.
+    """
+
+    def __init__(self, n_layers: int):
+        self.k: list = [None] * n_layers
+        self.v: list = [None] * n_layers
+        self.scales: list = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Positions held (the next token's position)."""
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def update(self, layer: int, k, v, scales):
+        """Append this step's codes (B, kv_heads, T, head_dim); return all of them (B, kv_heads, S, head_dim)."""
+        if self.k[layer] is not None:
+            if self.scales[layer] != scales:
+                raise GQAError("cache", f"layer {layer} holds codes at scales {self.scales[layer]}, not {scales}",
+                               "use one cache per integer model (model.new_cache())")
+            k = np.concatenate((self.k[layer], k), axis=2)
+            v = np.concatenate((self.v[layer], v), axis=2)
+        self.k[layer], self.v[layer], self.scales[layer] = k, v, scales
+        return k, v
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k + self.v if a is not None)
+
+
 class IntAttention:
     """Multi-head attention on an int8 operand, its output projection and the residual add.
 
@@ -299,58 +338,142 @@ class IntAttention:
     to the operand ``names.ctx``, then ``out(ctx) + residual``. Grouped KV heads: ``kv_heads``
     divides ``heads`` and query head ``h`` reads K/V head ``h // (heads // kv_heads)``.
     ``weights``: ``(wq, bq, wk, bk, wv, bv, wo, bo)`` (FP32 arrays; biases may be None).
+
+    Rotary position embeddings (``rope``: a factory ``rope(in_scale, out_scale, bits) -> kernel``,
+    ``kernel(x, positions, stats, name)`` on (B, heads, T, head_dim) codes at absolute positions):
+    the GEMM then produces q and k at the scales of the sites ``names.q_pre`` / ``.k_pre`` (before
+    RoPE), the kernel rotates them into int8 at the scales of ``names.q`` / ``.k`` (after RoPE).
+    A :class:`IntKVCache` (``cache``, this layer's slot ``layer``) keeps k after RoPE and v: the
+    step's T queries attend to every cached key (the causal mask places them last).
+    ``linear``: the factory of the two projections, ``linear(part, w, b, in_scale, cfg, out_scale,
+    out_bits, col_factor=...)`` with ``part`` ``"qkv"`` or ``"out"`` (default: :class:`IntLinear`;
+    a decoder's W4A8 mode passes the file's Q4_1 layers).
     """
 
     def __init__(self, weights, heads: int, kv_heads: int, in_scale: float, in_factor, names: Names,
-                 calib: Calibration, cfg: SimConfig, out_scale: float, softmax, causal: bool = False):
+                 calib: Calibration, cfg: SimConfig, out_scale: float, softmax, causal: bool = False,
+                 rope=None, layer: int = 0, linear=None):
         wq, bq, wk, bk, wv, bv, wo, bo = weights
+        linear = linear or _int_linear
         if heads % kv_heads:
             raise GQAError("kv_heads", f"{kv_heads} does not divide {heads} query heads", "a divisor of heads")
         pc = cfg.calib_percentile
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, wq.shape[0] // heads
-        self.causal, self.backend = causal, cfg.gemm_backend
-        self.s_q, self.s_k, self.s_v = (act_scale(calib.absmax(n, pc), cfg.act_bits, cfg.act_scales)
-                                        for n in (names.q, names.k, names.v))
+        self.causal, self.backend, self.layer = causal, cfg.gemm_backend, layer
+
+        def scale(site):
+            return act_scale(calib.absmax(site, pc), cfg.act_bits, cfg.act_scales)
+
+        # the GEMM's q and k: before RoPE when there is a rotation, else the scores' operands
+        s_q, s_k = (scale(names.q_pre), scale(names.k_pre)) if rope is not None else (scale(names.q), scale(names.k))
+        self.s_v = scale(names.v)
         zeros = [np.zeros(w.shape[0]) if b is None else b for w, b in ((wq, bq), (wk, bk), (wv, bv))]
-        out_s = np.concatenate([np.full(wq.shape[0], self.s_q), np.full(wk.shape[0], self.s_k),
+        out_s = np.concatenate([np.full(wq.shape[0], s_q), np.full(wk.shape[0], s_k),
                                 np.full(wv.shape[0], self.s_v)])
-        self.qkv = IntLinear(np.concatenate([wq, wk, wv]), np.concatenate(zeros), in_scale, cfg, out_s,
-                             cfg.act_bits, col_factor=in_factor)
+        self.qkv = linear("qkv", np.concatenate([wq, wk, wv]), np.concatenate(zeros), in_scale, cfg, out_s,
+                          cfg.act_bits, col_factor=in_factor)
+        self.rope_q = self.rope_k = None
+        self.s_q, self.s_k = s_q, s_k          # the scores' operands
+        if rope is not None:
+            self.s_q, self.s_k = scale(names.q), scale(names.k)
+            self.rope_q = rope(s_q, self.s_q, cfg.act_bits)
+            self.rope_k = rope(s_k, self.s_k, cfg.act_bits)
         self.softmax = SOFTMAXES.make(softmax, cfg, self.s_q * self.s_k / math.sqrt(self.head_dim))
         self.s_ctx, f_ctx = requantized_operand_scale(calib, names.ctx, [wo], cfg)
         self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
                                   "per_token" in outlier_methods(cfg))
-        self.out = IntLinear(wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
+        self.out = linear("out", wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
 
-    def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None):
-        """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C)."""
+    def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None, positions=None, cache=None):
+        """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C).
+
+        ``positions`` (T,): the tokens' absolute positions (RoPE); ``cache``: an :class:`IntKVCache`
+        to read earlier keys and values from and append this step's to (``key_mask`` then covers
+        every cached position)."""
         B, T, _ = x8.shape
         H, G, d = self.heads, self.kv_heads, self.head_dim
         qkv, _ = self.qkv(x8, stats, prefix + "qkv", row_shift=t8)                # (B, T, (H + 2G) d) int8
         q = qkv[..., :H * d].reshape(B, T, H, d).transpose(0, 2, 1, 3)            # (B, H, T, d)
         k = qkv[..., H * d:(H + G) * d].reshape(B, T, G, d).transpose(0, 2, 1, 3)  # (B, G, T, d)
         v = qkv[..., (H + G) * d:].reshape(B, T, G, d).transpose(0, 2, 1, 3)      # (B, G, T, d)
+        if self.rope_q is not None:
+            positions = np.arange(T) if positions is None else np.asarray(positions)
+            q = self.rope_q(np.ascontiguousarray(q), positions, stats, prefix + "rope_q")   # (B, H, T, d) int8
+            k = self.rope_k(np.ascontiguousarray(k), positions, stats, prefix + "rope_k")   # (B, G, T, d) int8
+            _record(trace, prefix, q_rope=q, k_rope=k)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v, (self.s_k, self.s_v))           # (B, G, S, d): cached + new
         if G != H:   # grouped KV: each K/V head serves H // G consecutive query heads
-            k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, T, d) -> (B, H, T, d)
-        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, T)
-        scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, T) int32
+            k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, S, d) -> (B, H, S, d)
+        S = k.shape[2]
+        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, S)
+        scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, S) int32
         probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8
         ctx_acc = int_gemm(probs, np.ascontiguousarray(v), self.backend)          # (B, H, T, d) int32
         ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, H * d)  # (B, T, H d)
         ctx, t_ctx, sat = self.ctx(ctx_acc, stats, prefix + "context")
         s, _ = self.out(ctx, stats, prefix + "attn_out", residual=x_res, row_shift=t_ctx)   # (B, T, C)
         if stats is not None:
-            stats.mac(prefix + "scores", B * H * T * T * d)
+            stats.mac(prefix + "scores", B * H * T * S * d)
             stats.accumulator(prefix + "scores.acc", int(np.abs(scores).max()), 32)
-            stats.mac(prefix + "context", B * H * T * T * d, a_bits=PROB_BITS)
+            stats.mac(prefix + "context", B * H * T * S * d, a_bits=PROB_BITS)
             stats.accumulator(prefix + "context.acc", int(np.abs(ctx_acc).max()), 32)
             stats.count("mul", prefix + "context.requant", ctx_acc.size, a_bits=32, b_bits=32)
             stats.saturated(prefix + "context.out", sat)
-        _record(trace, prefix, qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx)
+        _record(trace, prefix, qkv=qkv, scores=scores, probs=probs, ctx_acc=ctx_acc, ctx=ctx, ctx_shift=t_ctx)
         return s
 
 
 # --- activation sites ----------------------------------------------------------------------------------
+
+class TokenScaledActivation:
+    """A PWL activation whose input scale ``2**-e`` is chosen per token from its table's scale set.
+
+    The in-projection requantizes to an int32 register ``v`` at the table's finest scale
+    ``2**-e_max``; per row the smallest shift ``t`` in ``[0, e_max - e_min]`` with
+    ``max|v| >> t <= 2**(in_bits-1) - 1`` (a leading-one detector) gives the unit's codes
+    ``q = saturate(RDBPOT(v, t))`` at scale ``2**-(e_max - t)`` (rows beyond the coarsest scale
+    saturate, counted), evaluated by the unit at that scale (one table serves every scale: the
+    GQA-LUT datapath); each output is aligned to the finest output scale ``2**-F(e_max)`` by a left
+    shift ``F(e_max) - F(e)`` (exact). So a token of small activations keeps ``in_bits`` of
+    resolution while a token with a massive one still fits. ``kernel``: a PWL activation
+    (:class:`intsim.gelu.PWLActivation`) of the site.
+    """
+
+    def __init__(self, kernel):
+        table = kernel.table
+        self.table, self.in_bits = table, kernel.in_bits
+        self.e_max, self.e_min = max(table.scales), min(table.scales)
+        self.kernels = {e: type(kernel)(0.0, table, e=e) for e in table.scales}
+        self.in_scale, self.out_scale = self.kernels[self.e_max].in_scale, self.kernels[self.e_max].out_scale
+        self.frac_max = table.output_frac(self.e_max)
+
+    def __call__(self, v, stats=None, name="activation"):
+        """int32 register (..., F) at ``in_scale`` -> (int64 outputs at ``out_scale``, the unit's codes, row shifts)."""
+        v2 = np.asarray(v, np.int64).reshape(-1, v.shape[-1])                     # (..., F) -> (M, F)
+        hi = (1 << (self.in_bits - 1)) - 1
+        peak = np.abs(v2).max(1) if v2.size else np.zeros(v2.shape[0], np.int64)
+        bits = np.frexp(peak.astype(np.float64))[1]                               # bit length of each row's peak
+        t = np.clip(bits - (self.in_bits - 1), 0, self.e_max - self.e_min).astype(np.int64)
+        q = np.empty(v2.shape, np.int8 if self.in_bits <= 8 else np.int16)
+        out = np.empty(v2.shape, np.int64)
+        sat = 0
+        for shift in np.unique(t):
+            rows = t == shift
+            r = rounding_divide_by_pot(v2[rows], int(shift))
+            qc = np.clip(r, -hi - 1, hi)
+            sat += int((qc != r).sum())
+            e = self.e_max - int(shift)
+            q[rows] = qc
+            out[rows] = self.kernels[e](qc, None).astype(np.int64) << (self.frac_max - self.table.output_frac(e))
+        if stats is not None:
+            stats.count("compare", f"{name}.token_max", v2.size, bits=32)
+            stats.count("shift", f"{name}.token_shift", v2.size, bits=32)
+            stats.lut(name, v2.size, table=self.table.function, entries=self.table.entries, in_bits=self.in_bits)
+            stats.count("shift", f"{name}.align", v2.size, bits=32)
+            stats.saturated(f"{name}.in", sat)
+        return out.reshape(v.shape), q.reshape(v.shape), t.reshape(v.shape[:-1])
+
 
 class ActivationSite:
     """The FFN's non-linearity between its in- and out-projections, on integers:
@@ -360,46 +483,82 @@ class ActivationSite:
     - gated (``w_up`` given; SwiGLU's ``silu(gate) * up``): ``a = act(gate) * u`` with
       ``u = requant(x W_up^T)`` int8 at the calibrated scale of ``up_site``: an int64 product of the
       kernel's int32 code and ``u`` at scale ``kernel.out_scale * s_u`` (a declared 32-bit register).
+    - gated with ``per_token`` outliers and a PWL kernel (``token_input=True``): the kernel's input
+      scale is chosen per token (:class:`TokenScaledActivation`), and ``u`` is a per-token operand
+      (nominal scale for the median token, :func:`intsim.fixedpoint.requantize_dynamic`; its row
+      shifts, plus the operand's, add to the output's row shifts). The up projection has no bias then.
 
     Then ``a`` is requantized to the out-projection's int8 operand at the calibrated scale of
     ``out_site`` (:class:`OperandRequant`, per token if configured). ``kernel``: any activation
     kernel (:data:`intsim.registry.ACTIVATIONS`); ``name`` names its operations and trace entries
-    (``{name}_in``, ``{name}_out``, ``{name}_q``).
+    (``{name}_in``, ``{name}_out``, ``{name}_q``). ``linear``: the projections' factory as for
+    :class:`IntAttention` (``part`` ``"in"`` or ``"up"``).
     """
 
     def __init__(self, w_in, b_in, in_scale: float, in_factor, kernel, calib: Calibration, out_site: str,
                  consumers, cfg: SimConfig, name: str = "gelu", w_up=None, b_up=None, up_site: str | None = None,
-                 in_proj: str = "ffn_in", up_proj: str = "ffn_up"):
+                 in_proj: str = "ffn_in", up_proj: str = "ffn_up", token_input: bool = False, linear=None):
+        linear = linear or _int_linear
+        per_token = "per_token" in outlier_methods(cfg)
+        self.token_input = token_input and per_token and w_up is not None and hasattr(kernel, "table")
+        if self.token_input:
+            if b_up is not None:
+                raise GQAError(up_proj, "has a bias; a per-token gate operand is built without one",
+                               "use token_input=False for a biased up projection")
+            kernel = TokenScaledActivation(kernel)
         self.kernel, self.name, self.in_proj, self.up_proj = kernel, name, in_proj, up_proj
-        self.proj = IntLinear(w_in, b_in, in_scale, cfg, kernel.in_scale, kernel.in_bits, col_factor=in_factor)
+        in_bits = 32 if self.token_input else kernel.in_bits     # token_input: an int32 register at the finest scale
+        self.proj = linear("in", w_in, b_in, in_scale, cfg, kernel.in_scale, in_bits, col_factor=in_factor)
         self.up = None
         scale = kernel.out_scale
         if w_up is not None:
-            s_u = act_scale(calib.absmax(up_site, cfg.calib_percentile), cfg.act_bits, cfg.act_scales)
-            self.up = IntLinear(w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
+            pick = calib.token_max(up_site) if self.token_input else calib.absmax(up_site, cfg.calib_percentile)
+            s_u = act_scale(pick, cfg.act_bits, cfg.act_scales)
+            self.up = linear("up", w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
             scale = scale * s_u
+        self.act_bits = cfg.act_bits
         self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
         self.factor = f
-        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, "per_token" in outlier_methods(cfg))
+        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
+
+    def _up_per_token(self, x8, t8, stats, name):
+        """u int8 per token: the up projection's int32 accumulator requantized dynamically (the same
+        multipliers, then a per-row shift); its row shifts include the operand's."""
+        _, acc = self.up(x8, stats, name)                                         # (B, T, F) int32 values
+        u, t_u = requantize_dynamic(acc, self.up.m0, self.up.n, self.act_bits)
+        if stats is not None:
+            stats.count("compare", f"{name}.token_max", acc.size, bits=32)
+            stats.count("shift", f"{name}.token_shift", acc.size, bits=32)
+        return u, t_u if t8 is None else t_u + t8
 
     def __call__(self, x8, t8, stats=None, prefix="", trace=None):
         """int8 operand (B, T, C) and its row shifts -> the out-projection's operand (B, T, F) and row shifts."""
         p = prefix + self.name
         a_in, _ = self.proj(x8, stats, prefix + self.in_proj, row_shift=t8)       # (B, T, F) kernel input codes
-        a = self.kernel(a_in, stats, p)                                           # (B, T, F) int32
+        t_in = t_u = None
+        if self.token_input:
+            a, a_in, t_in = self.kernel(a_in, stats, p)                           # (B, T, F) int64, codes, (B, T) shifts
+        else:
+            a = self.kernel(a_in, stats, p)                                       # (B, T, F) int32
         u = None
         if self.up is not None:
-            u, _ = self.up(x8, stats, prefix + self.up_proj, row_shift=t8)         # (B, T, F) int8
+            if self.token_input:
+                u, t_u = self._up_per_token(x8, t8, stats, prefix + self.up_proj)  # (B, T, F) int8, (B, T)
+            else:
+                u, _ = self.up(x8, stats, prefix + self.up_proj, row_shift=t8)     # (B, T, F) int8
             a = a.astype(np.int64) * u                                            # the gate: int64 product
             if stats is not None:
                 stats.count("mul", p + ".gate", a.size, a_bits=32, b_bits=8)
         a_q, t_a, sat = self.requant(a, stats, p)
+        if t_u is not None:                                                       # u's row scales carry over
+            t_a = t_u if t_a is None else t_a + t_u
         if stats is not None:
             stats.count("mul", p + ".requant", a.size, a_bits=32, b_bits=32)
             stats.accumulator(p + ".out", int(np.abs(a).max()) if a.size else 0, 32)
             stats.saturated(p + ".requant", sat)
         _record(trace, prefix, **{f"{self.name}_in": a_in, f"{self.name}_up": u, f"{self.name}_out": a,
-                                  f"{self.name}_q": a_q})
+                                  f"{self.name}_q": a_q, f"{self.name}_in_shift": t_in,
+                                  f"{self.name}_up_shift": t_u, f"{self.name}_q_shift": t_a})
         return a_q, t_a
 
 

@@ -112,6 +112,13 @@ def apply_rope(x, cos, sin):
     return out.view(B, H, T, D)
 
 
+class Rotary(nn.Module):
+    """:func:`apply_rope` as a module, so calibration hooks see q and k after RoPE (the KV cache's keys)."""
+
+    def forward(self, x, cos, sin):
+        return apply_rope(x, cos, sin)
+
+
 class KVCache:
     """Keys (after RoPE) and values of every position decoded so far, per layer: (B, n_kv_heads, S, head_dim)."""
 
@@ -148,6 +155,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+        self.q_rope, self.k_rope = Rotary(), Rotary()
         self.softmax = nn.Softmax(dim=-1)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
@@ -155,7 +163,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, n_heads, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = self.q_rope(q, cos, sin), self.k_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)                                  # (B, n_kv_heads, S, hd)
         rep = self.n_heads // self.n_kv_heads
@@ -223,17 +231,23 @@ class Llama(nn.Module):
         return F.linear(h, w_out)                                          # (B, T, vocab)
 
 
-@torch.inference_mode()
-def generate(model: Llama, prompt_ids, max_new_tokens: int, eos_id: int | None = None) -> list[int]:
-    """Greedy decoding with a KV cache: the new token ids (stops after ``eos_id`` if given)."""
+def check_generation(prompt_ids, max_new_tokens: int, max_seq_len: int) -> list[int]:
+    """A generation request's prompt as a list of ids, or the GQAError naming what is wrong."""
     ids = [int(i) for i in prompt_ids]
     if not ids:
         raise GQAError("prompt", "is empty", "give a prompt of at least one token")
     if max_new_tokens < 0:
         raise GQAError("max_new_tokens", f"is {max_new_tokens}", "give 0 or more")
-    if len(ids) + max_new_tokens > model.config.max_seq_len:
+    if len(ids) + max_new_tokens > max_seq_len:
         raise GQAError("prompt", f"{len(ids)} tokens + {max_new_tokens} new exceed the context of "
-                       f"{model.config.max_seq_len}", "shorten the prompt or ask for fewer new tokens")
+                       f"{max_seq_len}", "shorten the prompt or ask for fewer new tokens")
+    return ids
+
+
+@torch.inference_mode()
+def generate(model: Llama, prompt_ids, max_new_tokens: int, eos_id: int | None = None) -> list[int]:
+    """Greedy decoding with a KV cache: the new token ids (stops after ``eos_id`` if given)."""
+    ids = check_generation(prompt_ids, max_new_tokens, model.config.max_seq_len)
     cache = KVCache(model.config.n_layers)
     logits = model(torch.tensor([ids]), cache)                            # prefill: (1, T, vocab)
     new: list[int] = []

