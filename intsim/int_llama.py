@@ -25,7 +25,12 @@ operand). The embedding is int8 per row, aligned by integer multipliers and requ
 the stream. Every operation is row-wise (per token), so decoding with the cache is bit for bit
 the full forward's computation.
 
-Weights: ``"w8"``, int8 per output channel from the dequantized GGUF weights (:class:`IntLinear`).
+Weights: ``"w8"``, int8 per output channel from the dequantized GGUF weights (:class:`IntLinear`);
+``"q4_1"`` (W4A8), the file's own Q4_1 codes of every linear layer and the Q8_0 codes of the tied
+output layer (:class:`intsim.q4linear.IntQ4Linear`: exactly the weights the FP32 reference
+dequantizes). SmoothQuant's column factors cannot multiply the file's codes, so in ``q4_1`` mode
+smoothing is off (``outliers`` keeps its other methods); the embedding lookup is int8 per row in
+both modes.
 """
 
 from __future__ import annotations
@@ -43,21 +48,23 @@ from .config import SimConfig
 from .errors import GQAError
 from .gemm import Constant, int_gemm
 from .layers import (ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
-                     OperandRequant, Scope, Site, act_scale, quantize_weight)
+                     OperandRequant, Scope, Site, act_scale, outlier_methods, quantize_weight)
 from .llama import Llama, LlamaConfig, check_generation
-from .registry import ACTIVATIONS, NORMS, WEIGHT_SCALES
+from .registry import ACTIVATIONS, NORMS, OUTLIERS, WEIGHT_SCALES
 
 __all__ = ["SITES", "IntLlama", "IntLogits", "build", "calibration", "default_config", "DECODER_DEFAULTS", "WEIGHTS",
            "CALIB_TEXT"]
 
-WEIGHTS = ("w8",)
+WEIGHTS = ("w8", "q4_1")
 # The decoder's datapath defaults where they differ from SimConfig's (the encoder's): SmolLM2's
 # residual stream holds massive activations (~22,500 in one channel of the first token from layer
 # 11 on, against ~1 elsewhere), so the stream is 24 bits wide (16 bits: a code of 0.77, the first
 # layers drown; 32 bits: the stream scale is so fine that the fused residual requantizers shift
 # their int32 accumulators left and saturate), and static operand ranges are the calibrated
 # maxima (a 99.99th percentile clips exactly those massive values; per-token scales handle them).
-DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0}
+# The SiLU table is searched over [-8, 8] (silu16_d8): the gate inputs reach ~50, where silu16's
+# segments (searched over [-4, 4]) extrapolate off silu's asymptotes.
+DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8"}
 CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
 CALIB_TOKENS, CALIB_SEQ = 1024, 128
 
@@ -104,7 +111,11 @@ class IntLogits:
     ``W``: int8 per row (the tied token embedding); the int32 accumulators are the integer result,
     the product with their scale (float64) the dequantization the sampler reads."""
 
-    def __init__(self, w, in_scale: float, cfg: SimConfig, col_factor=None):
+    def __init__(self, w, in_scale: float, cfg: SimConfig, col_factor=None, layer=None):
+        self.layer = layer                                    # a prebuilt linear (q4_1: the file's Q8_0 codes)
+        if layer is not None:
+            self.scale, self.wt = layer.acc_scale, None
+            return
         w = np.asarray(w, np.float64)
         if col_factor is not None and col_factor.size > 1:   # smoothing of the final norm's operand
             w = w * col_factor[None, :]
@@ -116,11 +127,15 @@ class IntLogits:
     def __call__(self, x8, row_shift=None, stats=None, name="output"):
         """int8 (B, T, C) and per-token shifts (B, T) -> (int32 accumulators (B, T, V), float64 logits)."""
         lead = x8.shape[:-1]
-        acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
+        if self.layer is not None:
+            _, acc = self.layer(x8.reshape(-1, x8.shape[-1]), stats, name)       # (B T, V) int32 values
+            acc = np.asarray(acc).astype(np.int32)
+        else:
+            acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
         scale = self.scale[None, :]
         if row_shift is not None:
             scale = scale * np.exp2(row_shift.reshape(-1, 1).astype(np.float64))
-        if stats is not None:
+        if stats is not None and self.layer is None:
             stats.mac(name, acc.size * self.wt.shape[0])
             stats.accumulator(f"{name}.acc", int(np.abs(acc).max()) if acc.size else 0, 32)
         return acc.reshape(*lead, -1), (acc * scale).reshape(*lead, -1)
@@ -130,7 +145,7 @@ class IntBlock:
     """One pre-norm decoder layer on integers (the module docstring's lines)."""
 
     def __init__(self, blk, i: int, c: LlamaConfig, calib: Calibration, cfg: SimConfig, norm_kernel, stream: float,
-                 rope):
+                 rope, linear=None):
         pc, rb = cfg.calib_percentile, cfg.residual_bits
         n, self.name = SITES.layer(i), f"layers.{i}."
         a, f = blk.attention, blk.feed_forward
@@ -140,14 +155,15 @@ class IntBlock:
                                        cfg, None, consumers=[wq, wk, wv], percentile=pc)
         self.attention = IntAttention((wq, None, wk, None, wv, None, wo, None), c.n_heads, c.n_kv_heads,
                                       self.attention_norm.gemm_scale, self.attention_norm.factor, n, calib, cfg,
-                                      stream, cfg.softmax, causal=True, rope=rope, layer=i)
+                                      stream, cfg.softmax, causal=True, rope=rope, layer=i, linear=linear)
         self.ffn_norm = NormSite(_np(blk.ffn_norm.weight), None, norm_kernel, calib, n.ffn_norm_out, cfg, None,
                                  consumers=[w1, w3], percentile=pc)
         silu = ACTIVATIONS.make(cfg.silu, cfg, calib.absmax(n.gate, pc), self.name + "silu", function="silu")
         self.feed_forward = ActivationSite(w1, None, self.ffn_norm.gemm_scale, self.ffn_norm.factor, silu, calib,
                                            n.act_out, [w2], cfg, name="silu", w_up=w3, up_site=n.up,
-                                           in_proj="w1", up_proj="w3", token_input=True)
-        self.w2 = IntLinear(w2, None, self.feed_forward.out_scale, cfg, stream, rb, col_factor=self.feed_forward.factor)
+                                           in_proj="w1", up_proj="w3", token_input=True, linear=linear)
+        make = linear or (lambda part, *a, **k: IntLinear(*a, **k))
+        self.w2 = make("w2", w2, None, self.feed_forward.out_scale, cfg, stream, rb, col_factor=self.feed_forward.factor)
 
     def __call__(self, h, positions, cache, stats=None, trace=None):
         """Residual stream (B, T, C) at positions (T,) -> the stream after the layer."""
@@ -166,9 +182,14 @@ class IntBlock:
 class IntLlama:
     """The integer decoder: ``logits(ids, cache)`` -> float64 (B, T, V); ``model(ids)`` as a torch model."""
 
-    def __init__(self, model: Llama, calib: Calibration, cfg: SimConfig | None = None):
+    def __init__(self, model: Llama, calib: Calibration, cfg: SimConfig | None = None, weights: str = "w8"):
         cfg = cfg or default_config()
-        self.cfg, self.config = cfg, model.config
+        if weights not in WEIGHTS:
+            raise GQAError("weights", f"{weights!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
+        if weights == "q4_1":   # the file's codes cannot take smoothing's column factors
+            kept = sorted(outlier_methods(cfg) - {"smooth"}, key=OUTLIERS.names().index)
+            cfg = dataclasses.replace(cfg, outliers="+".join(kept) or OUTLIERS.NONE)
+        self.cfg, self.config, self.weights = cfg, model.config, weights
         c, rb = model.config, cfg.residual_bits
         norm_kernel = NORMS.make(cfg.layernorm, cfg, center=False)          # RMSNorm
         # one scale for the whole residual stream: it never clips (its width is the outlier budget)
@@ -177,12 +198,20 @@ class IntLlama:
         self.embeddings = IntEmbedding([emb], cfg.embed_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
         self.to_stream = OperandRequant(self.embeddings.scale / self.stream, rb, per_token=False)
         rope = _rope(cfg, c)
-        self.layers = [IntBlock(blk, i, c, calib, cfg, norm_kernel, self.stream, rope)
+        self.layers = [IntBlock(blk, i, c, calib, cfg, norm_kernel, self.stream, rope,
+                                _q4_linears(i) if weights == "q4_1" else None)
                        for i, blk in enumerate(model.layers)]
         w_out = emb if model.output is None else _np(model.output.weight)
         self.norm = NormSite(_np(model.norm.weight), None, norm_kernel, calib, SITES.final().out, cfg, None,
                              consumers=[w_out], percentile=cfg.calib_percentile)
-        self.output = IntLogits(w_out, self.norm.gemm_scale, cfg, col_factor=self.norm.factor)
+        head = None
+        if weights == "q4_1":
+            from .gguf_model import open_gguf
+            from .q4linear import IntQ4Linear
+
+            name = "token_embd.weight" if model.output is None else "output.weight"
+            head = IntQ4Linear(open_gguf().quant_blocks(name), None, self.norm.gemm_scale, cfg, 1.0, 32)
+        self.output = IntLogits(w_out, self.norm.gemm_scale, cfg, col_factor=self.norm.factor, layer=head)
         cfg.check_sites([blk.name + "silu" for blk in self.layers])           # pwl_input_exp names
 
     def new_cache(self) -> IntKVCache:
@@ -234,6 +263,22 @@ class IntLlama:
         return new
 
 
+def _q4_linears(i: int):
+    """Layer ``i``'s projection factory on the GGUF's own Q4_1 blocks (IntAttention's ``linear``)."""
+    from .gguf_model import open_gguf
+    from .q4linear import IntQ4Linear
+
+    g = open_gguf()
+    names = {"qkv": ["attn_q", "attn_k", "attn_v"], "out": ["attn_output"], "in": ["ffn_gate"], "up": ["ffn_up"],
+             "w2": ["ffn_down"]}
+
+    def make(part, w, b, in_scale, cfg, out_scale, out_bits, col_factor=None):
+        blocks = [g.quant_blocks(f"blk.{i}.{n}.weight") for n in names[part]]
+        return IntQ4Linear(blocks if len(blocks) > 1 else blocks[0], b, in_scale, cfg, out_scale, out_bits,
+                           col_factor=col_factor)
+    return make
+
+
 # --- building ------------------------------------------------------------------------------------------
 
 def _trimmed(layers: int | None) -> Llama:
@@ -281,4 +326,4 @@ def build(cfg: SimConfig | None = None, weights: str = "w8", layers: int | None 
         raise GQAError("weights", f"{weights!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
     calib = calibration(layers, calib_text, progress)
     fp32 = _trimmed(layers)
-    return IntLlama(fp32, calib, cfg), fp32, load_tokenizer()
+    return IntLlama(fp32, calib, cfg, weights), fp32, load_tokenizer()

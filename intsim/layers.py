@@ -175,6 +175,11 @@ class ModelSites:
 
 # --- linear layers -------------------------------------------------------------------------------------
 
+def _int_linear(part, *args, **kwargs):
+    """The default projection factory of the composite layers: an :class:`IntLinear` whatever the part."""
+    return IntLinear(*args, **kwargs)
+
+
 class IntLinear:
     """``y = x @ W^T + b`` on int8 codes: int32 accumulator, then one requantization per column.
 
@@ -340,12 +345,16 @@ class IntAttention:
     RoPE), the kernel rotates them into int8 at the scales of ``names.q`` / ``.k`` (after RoPE).
     A :class:`IntKVCache` (``cache``, this layer's slot ``layer``) keeps k after RoPE and v: the
     step's T queries attend to every cached key (the causal mask places them last).
+    ``linear``: the factory of the two projections, ``linear(part, w, b, in_scale, cfg, out_scale,
+    out_bits, col_factor=...)`` with ``part`` ``"qkv"`` or ``"out"`` (default: :class:`IntLinear`;
+    a decoder's W4A8 mode passes the file's Q4_1 layers).
     """
 
     def __init__(self, weights, heads: int, kv_heads: int, in_scale: float, in_factor, names: Names,
                  calib: Calibration, cfg: SimConfig, out_scale: float, softmax, causal: bool = False,
-                 rope=None, layer: int = 0):
+                 rope=None, layer: int = 0, linear=None):
         wq, bq, wk, bk, wv, bv, wo, bo = weights
+        linear = linear or _int_linear
         if heads % kv_heads:
             raise GQAError("kv_heads", f"{kv_heads} does not divide {heads} query heads", "a divisor of heads")
         pc = cfg.calib_percentile
@@ -361,8 +370,8 @@ class IntAttention:
         zeros = [np.zeros(w.shape[0]) if b is None else b for w, b in ((wq, bq), (wk, bk), (wv, bv))]
         out_s = np.concatenate([np.full(wq.shape[0], s_q), np.full(wk.shape[0], s_k),
                                 np.full(wv.shape[0], self.s_v)])
-        self.qkv = IntLinear(np.concatenate([wq, wk, wv]), np.concatenate(zeros), in_scale, cfg, out_s,
-                             cfg.act_bits, col_factor=in_factor)
+        self.qkv = linear("qkv", np.concatenate([wq, wk, wv]), np.concatenate(zeros), in_scale, cfg, out_s,
+                          cfg.act_bits, col_factor=in_factor)
         self.rope_q = self.rope_k = None
         self.s_q, self.s_k = s_q, s_k          # the scores' operands
         if rope is not None:
@@ -373,7 +382,7 @@ class IntAttention:
         self.s_ctx, f_ctx = requantized_operand_scale(calib, names.ctx, [wo], cfg)
         self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
                                   "per_token" in outlier_methods(cfg))
-        self.out = IntLinear(wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
+        self.out = linear("out", wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
 
     def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None, positions=None, cache=None):
         """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C).
@@ -482,12 +491,14 @@ class ActivationSite:
     Then ``a`` is requantized to the out-projection's int8 operand at the calibrated scale of
     ``out_site`` (:class:`OperandRequant`, per token if configured). ``kernel``: any activation
     kernel (:data:`intsim.registry.ACTIVATIONS`); ``name`` names its operations and trace entries
-    (``{name}_in``, ``{name}_out``, ``{name}_q``).
+    (``{name}_in``, ``{name}_out``, ``{name}_q``). ``linear``: the projections' factory as for
+    :class:`IntAttention` (``part`` ``"in"`` or ``"up"``).
     """
 
     def __init__(self, w_in, b_in, in_scale: float, in_factor, kernel, calib: Calibration, out_site: str,
                  consumers, cfg: SimConfig, name: str = "gelu", w_up=None, b_up=None, up_site: str | None = None,
-                 in_proj: str = "ffn_in", up_proj: str = "ffn_up", token_input: bool = False):
+                 in_proj: str = "ffn_in", up_proj: str = "ffn_up", token_input: bool = False, linear=None):
+        linear = linear or _int_linear
         per_token = "per_token" in outlier_methods(cfg)
         self.token_input = token_input and per_token and w_up is not None and hasattr(kernel, "table")
         if self.token_input:
@@ -497,13 +508,13 @@ class ActivationSite:
             kernel = TokenScaledActivation(kernel)
         self.kernel, self.name, self.in_proj, self.up_proj = kernel, name, in_proj, up_proj
         in_bits = 32 if self.token_input else kernel.in_bits     # token_input: an int32 register at the finest scale
-        self.proj = IntLinear(w_in, b_in, in_scale, cfg, kernel.in_scale, in_bits, col_factor=in_factor)
+        self.proj = linear("in", w_in, b_in, in_scale, cfg, kernel.in_scale, in_bits, col_factor=in_factor)
         self.up = None
         scale = kernel.out_scale
         if w_up is not None:
             pick = calib.token_max(up_site) if self.token_input else calib.absmax(up_site, cfg.calib_percentile)
             s_u = act_scale(pick, cfg.act_bits, cfg.act_scales)
-            self.up = IntLinear(w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
+            self.up = linear("up", w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
             scale = scale * s_u
         self.act_bits = cfg.act_bits
         self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
@@ -511,17 +522,14 @@ class ActivationSite:
         self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
 
     def _up_per_token(self, x8, t8, stats, name):
-        """u int8 per token: the up GEMM's accumulator requantized dynamically; row shifts include the operand's."""
-        x2 = x8.reshape(-1, x8.shape[-1])                                         # (B, T, C) -> (M, C)
-        acc = int_gemm(x2, self.up.wt, self.up.backend, float_out=True)           # (M, F) int32 values
+        """u int8 per token: the up projection's int32 accumulator requantized dynamically (the same
+        multipliers, then a per-row shift); its row shifts include the operand's."""
+        _, acc = self.up(x8, stats, name)                                         # (B, T, F) int32 values
         u, t_u = requantize_dynamic(acc, self.up.m0, self.up.n, self.act_bits)
         if stats is not None:
-            stats.mac(name, acc.size * self.up.wt.shape[0])
-            stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
             stats.count("compare", f"{name}.token_max", acc.size, bits=32)
             stats.count("shift", f"{name}.token_shift", acc.size, bits=32)
-        t = t_u if t8 is None else t_u + np.asarray(t8).reshape(-1)
-        return u.reshape(*x8.shape[:-1], -1), t.reshape(x8.shape[:-1])
+        return u, t_u if t8 is None else t_u + t8
 
     def __call__(self, x8, t8, stats=None, prefix="", trace=None):
         """int8 operand (B, T, C) and its row shifts -> the out-projection's operand (B, T, F) and row shifts."""

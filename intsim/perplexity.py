@@ -84,3 +84,13 @@ def text_perplexity(model, tokenizer, text: str, context: int = 512, progress: b
     """:func:`perplexity` of a text: ``tokenizer.encode(text)`` as one stream (no BOS)."""
     check_context(context, model.config.max_seq_len)
     return perplexity(model, token_stream(tokenizer, text), context, progress=progress)
+
+
+def compare(model, reference, ids, context: int, progress: bool = False) -> dict:
+    """``model`` (the integer path) against ``reference`` (FP32) on the same windows of ``ids``:
+    both perplexities, their ratio and the top-1 next-token agreement (the share of predicted
+    tokens whose arg-max is the same), with the keys of ``gqa llm eval --json``."""
+    a = perplexity(model, ids, context, progress=progress)
+    b = perplexity(reference, ids, context, progress=progress)
+    return {"ppl_int": a.ppl, "ppl_fp32": b.ppl, "ppl_ratio": a.ppl / b.ppl,
+            "top1_agreement": float((a.top1 == b.top1).mean()), "tokens": a.tokens}

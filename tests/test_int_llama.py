@@ -189,3 +189,27 @@ def test_token_scaled_activation_is_close_to_silu():
     assert abs(real[1, 0] / silu[1, 0] - 1) < 0.03
     top = PWLActivation(0.0, SILU, e=0)
     assert real[2, 0] == top(np.array([127]))[0] * top.out_scale    # beyond the coarsest scale: code 127 at e=0
+
+
+def test_w4a8_runs_the_files_q4_1_codes(int_llama2):
+    """weights='q4_1': every projection is the GGUF's own Q4_1 blocks (IntQ4Linear), the output layer
+    its Q8_0 codes, smoothing off; still integer-only, cache-exact and close to FP32."""
+    from intsim.int_llama import IntLlama, calibration
+    from intsim.q4linear import IntQ4Linear
+
+    im8, fm, tok = int_llama2
+    im = IntLlama(fm, calibration(2), weights="q4_1")
+    assert isinstance(im.layers[0].attention.qkv, IntQ4Linear) and isinstance(im.layers[1].w2, IntQ4Linear)
+    assert isinstance(im.output.layer, IntQ4Linear) and im.layers[0].attention_norm.factor is None
+    assert "smooth" not in im.cfg.outliers and "per_token" in im.cfg.outliers
+    ids = _ids(tok)
+    trace = {}
+    got = im.logits(ids, trace=trace)
+    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
+    cache = im.new_cache()
+    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
+    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
+    with torch.no_grad():
+        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    agree = (got[0].argmax(1) == ref.argmax(1)).mean()
+    assert agree >= 0.85, agree
