@@ -66,6 +66,17 @@ def test_eval_json_and_report(text, tmp_path, capsys):
     assert rc == 0 and "perplexity: integer" in out and "top-1 agreement with FP32" in out
 
 
+def test_eval_w4a8_on_the_q4_1_codes(text, tmp_path, capsys):
+    report = tmp_path / "q4.json"
+    rc, out, err = run(capsys, "llm", "eval", "--text", str(text), "--context", "32", "--weights", "q4_1", "--json",
+                       "--report", str(report), *FAST)
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["ppl_int"] > 1 and 0 <= r["top1_agreement"] <= 1
+    macs = json.loads(report.read_text())["op_stats"]["mac"]
+    assert any(e["b_bits"] == 4 for e in macs)          # the 8 x 4-bit MACs of the Q4_1 layers
+
+
 def test_bench_prints_both_and_ratios(capsys):
     rc, out, err = run(capsys, "llm", "bench", "--seq", "16", "--new-tokens", "2", "--repeats", "1", *FAST)
     assert rc == 0, err
