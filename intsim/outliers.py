@@ -55,7 +55,7 @@ import numpy as np
 from .errors import GQAError
 
 TOKEN_QUANTILES = (1.0, 0.9999, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)   # coarse stage
-OS_PLUS_CANDIDATES = 24     # values of t tried (quantiles of the channel ranges, median .. max)
+OS_PLUS_CANDIDATES = 12     # values of t tried (quantiles of the channel ranges, median .. max)
 MSE_CANDIDATES = 256        # clip candidates of the MSE search: fractions k / 256 of the tensor's max
 
 
@@ -144,22 +144,21 @@ def fake_quant(x: np.ndarray, clip, bits: int) -> np.ndarray:
 
 
 def block_output_error(x: np.ndarray, weights, scale: np.ndarray, bits: int, weight_bits: int,
-                       per_channel: bool, per_token: bool) -> float:
+                       per_channel: bool, per_token: bool, exact=None) -> float:
     """OS+'s objective: ``sum_W mean || Q(x / s) Q(W s)^T - x W^T ||^2`` over calibration rows ``x``
     (already shifted), the operand per tensor (or per token) at its max, ``W`` as the integer path
-    quantizes it."""
+    quantizes it. ``exact``: the products ``x W^T`` if already computed (float32)."""
     from .layers import quantize_weight
 
     xs = x / scale
     clip = np.abs(xs).max(axis=1, keepdims=True) if per_token else np.abs(xs).max()
     xq = fake_quant(xs, clip, bits).astype(np.float32)
     err = 0.0
-    for w in weights:
-        ws = np.asarray(w, np.float64) * scale[None, :]
-        q, sw = quantize_weight(ws, weight_bits, per_channel)
+    for i, w in enumerate(weights):
+        q, sw = quantize_weight(np.asarray(w, np.float64) * scale[None, :], weight_bits, per_channel)
         wq = (q.astype(np.float64) * sw[:, None]).astype(np.float32)
-        d = xq @ wq.T - (x.astype(np.float32) @ np.asarray(w, np.float32).T)
-        err += float(np.mean(d.astype(np.float64) ** 2))
+        y = exact[i] if exact is not None else x.astype(np.float32) @ np.asarray(w, np.float32).T
+        err += float(np.mean((xq @ wq.T - y).astype(np.float64) ** 2))
     return err
 
 
@@ -170,11 +169,12 @@ def search_os_plus_t(x: np.ndarray, hi, lo, weights, bits: int, weight_bits: int
     (ties: the larger ``t``, less scaling). -> ``(t, s)``."""
     r = np.maximum(np.asarray(hi, np.float64), -np.asarray(lo, np.float64))
     cands = np.unique(np.quantile(r, np.linspace(0.5, 1.0, OS_PLUS_CANDIDATES)))
+    exact = [x.astype(np.float32) @ np.asarray(w, np.float32).T for w in weights]
     best = None
     for t in cands[::-1]:
         t = max(float(t), 1e-12)
         s = os_plus_scale(hi, lo, t)
-        e = block_output_error(x, weights, s, bits, weight_bits, per_channel, per_token)
+        e = block_output_error(x, weights, s, bits, weight_bits, per_channel, per_token, exact)
         if best is None or e < best[0]:
             best = (e, t, s)
     return best[1], best[2]
