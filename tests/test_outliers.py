@@ -282,3 +282,84 @@ def test_shift_needs_the_new_statistics(model, calib):
         norm_transform({"os_shift"}, old, site, gamma, [_np(m.weight) for m in lins], SimConfig(), 8)
     t = norm_transform({"smooth"}, old, site, gamma, [_np(m.weight) for m in lins], SimConfig(), 8)
     assert math.isfinite(float(t.scale.max()))
+
+
+# --- kurtosis regularization and input QAT (gqa_lut.nn) -------------------------------------------
+
+def test_kurtosis_penalty_is_the_formula():
+    from gqa_lut.nn import KurtosisRegularizer, kurtosis
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 16))
+    x[0, 1, 4] = 30.0
+    d = x - x.mean(-1, keepdims=True)
+    want = (d**4).mean(-1) / (d**2).mean(-1) ** 2                  # m4 / m2^2 per token, in float64
+    assert np.allclose(kurtosis(torch.tensor(x)).numpy(), want, rtol=1e-10)
+    lin = torch.nn.Linear(16, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with KurtosisRegularizer([lin], weight=0.5, side="in") as reg:
+        lin(torch.tensor(x, dtype=torch.float32))
+        got = float(reg.penalty(mask).detach())
+        assert got == pytest.approx(0.5 * want[mask.numpy()].mean(), rel=1e-5)
+        lin(torch.tensor(x, dtype=torch.float32))
+        got = float(reg.penalty().detach())
+        assert got == pytest.approx(0.5 * want.mean(), rel=1e-5)
+    with KurtosisRegularizer([lin], weight=1.0, target=1.8) as reg:
+        y = lin(torch.tensor(x, dtype=torch.float32))
+        k = kurtosis(y.double()).detach().numpy()
+        assert float(reg.penalty().detach()) == pytest.approx(((k - 1.8) ** 2).mean(), rel=1e-4)
+    with pytest.raises(GQAError, match="seen no forward"):
+        KurtosisRegularizer([lin]).penalty()
+    with pytest.raises(GQAError) as ei:
+        KurtosisRegularizer([lin], weight=-1.0)
+    assert ei.value.field == "weight"
+
+
+def test_kurtosis_penalty_reduces_kurtosis_on_a_toy_layer():
+    """A linear layer trained on a task that tolerates it, plus the penalty on its output: the output's
+    kurtosis falls well below the unregularized run's, which keeps the outlier channel."""
+    from gqa_lut.nn import KurtosisRegularizer, kurtosis
+
+    def train(weight):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(32, 32)
+        with torch.no_grad():
+            lin.weight.mul_(0.1)
+            lin.weight[5] *= 60.0                            # an outlier output channel
+        x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
+        target = lin(x).detach()
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+        with KurtosisRegularizer([lin], weight=weight) as reg:
+            for _ in range(150):
+                y = lin(x)
+                loss = ((y - target) ** 2).mean() * 1e-3 + (reg.penalty() if weight else 0.0)
+                reg._seen = []
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return float(kurtosis(lin(x)).mean())
+
+    plain, reg = train(0.0), train(0.05)
+    assert plain > 10 and reg < 0.5 * plain
+
+
+def test_input_qat_quantizes_and_learns_its_clip():
+    from gqa_lut.nn import InputQuantizer, quantize_inputs, remove_input_quantizers
+
+    q = InputQuantizer(bits=4, init=1.4)                       # step 0.2, codes -7 .. 7
+    x = torch.tensor([0.05, 0.11, -0.29, 2.0, -5.0], requires_grad=True)
+    y = q(x)
+    assert torch.allclose(y, torch.tensor([0.0, 0.2, -0.2, 1.4, -1.4]))
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]))      # straight through, 0 clipped
+    xs = x.detach() / 0.2
+    want = ((torch.round(xs) - xs)[:3].sum() / 7 + 1.0 - 1.0).item()          # LSQ inside, +1 and -1 outside
+    assert q.clip.grad.item() == pytest.approx(want, abs=1e-6)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    z = torch.randn(8, 4)
+    ref_out = net(z)
+    qs = quantize_inputs(net, bits=8)
+    assert set(qs) == {"0", "2"}
+    out = net(z)
+    assert not torch.equal(out, ref_out) and torch.allclose(out, ref_out, atol=0.05)
+    assert remove_input_quantizers(net) == 2 and torch.equal(net(z), ref_out)
