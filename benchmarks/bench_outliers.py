@@ -54,6 +54,11 @@ METHODS = {  # name -> (label, config overrides)
     "all_static": ("gamma migration + OS+ + split + MSE clipping (static)",
                    dict(outliers="gamma_migration+os_shift+os_scale+split", act_clip="mse")),
     "default+gelu_in12": ("default + 12-bit GELU unit input (gelu16_in12)", dict(gelu_table="gelu16_in12")),
+    "default+gelu_in12+shift": ("default + gelu16_in12 + OS+ shifting",
+                                dict(gelu_table="gelu16_in12", outliers="smooth+per_token+os_shift")),
+    "site6_ffn_in": ("default, FFN-in operands (LayerNorm 1 copies) at 6 bits", dict(site_bits={"blocks.*.ln1_out": 6})),
+    "site6_qkv": ("default, QKV operands (emb / LayerNorm 2 copies) at 6 bits",
+                  dict(site_bits={"emb.ln_out": 6, "blocks.*.ln2_out": 6})),
 }
 
 
