@@ -49,6 +49,15 @@ given. Reading the parameter costs one device synchronisation per forward on CUD
 
 Every module counts saturations, never silently: ``n_clipped`` (input codes clipped by the
 quantizer) and ``n_saturated`` (output codes clipped to ``out_bits``), both int64 buffers.
+
+Against outlier channels (Nrusimha et al. 2024): :func:`quantize_inputs` adds QAT of every
+Linear's input (learned clipping values) and :class:`KurtosisRegularizer` a per-token kurtosis
+penalty on chosen layers' tensors, both options of the same fine-tuning loop::
+
+    >>> quantize_inputs(model, bits=8)
+    >>> with KurtosisRegularizer([blk.ln2 for blk in model.blocks], weight=1e-3) as kurt:
+    ...     loss = task_loss(model(*batch)) + kurt.penalty()
+    >>> remove_input_quantizers(model)       # the fine-tuned FP32 model, for calibration
 """
 
 from __future__ import annotations
@@ -526,3 +535,136 @@ def fit_input_scales(model: nn.Module):
         unit._observing = False
         if unit._observed is not None:
             unit.set_exponent(_exponent_from_absmax(unit._observed, unit.table))
+
+
+# --- kurtosis regularization and input QAT (Nrusimha et al. 2024) -----------------------------------
+
+def kurtosis(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """Kurtosis of ``x`` along ``dim``: ``m4 / m2**2`` with ``m_k = mean((x - mean x)**k)`` (3 for a
+    Gaussian, 1.8 for a uniform, about ``C`` for one outlier channel among ``C``). Differentiable."""
+    d = x - x.mean(dim=dim, keepdim=True)
+    d2 = d * d
+    m2 = d2.mean(dim=dim)
+    return (d2 * d2).mean(dim=dim) / (m2 * m2 + eps)
+
+
+class KurtosisRegularizer:
+    """Activation kurtosis regularization (Nrusimha et al. 2024, "Mitigating the Impact of Outlier
+    Channels for Language Model Quantization with Activation Regularization", arXiv 2404.03605):
+    the loss gains ``weight * mean_l mean_t kappa(x_{l,t})``, ``kappa`` the kurtosis of token ``t``'s
+    vector at observed tensor ``l`` over its channels (:func:`kurtosis`); with ``target`` the
+    penalty is ``(kappa - target)**2`` instead (KURE-style). Heavy-tailed tokens -- one channel
+    orders of magnitude above the rest -- have kurtosis near the channel count, so the penalty
+    pushes back against outlier channels where the layers write them.
+
+    ``modules``: the modules whose tensors are observed, with ``side`` ``"out"`` (their outputs,
+    the paper's layer outputs) or ``"in"`` (their first input: a norm's input is the residual sum
+    in a post-LN model). Use as a context manager or call :meth:`remove`. After a forward,
+    :meth:`penalty` (``mask``: (B, T) real tokens of (B, T, C) tensors) returns the term to add.
+    """
+
+    def __init__(self, modules, weight: float = 1e-3, side: str = "out", target: float | None = None):
+        if side not in ("in", "out"):
+            raise GQAError("side", f"{side!r} is neither 'in' nor 'out'", "observe module inputs or outputs")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise GQAError("weight", f"must be a finite number >= 0, got {weight!r}")
+        modules = list(modules)
+        if not modules or not all(isinstance(m, nn.Module) for m in modules):
+            raise GQAError("modules", "must be a non-empty list of torch modules", "e.g. the model's LayerNorms")
+        self.weight, self.target, self.side = float(weight), target, side
+        self._seen: list[torch.Tensor] = []
+        hook = self._hook_in if side == "in" else self._hook_out
+        self._handles = [m.register_forward_pre_hook(hook) if side == "in" else m.register_forward_hook(hook)
+                         for m in modules]
+
+    def _hook_in(self, mod, inp):
+        self._seen.append(inp[0])
+
+    def _hook_out(self, mod, inp, out):
+        self._seen.append(out)
+
+    def penalty(self, mask: torch.Tensor | None = None, clear: bool = True) -> torch.Tensor:
+        """``weight`` times the mean per-token kurtosis term over every tensor seen since the last call."""
+        if not self._seen:
+            raise GQAError("KurtosisRegularizer", "has seen no forward pass", "run the model before penalty()")
+        terms = []
+        for x in self._seen:
+            k = kurtosis(x.float())
+            if self.target is not None:
+                k = (k - self.target) ** 2
+            if mask is not None and k.shape == mask.shape:
+                m = mask.to(k.dtype)
+                terms.append((k * m).sum() / m.sum().clamp(min=1))
+            else:
+                terms.append(k.mean())
+        if clear:
+            self._seen = []
+        return self.weight * torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._seen = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+class InputQuantizer(nn.Module):
+    """Fake quantization of a layer's input for QAT: symmetric ``bits``-bit codes at step
+    ``s = c / (2**(b-1) - 1)`` with a learned clip ``c`` (the paper's QAT with learned clipping
+    values): ``y = clamp(round(x / s), -top, top) * s``, round straight through. The clip's gradient
+    is LSQ's ``round(x/s) - x/s`` (over ``top``) inside the range and PACT's ``sign(x)`` outside.
+    ``c`` starts at the first batch's max |x| (or ``init``)."""
+
+    def __init__(self, bits: int = 8, init: float | None = None):
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+            raise GQAError("bits", f"must be an integer in [2, 16], got {bits!r}")
+        self.bits, self.top = bits, (1 << (bits - 1)) - 1
+        self.clip = nn.Parameter(torch.tensor(float(init) if init is not None else 0.0))
+        self._ready = init is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._ready:
+            with torch.no_grad():
+                self.clip.fill_(max(_absmax(x), 1e-8))
+            self._ready = True
+        s = self.clip.abs().clamp(min=1e-8) / self.top
+        xs = x / s
+        q = xs + (torch.round(xs) - xs).detach()          # round, straight through
+        return torch.clamp(q, -self.top, self.top) * s
+
+
+def quantize_inputs(model: nn.Module, bits: int = 8, types=(nn.Linear,)) -> dict[str, InputQuantizer]:
+    """QAT of the inputs of every module of ``types`` (default every Linear): an :class:`InputQuantizer`
+    applied by a forward pre-hook, registered as the submodule ``input_quant`` (its clip trains with
+    the model). Returns ``{module name: quantizer}``; :func:`remove_input_quantizers` undoes it."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, tuple(types)) and not hasattr(mod, "input_quant"):
+            mod.input_quant = InputQuantizer(bits)
+            mod._input_quant_hook = mod.register_forward_pre_hook(lambda m, inp: (m.input_quant(inp[0]),) + inp[1:])
+            out[name] = mod.input_quant
+    if not out:
+        raise GQAError("model", f"holds no {', '.join(t.__name__ for t in types)} module", "check the types")
+    param = next(model.parameters(), None)
+    if param is not None:
+        for q in out.values():
+            q.to(param.device)
+    return out
+
+
+def remove_input_quantizers(model: nn.Module) -> int:
+    """Undo :func:`quantize_inputs` (the FP32 model back, trained weights kept); returns how many."""
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "_input_quant_hook"):
+            mod._input_quant_hook.remove()
+            del mod._input_quant_hook
+            del mod.input_quant
+            n += 1
+    return n

@@ -25,6 +25,8 @@ from .bert import SentenceBert, Tokenizer
 from .errors import GQAError
 
 HIST_BINS = 48  # log2-spaced bins of |x| from 2**-16 to 2**8
+FINE_BINS = 2048  # linear bins of |x| over [0, absmax]: the MSE clipping search (intsim.outliers)
+SAMPLE_ROWS = 256  # rows (tokens) kept of every norm output: the outlier searches fold transforms on them
 
 
 @dataclass
@@ -36,6 +38,14 @@ class TensorStats:
     kurtosis: float
     token_max_p50: float              # median over tokens of the per-token max |x|
     top: list = field(default_factory=list)   # [(value, channel, sentence, position, token)]
+    # the outlier toolbox's statistics (intsim.outliers): signed per-channel extremes (OS+ shifting),
+    # every token's max |x| (token-wise clipping), a fine linear histogram of |x| (MSE clipping), and
+    # for norm outputs a fixed sample of rows (searches on transformed tensors)
+    channel_hi: np.ndarray | None = None      # (C,) max x per channel
+    channel_lo: np.ndarray | None = None      # (C,) min x per channel
+    token_maxima: np.ndarray | None = None    # (tokens,) max |x| of each token, float32
+    fine_hist: np.ndarray | None = None       # FINE_BINS counts of |x| over [0, absmax]
+    sample: np.ndarray | None = None          # (<= SAMPLE_ROWS, C) float32 rows, evenly spaced over the tokens
 
     def range(self, percentile: float = 100.0) -> float:
         if percentile >= 100.0:
@@ -75,6 +85,18 @@ def _kurtosis(x: np.ndarray) -> float:
     return float((d2 * d2).mean() / var**2) if var > 0 else 0.0
 
 
+def fine_hist(a: np.ndarray, top: float) -> np.ndarray:
+    """Counts of ``a = |x|`` in FINE_BINS linear bins over [0, top] (bin ``k``: ``[k, k+1) * top / FINE_BINS``)."""
+    if top <= 0:
+        return np.bincount(np.zeros(a.size, np.intp), minlength=FINE_BINS)
+    pos = a.ravel().astype(np.float64) * (FINE_BINS / top)
+    return np.bincount(np.minimum(pos.astype(np.intp), FINE_BINS - 1), minlength=FINE_BINS)
+
+
+def _is_norm(module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
 def _hist(a: np.ndarray) -> np.ndarray:
     """Counts of ``a = |x|`` in HIST_BINS log2-spaced bins over [2**-16, 2**8] (values outside go to the ends)."""
     pos = np.log2(np.maximum(a.ravel().astype(np.float32, copy=False), np.float32(2.0**-16)))
@@ -106,6 +128,14 @@ class Calibration:
 
     def channel_max(self, name: str) -> np.ndarray:
         return self.tensor(name).channel_max
+
+    def extra(self, name: str, what: str) -> np.ndarray:
+        """One of the outlier toolbox's statistics (``channel_hi``, ``token_maxima``, ``sample``, ...)."""
+        v = getattr(self.tensor(name), what)
+        if v is None:
+            raise GQAError("calibration", f"has no {what} of {name!r} (samples are kept of norm outputs only)",
+                           "recalibrate with this version of intsim.calibration.calibrate")
+        return v
 
     def outlier_report(self, top: int = 5) -> list[dict]:
         """Residual-stream tensors: outlier channels, their ratio to the median, kurtosis, tokens."""
@@ -211,7 +241,9 @@ def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=
             current[name] = t.detach()
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in sites.hooks(model)]
+    hooks = sites.hooks(model)
+    norm_outputs = {n for m, n, s in hooks if s == "out" and _is_norm(m)}
+    handles = [m.register_forward_hook(make_hook(n, s)) for m, n, s in hooks]
     try:
         with torch.inference_mode():
             for ids, mask in batches:
@@ -240,7 +272,14 @@ def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=
             r, c = divmod(int(f), x.shape[1])
             s_i, pos, tok = where[r]
             topv.append((float(x[r, c]), c, s_i, pos, id_to_token(tok)))
+        tmax = a.max(1)
+        sample = None
+        if name in norm_outputs:
+            sample = np.ascontiguousarray(x[np.unique(np.linspace(0, len(x) - 1, SAMPLE_ROWS).astype(np.intp))],
+                                          dtype=np.float32)
         stats[name] = TensorStats(absmax=float(a.max()), percentiles=pct, channel_max=a.max(0),
                                   hist=_hist(a), kurtosis=_kurtosis(x),
-                                  token_max_p50=float(np.median(a.max(1))), top=topv)
+                                  token_max_p50=float(np.median(tmax)), top=topv,
+                                  channel_hi=x.max(0), channel_lo=x.min(0), token_maxima=tmax.astype(np.float32),
+                                  fine_hist=fine_hist(a, float(a.max())), sample=sample)
     return Calibration(stats, n_seq, len(where), residual=sites.residual(model))

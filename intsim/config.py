@@ -31,10 +31,12 @@ ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the o
 
 # value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
-          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0), "calib_percentile": (90.0, 100.0)}
+          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0),
+          "calib_percentile": (90.0, 100.0), "split_ratio": (1.0, 1e6)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
-         "smooth_alpha": "SmoothQuant uses 0.5"}
+         "smooth_alpha": "SmoothQuant uses 0.5",
+         "split_ratio": "channels above split_ratio x the median channel range are split (8 is the default)"}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
 
 
@@ -107,6 +109,9 @@ class SimConfig:
     #                                 per_token: dynamic power-of-two scale per token for the GELU output and context
     smooth_alpha: float = 0.7
     calib_percentile: float = 99.99  # static GEMM-operand ranges: this percentile of |x| (residual: always max)
+    act_clip: str = "percentile"    # static GEMM-operand clipping: calib_percentile, or searched (mse, token)
+    split_ratio: float = 8.0        # outliers "split": channels above this x the median channel range split
+    site_bits: dict = field(default_factory=dict)  # {"blocks.*.ln1_out": 6}: a norm GEMM copy's own width
     pwl_input_exp: dict = field(default_factory=dict)  # {"blocks.3.gelu": e}: fixed GELU input scales
     gemm_backend: str = "auto"
 
@@ -123,6 +128,12 @@ class SimConfig:
                 isinstance(v, int) and not isinstance(v, bool) for v in self.pwl_input_exp.values()):
             raise GQAError("pwl_input_exp", "must map module names to integer exponents",
                            'e.g. {"blocks.0.gelu": 3}')
+        lo, hi = RANGES["act_bits"]
+        if not isinstance(self.site_bits, dict) or not all(
+                isinstance(p, str) and isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+                for p, v in self.site_bits.items()):
+            raise GQAError("site_bits", f"must map site patterns to widths in [{lo}, {hi}]",
+                           'e.g. {"blocks.*.ln1_out": 6} (fnmatch patterns over calibration site names)')
         for k in TABLE_KEYS:
             setattr(self, k, load_table(getattr(self, k), k))
             check_table_function(getattr(self, k), k)

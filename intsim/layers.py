@@ -21,6 +21,10 @@ Formats and scales (the conventions every layer keeps):
   factors ``f_c = cmax_c**a / wmax_c**(1-a)`` (SmoothQuant) folded into its integer gamma/beta and
   multiplies the consuming weights' input columns by ``f_c``; ``per_token`` gives GEMM operands a
   dynamic power-of-two scale per token (row shifts ``t``) that the next requantizer subtracts.
+  The other methods (gamma migration, OS+ shifting and scaling, channel splitting) and the searched
+  clipping ranges (``act_clip``) are :mod:`intsim.outliers`: a norm's GEMM copy carries one
+  :class:`~intsim.outliers.OperandTransform` (its ``factor``) that its consumers' :class:`IntLinear`
+  folds into weights and bias; ``site_bits`` gives a norm's GEMM copy its own width.
 
 Every layer takes ``stats`` (an :class:`~intsim.opstats.OpStats` or None) and names its
 operations under a ``prefix`` (``"blocks.3."``).
@@ -39,7 +43,10 @@ from .errors import GQAError
 from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic, rounding_divide_by_pot
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
+from .outliers import OperandTransform, norm_transform, static_range
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
+
+NORM_TRANSFORMS = frozenset({"smooth", "gamma_migration", "os_shift", "os_scale", "split"})  # fold into a norm
 
 PROB_BITS = 8   # softmax probabilities: UINT8, scale 2**-8
 
@@ -69,6 +76,14 @@ def multipliers(real) -> tuple[np.ndarray, np.ndarray]:
 def outlier_methods(cfg: SimConfig) -> frozenset[str]:
     """The outlier methods ``cfg.outliers`` enables (``"none"``: the empty set)."""
     return OUTLIERS.parse(cfg.outliers)
+
+
+def operand_bits(cfg: SimConfig, site: str) -> int:
+    """The width of the GEMM operand at calibration site ``site``: the first ``cfg.site_bits`` pattern
+    (``fnmatch``, e.g. ``"blocks.*.ln1_out"``) that matches it, else ``cfg.act_bits``."""
+    from fnmatch import fnmatchcase
+
+    return next((b for p, b in cfg.site_bits.items() if fnmatchcase(site, p)), cfg.act_bits)
 
 
 def operand_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, smooth: bool = True):
@@ -184,7 +199,9 @@ class IntLinear:
     """``y = x @ W^T + b`` on int8 codes: int32 accumulator, then one requantization per column.
 
     ``out_scale`` (scalar or per column) and ``out_bits`` are the consumer's format; ``col_factor``
-    the smoothing factors of the operand (``W`` columns are multiplied by them); ``b=None``: no bias.
+    the smoothing factors of the operand (``W`` columns are multiplied by them), or the operand's
+    :class:`~intsim.outliers.OperandTransform` (``W' = repeat(W g, T)``, ``b' = b + W z``, split
+    channels' codes read ``T`` times: K grows); ``b=None``: no bias.
     At run time ``residual`` (codes at the output scale) is added after the requantization
     (saturating), and ``row_shift`` (per token, from a per-token operand) shifts each row's
     requantization (see :func:`intsim.fixedpoint.requantize_channels`).
@@ -192,7 +209,12 @@ class IntLinear:
 
     def __init__(self, w, b, in_scale, cfg: SimConfig, out_scale, out_bits: int, col_factor=None):
         w = np.asarray(w, np.float64)
-        if col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
+        self.expand, self.in_bits = None, cfg.act_bits
+        if isinstance(col_factor, OperandTransform):         # the outlier toolbox's fold (intsim.outliers)
+            b, w = col_factor.bias(w, b), col_factor.weights(w)
+            self.in_bits = col_factor.bits
+            self.expand = col_factor.expand if col_factor.splits else None
+        elif col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
             w = w * col_factor[None, :]
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
         self.wt = Constant(q.T)     # (out, in) -> (in, out): the GEMM's right operand, converted once per backend
@@ -206,6 +228,8 @@ class IntLinear:
 
     def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
         lead = x8.shape[:-1]
+        if self.expand is not None:                                   # split channels: (..., C) -> (..., K)
+            x8 = self.expand(x8)
         x2 = x8.reshape(-1, x8.shape[-1])                            # (..., in) -> (M, in)
         # (M, out) int32 values; a float backend's exact float copy is read as is (no conversion pass)
         acc = int_gemm(x2, self.wt, self.backend, float_out=True)
@@ -213,7 +237,7 @@ class IntLinear:
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
         if stats is not None:
-            stats.mac(name, acc.size * self.wt.shape[0])
+            stats.mac(name, acc.size * self.wt.shape[0], a_bits=self.in_bits)
             stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
             stats.count("add", f"{name}.bias", acc.size, bits=32)
             if residual is not None:
@@ -262,15 +286,20 @@ class NormSite:
         self.gemm = None
         methods = outlier_methods(cfg)
         if consumers:
-            self.gemm_scale, f = operand_scale(calib, site, consumers, cfg)
-            self.factor = f if "smooth" in methods else None
+            bits = operand_bits(cfg, site)
+            folded = methods & NORM_TRANSFORMS
+            t = norm_transform(folded, calib, site, gamma, consumers, cfg, bits)
+            self.gemm_scale = act_scale(static_range(calib, site, cfg, bits, t if folded else None), bits,
+                                        cfg.act_scales)
+            if folded or bits != cfg.act_bits:
+                self.factor = t
             dynamic = "per_token" in methods
             if dynamic:
                 # nominal scale for a typical token: the static range over the median token's range
                 # (unsmoothed statistics; the per-row shift absorbs any error in this estimate)
                 k = math.floor(math.log2(max(calib.absmax(site, percentile) / calib.token_max(site), 1.0)))
                 self.gemm_scale *= 2.0**-k
-            self.gemm = LNOutput(gamma, beta, self.gemm_scale * f, cfg.act_bits, dynamic=dynamic)
+            self.gemm = LNOutput(gamma, beta - t.shift, self.gemm_scale * t.divisor, bits, dynamic=dynamic)
         self.res_scale = res_scale
         self.res = None if res_scale is None else LNOutput(gamma, beta, res_scale, cfg.residual_bits)
         if self.gemm is None and self.res is None:

@@ -23,6 +23,8 @@ Kinds and the interface of their implementations:
   ``center=False`` is the same entry's RMSNorm (the decoder's norms).
 - ``OUTLIERS`` (``SimConfig.outliers``): composable methods; a config names ``none`` or
   methods joined by ``+`` in registration order (``smooth+per_token``).
+- ``CLIPS`` (``SimConfig.act_clip``): how a static GEMM operand's clipping range is chosen
+  (:func:`intsim.outliers.static_range`).
 - ``ACT_SCALES`` (``SimConfig.act_scales``): ``scale(absmax, bits) -> real scale`` of an activation.
 - GEMM backends: :data:`intsim.gemm.BACKENDS` (the GEMM module owns its list).
 """
@@ -149,6 +151,7 @@ SOFTMAXES = Registry("softmax", "softmax")
 RECIPROCALS = Registry("reciprocal", "reciprocal")
 NORMS = Registry("norm", "layernorm")
 OUTLIERS = Composable("outlier method", "outliers")
+CLIPS = Registry("clipping range", "act_clip")
 ACT_SCALES = Registry("activation scale", "act_scales")
 WEIGHT_SCALES = Registry("weight scale", "weight_scales")
 
@@ -227,6 +230,18 @@ def _illm_norm(cfg, center: bool = True):
 
 OUTLIERS.register("smooth", "SmoothQuant: norm-output channel outliers migrate into the consuming weights", "smooth")
 OUTLIERS.register("per_token", "a dynamic power-of-two scale per token for GEMM operands", "per_token")
+OUTLIERS.register("gamma_migration", "Outlier Suppression: a norm's gamma moves into the consuming weights",
+                  "gamma_migration")
+OUTLIERS.register("os_shift", "Outlier Suppression+: channel shift (max+min)/2 into the norm's beta and the next bias",
+                  "os_shift")
+OUTLIERS.register("os_scale", "Outlier Suppression+: channel scale max(1, max/t, -min/t), t searched on the block "
+                  "output error", "os_scale")
+OUTLIERS.register("split", "channel splitting (QLLM): outlier channels into sub-channels, weight columns duplicated",
+                  "split")
+
+CLIPS.register("percentile", "the calib_percentile of |x| (a transformed norm copy: its max)", "percentile")
+CLIPS.register("mse", "the clip minimising the tensor's quantization MSE (fine histogram)", "mse")
+CLIPS.register("token", "Outlier Suppression's token-wise clipping: quantiles of the token maxima, refined", "token")
 
 
 @ACT_SCALES.register("dyadic", "absmax / (2**(b-1) - 1), applied by dyadic multipliers")
@@ -251,14 +266,15 @@ def gemm_backends() -> tuple[str, ...]:
 def choices() -> dict[str, tuple[str, ...]]:
     """Config field -> its allowed values, from the registries (what SimConfig validates against)."""
     return {"weight_scales": WEIGHT_SCALES.names(), "act_scales": ACT_SCALES.names(),
-            "gelu": ACTIVATIONS.names_for("gelu"), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(), "reciprocal": RECIPROCALS.names(),
-            "layernorm": NORMS.names(), "outliers": OUTLIERS.choices(), "gemm_backend": gemm_backends()}
+            "gelu": ACTIVATIONS.names_for("gelu"), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(),
+            "reciprocal": RECIPROCALS.names(), "layernorm": NORMS.names(), "outliers": OUTLIERS.choices(),
+            "act_clip": CLIPS.names(), "gemm_backend": gemm_backends()}
 
 
 def describe() -> str:
     """Every registry as text (``gqa sim --options``, docs)."""
     lines = []
-    for reg in (ACTIVATIONS, SOFTMAXES, RECIPROCALS, NORMS, OUTLIERS, ACT_SCALES, WEIGHT_SCALES):
+    for reg in (ACTIVATIONS, SOFTMAXES, RECIPROCALS, NORMS, OUTLIERS, CLIPS, ACT_SCALES, WEIGHT_SCALES):
         lines.append(f"{reg.field} ({reg.kind}):")
         lines += [f"  {e.name:<12} {e.doc}" + (f" [{', '.join(reg.functions(e.name))}]"
                                                 if isinstance(reg, ActivationRegistry) else "") for e in reg]
