@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import GQAError
 from .fileio import read_config_file
-from .registry import choices
+from .registry import OUTLIERS, choices
 from .table import PWLTable
 
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
@@ -121,6 +121,8 @@ class SimConfig:
                 lo, hi = RANGES.get(f.name, (None, None))
                 setattr(self, f.name, coerce_value(f.name, getattr(self, f.name), f.type, lo, hi,
                                                    HINTS.get(f.name)))
+        if isinstance(self.outliers, str):     # any order of the composable methods: the canonical one kept
+            self.outliers = OUTLIERS.canonical(self.outliers)
         for k, allowed in choices().items():   # from intsim.registry: a registration adds a choice
             if getattr(self, k) not in allowed:
                 raise GQAError(k, f"{getattr(self, k)!r} is not an option", f"use one of {', '.join(allowed)}")

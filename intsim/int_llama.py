@@ -47,6 +47,7 @@ from .calibration import Calibration, calibrate_stream
 from .config import SimConfig
 from .errors import GQAError
 from .gemm import Constant, int_gemm
+from .outliers import OperandTransform
 from .layers import (ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
                      OperandRequant, Scope, Site, act_scale, outlier_methods, quantize_weight)
 from .llama import Llama, LlamaConfig, check_generation
@@ -117,11 +118,16 @@ class IntLogits:
             self.scale, self.wt = layer.acc_scale, None
             return
         w = np.asarray(w, np.float64)
-        if col_factor is not None and col_factor.size > 1:   # smoothing of the final norm's operand
+        bias = None
+        if isinstance(col_factor, OperandTransform):         # the final norm's outlier fold (intsim.outliers)
+            bias, w = col_factor.bias(w, None), col_factor.weights(w)
+        elif col_factor is not None and col_factor.size > 1:   # smoothing of the final norm's operand
             w = w * col_factor[None, :]
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
         self.wt = Constant(q.T)                               # (V, C) -> (C, V)
         self.scale = in_scale * sw                            # (V,) real value of one accumulator code
+        # a channel shift's W z as accumulator codes (None when no shift: the plain GEMM result)
+        self.bias = None if bias is None or not bias.any() else np.rint(bias / self.scale).astype(np.int64)
         self.backend = cfg.gemm_backend
 
     def __call__(self, x8, row_shift=None, stats=None, name="output"):
@@ -133,6 +139,11 @@ class IntLogits:
         else:
             acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
         scale = self.scale[None, :]
+        if self.layer is None and self.bias is not None:    # W z of a channel shift, in base-scale codes (int64)
+            acc = acc.astype(np.int64)
+            if row_shift is not None:                       # a per-token row at 2**t: exact left shift first
+                acc, row_shift = acc << row_shift.reshape(-1, 1).astype(np.int64), None
+            acc = acc + self.bias[None, :]
         if row_shift is not None:
             scale = scale * np.exp2(row_shift.reshape(-1, 1).astype(np.float64))
         if stats is not None and self.layer is None:

@@ -67,6 +67,7 @@ from .errors import GQAError
 from .fixedpoint import INT32_MAX, rdbpot_bf, requantize_channels, round_shift
 from .gemm import Constant, int_gemm
 from .layers import multipliers
+from .outliers import OperandTransform
 
 BLOCK = 32                  # weights per block (GGUF Q4_1 and Q8_0)
 ACC_BITS = 48               # the declared width of the combination register A
@@ -192,6 +193,14 @@ class IntQ4Linear:
                  method: str = "auto"):
         if method not in METHODS:
             raise GQAError("method", f"{method!r} is unknown", f"use one of {', '.join(METHODS)}")
+        if isinstance(col_factor, OperandTransform):          # the outlier toolbox's fold changes W too
+            identity = (np.all(col_factor.scale == 1) and not np.any(col_factor.shift)
+                        and not col_factor.splits)
+            if not identity:
+                raise GQAError("outliers", "the norm-output transforms (smooth, gamma migration, OS+, split) "
+                               "rewrite weight columns, but q4_1 weights are the file's own codes",
+                               "use outliers without them (e.g. per_token) with weights='q4_1'")
+            col_factor = None
         if col_factor is not None and np.size(col_factor) > 1 and not np.all(np.asarray(col_factor) == 1):
             raise GQAError("outliers", "smoothing rescales weight columns, but q4_1 weights are the file's own codes",
                            "use outliers without 'smooth' (e.g. per_token) with weights='q4_1'")

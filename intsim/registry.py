@@ -137,10 +137,21 @@ class Composable(Registry):
         combos = [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
         return (self.NONE, *("+".join(c) for c in sorted(combos, key=len)))
 
+    def canonical(self, choice) -> str:
+        """``choice`` with its methods in registration order (``per_token+smooth`` -> ``smooth+per_token``),
+        or a GQAError naming the field and the methods (the combinations are too many to list)."""
+        parts = [p.strip() for p in str(choice).split("+")]
+        if parts == [self.NONE]:
+            return self.NONE
+        names = self.names()
+        if any(p not in names for p in parts) or len(set(parts)) != len(parts):
+            raise GQAError(self.field, f"{choice!r} is not an option",
+                           f"give {self.NONE} or methods joined by '+', each once, from: {', '.join(names)}")
+        return "+".join(n for n in names if n in parts)
+
     def parse(self, choice: str) -> frozenset[str]:
         """The set of methods a choice enables (``none``: the empty set)."""
-        if choice not in self.choices():
-            raise GQAError(self.field, f"{choice!r} is not an option", f"use one of {', '.join(self.choices())}")
+        choice = self.canonical(choice)
         return frozenset() if choice == self.NONE else frozenset(choice.split("+"))
 
 
