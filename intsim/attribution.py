@@ -191,7 +191,8 @@ def pwl_codes(table, codes, e: int):
 def mantissa_function(x, base_log2: int, table, e: int, quant_in: bool, use_table: bool, exact):
     """Range reduction: ``x = m * 2**(base_log2 * j)`` (``m`` in [1, 2**base_log2)), the mantissa
     truncated to ``e`` fractional bits if ``quant_in``, then the table (on codes, or its real PWL)
-    or ``exact(m)``; returns ``f(m) * scale(j)`` for reciprocal (base 2) or rsqrt (base 4)."""
+    or ``exact(m)``; returns ``f(m) * 2**-j``: ``1/x`` for the reciprocal (base 2, ``f = 1/m``) and
+    ``1/sqrt(x)`` for rsqrt (base 4, ``f = m**-0.5``), as :mod:`intsim.rangereduce` specifies."""
     j = torch.floor(torch.log2(x) / base_log2)
     m = x / 2.0 ** (base_log2 * j)
     m = torch.clamp(m, 1.0, 2.0**base_log2 - 2.0**-40)    # log2 rounding at a power of the base
@@ -212,9 +213,22 @@ class Mirror:
     names (:func:`site_names`); ``trace`` (a dict) receives every site's output tensor.
     """
 
+    KERNELS = {"gelu": "pwl", "softmax": "pwl", "reciprocal": "pwl", "layernorm": "pwl"}   # what it mirrors
+    OUTLIERS = frozenset({"smooth", "per_token"})
+
     def __init__(self, encoder, model):
+        from .layers import outlier_methods
+
         self.enc, self.model = encoder, model
         self.cfg = encoder.cfg
+        for key, kind in self.KERNELS.items():
+            if getattr(self.cfg, key) != kind:
+                raise GQAError(key, f"{getattr(self.cfg, key)!r}: the attribution mirror covers the PWL kernels only",
+                               f"attribute a config with {key} = {kind!r}")
+        extra = sorted(outlier_methods(self.cfg) - self.OUTLIERS)
+        if extra:
+            raise GQAError("outliers", f"{extra[0]!r} is not mirrored (the mirror knows {', '.join(sorted(self.OUTLIERS))})",
+                           "attribute a config without it")
         self.n_layers = len(encoder.blocks)
         self.heads = model.config.heads
         d = torch.float64

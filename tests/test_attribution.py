@@ -18,12 +18,18 @@ SENTS = genre_sentences("news", 10) + genre_sentences("technical", 10)
 
 
 @pytest.fixture(scope="module")
-def encoder(model, tok):
+def calib(model, tok):
     from intsim.calibration import calibrate
-    from intsim.int_bert import IntBert
     from intsim.sentences import calibration_sentences
 
-    return IntBert(model, calibrate(model, tok, calibration_sentences(24)))
+    return calibrate(model, tok, calibration_sentences(24))
+
+
+@pytest.fixture(scope="module")
+def encoder(model, calib):
+    from intsim.int_bert import IntBert
+
+    return IntBert(model, calib)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +172,16 @@ def test_bad_input_names_the_field(encoder, model, tok):
         A.parse_classes("gelu_in,nope")
     with pytest.raises(GQAError, match="sites: 'blocks.9.q'"):
         A.check_sites({"blocks.9.q"}, 6)
+
+
+def test_configs_the_mirror_does_not_cover_are_refused(model, calib):
+    from intsim.config import SimConfig
+    from intsim.int_bert import IntBert
+
+    for kw, field in ((dict(gelu="ibert"), "gelu"), (dict(reciprocal="divider"), "reciprocal")):
+        other = IntBert(model, calib, SimConfig(**kw))
+        with pytest.raises(GQAError, match=f"{field}: .*PWL kernels only"):
+            A.Mirror(other, model)
 
 
 def test_cli_attribute_bad_input(tmp_path, capsys):
