@@ -26,15 +26,11 @@ def calib(model, tok):
 
 
 @pytest.fixture(scope="module")
-def encoder(model, calib):
+def mirror(model, calib):
+    """The mirror of the default encoder (``mirror.enc``: the integer model itself)."""
     from intsim.int_bert import IntBert
 
-    return IntBert(model, calib)
-
-
-@pytest.fixture(scope="module")
-def mirror(encoder, model):
-    return A.Mirror(encoder, model)
+    return A.Mirror(IntBert(model, calib), model)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +45,12 @@ def test_all_sites_off_is_fp32(mirror, model, batch):
     assert np.abs(mirror(ids, mask, frozenset()) - ref).max() < 1e-5
 
 
-def test_all_sites_on_tracks_the_integer_model(mirror, encoder, model, batch):
+def test_all_sites_on_tracks_the_integer_model(mirror, model, batch):
     ids, mask = batch
     with torch.inference_mode():
         ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     on = mirror(ids, mask, frozenset(A.site_names(mirror.n_layers)))
-    emb_int = encoder.embed(ids, mask)
+    emb_int = mirror.enc.embed(ids, mask)
     int_err = 1 - cosine_rows(emb_int, ref).mean()
     gap = 1 - cosine_rows(on, emb_int).mean()
     on_err = 1 - cosine_rows(on, ref).mean()
@@ -66,7 +62,7 @@ def test_all_sites_on_tracks_the_integer_model(mirror, encoder, model, batch):
     assert gap < 1.2 * int_err
 
 
-def test_one_site_changes_only_its_tensor(mirror, encoder, batch):
+def test_one_site_changes_only_its_tensor(mirror, batch):
     ids, mask = batch
     off, one = {}, {}
     mirror(ids, mask, frozenset(), trace=off)
@@ -76,18 +72,18 @@ def test_one_site_changes_only_its_tensor(mirror, encoder, batch):
                                                                                        "blocks.2.k", "blocks.2.v"]
     for k in upstream:
         assert torch.equal(off[k], one[k]), k
-    s_q = encoder.blocks[2].attn.s_q
+    s_q = mirror.enc.blocks[2].attn.s_q
     assert torch.equal(one["blocks.2.q"], A.fake_quant(off["blocks.2.q"], s_q, 8))
     assert not torch.equal(one["blocks.2.q"], off["blocks.2.q"])
     assert not torch.equal(one["blocks.2.probs"], off["blocks.2.probs"])     # downstream follows
 
 
-def test_pwl_sites_use_the_tables(mirror, encoder, batch):
+def test_pwl_sites_use_the_tables(mirror, batch):
     ids, mask = batch
     t_in, t_tab = {}, {}
     mirror(ids, mask, frozenset({"blocks.1.gelu_in"}), trace=t_in)
     mirror(ids, mask, frozenset({"blocks.1.gelu_in", "blocks.1.gelu_table"}), trace=t_tab)
-    k = encoder.blocks[1].ffn.kernel
+    k = mirror.enc.blocks[1].ffn.kernel
     codes = torch.round(t_tab["blocks.1.gelu_in"] / k.in_scale)
     expect = k.table.evaluate(codes.numpy().astype(np.int64), k.e)
     assert np.array_equal(t_tab["blocks.1.gelu"].numpy(), expect)          # intsim's own unit on the codes
@@ -129,7 +125,8 @@ def test_weight_only_model_rounds_only_linear_weights(model):
     assert torch.equal(wo.embeddings.word.weight, model.embeddings.word.weight)
 
 
-def test_site_ops_cover_every_site(encoder, tok):
+def test_site_ops_cover_every_site(mirror, tok):
+    encoder = mirror.enc
     from intsim.opstats import OpStats
 
     stats = OpStats()
@@ -143,7 +140,8 @@ def test_site_ops_cover_every_site(encoder, tok):
     assert set(A.site_ops("gelu_table", "all", names)) == {f"blocks.{i}.gelu" for i in range(6)}
 
 
-def test_attribute_rows_costs_table_and_figure(encoder, model, tok, tmp_path):
+def test_attribute_rows_costs_table_and_figure(mirror, model, tok, tmp_path):
+    encoder = mirror.enc
     from hw_models.model_energy import model_energy
     from intsim.opstats import OpStats
 
@@ -165,7 +163,8 @@ def test_attribute_rows_costs_table_and_figure(encoder, model, tok, tmp_path):
     json.dumps(r)                                                          # the CLI writes it as JSON
 
 
-def test_bad_input_names_the_field(encoder, model, tok):
+def test_bad_input_names_the_field(mirror, model, tok):
+    encoder = mirror.enc
     with pytest.raises(GQAError, match="sentences"):
         A.attribute(encoder, model, tok, SENTS[:2])
     with pytest.raises(GQAError, match="classes: 'nope' is not a site class"):
