@@ -651,7 +651,7 @@ def di_exp(u: int, m: int, k: int, b: int = 16) -> int:
     q, f = divmod(t, 2**n)
     y = 2**n - f // 2
     sh = q + n - b
-    return y // 2**sh if sh >= 0 else y * 2 ** (-sh)
+    return y >> sh if sh >= 0 else y << -sh     # y > 0: floor(y / 2**sh); no 2**sh built (q may be ~2**48)
 
 
 def isqrt_bitwise(v: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import intsim
@@ -353,6 +353,7 @@ from intsim.registry import SOFTMAXES  # noqa: E402
 
 @FAST
 @given(st.integers(-(2**12), 0), st.integers(1, 2**24), st.integers(0, 40), st.sampled_from([16, 16, 8, 30]))
+@example(-(2**12), 2**24, 0, 16)   # q ~ 2**34: the reference once built 2**q (20 GB) here
 def test_di_exp_matches_reference(u, m, k, b):
     if -u * m * ref.LOG2E_M >= 2**62:
         return
