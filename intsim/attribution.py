@@ -74,6 +74,18 @@ from .errors import GQAError
 from .layernorm import Z_FRAC
 from .layers import quantize_weight
 from .metrics import cosine_rows, nearest_neighbours
+from .outliers import OperandTransform
+
+
+def _smoothing(factor, channels: int) -> np.ndarray:
+    """The per-channel divisor of a norm's GEMM copy: the OperandTransform a norm site folds
+    (SmoothQuant's ``f``; the mirror refuses the transforms that also shift or split), an
+    array of factors, or ones."""
+    if isinstance(factor, OperandTransform):
+        return np.asarray(factor.divisor, np.float64)
+    if factor is None or np.size(factor) == 1:
+        return np.ones(channels)
+    return np.asarray(factor, np.float64)
 
 
 @dataclass(frozen=True)
@@ -266,7 +278,7 @@ class Mirror:
         w, b = w.detach().to(d), b.detach().to(d)
         codes = lin.wt.array.T.astype(np.float64)                         # (in, out) -> (out, in)
         s_w = lin.acc_scale / in_scale                                    # per output channel
-        f = np.ones(codes.shape[1]) if factor is None or np.size(factor) == 1 else np.asarray(factor)
+        f = _smoothing(factor, codes.shape[1])
         wq = torch.from_numpy(codes * s_w[:, None] / f[None, :])
         bq = torch.from_numpy(lin.bias.astype(np.float64) * lin.acc_scale)
         return w, b, wq, bq
@@ -274,7 +286,7 @@ class Mirror:
     @staticmethod
     def _operand(norm):
         """A norm's int8 GEMM copy: per-channel scale ``s * f`` and its per-token mode."""
-        f = np.ones(1) if norm.factor is None else np.asarray(norm.factor, np.float64)
+        f = _smoothing(norm.factor, 1)
         return torch.from_numpy(norm.gemm_scale * f), bool(norm.gemm.dynamic)
 
     @staticmethod
