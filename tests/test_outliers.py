@@ -259,8 +259,9 @@ def test_choices_come_from_the_registry():
     with pytest.raises(GQAError) as ei:
         SimConfig(act_clip="aciq")
     assert ei.value.field == "act_clip" and "percentile, mse, token" in str(ei.value)
+    assert SimConfig(outliers="split+os_shift").outliers == "os_shift+split"   # kept in registration order
     with pytest.raises(GQAError) as ei:
-        SimConfig(outliers="split+os_shift")                  # registration order only
+        SimConfig(outliers="split+aciq")
     assert ei.value.field == "outliers"
     for bad in ({"blocks.*.ln1_out": 12}, {"blocks.*": "6"}, ["x"]):
         with pytest.raises(GQAError) as ei:

@@ -55,8 +55,11 @@ def test_outlier_methods_compose():
     assert "smooth+per_token" in OUTLIERS.choices() and len(OUTLIERS.choices()) == 2 ** len(OUTLIERS.names())
     assert OUTLIERS.parse("none") == frozenset()
     assert OUTLIERS.parse("smooth+per_token") == {"smooth", "per_token"}
-    with pytest.raises(GQAError, match="outliers"):
-        OUTLIERS.parse("per_token+smooth")
+    assert OUTLIERS.parse("per_token+smooth") == {"smooth", "per_token"}      # any order
+    assert OUTLIERS.canonical("per_token+smooth") == "smooth+per_token"
+    for bad in ("per_token+bogus", "smooth+smooth", "none+smooth"):
+        with pytest.raises(GQAError, match="outliers"):
+            OUTLIERS.parse(bad)
     reg = Composable("method", "m")
     for n in "abc":
         reg.register(n, n, n)
