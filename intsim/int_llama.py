@@ -47,8 +47,7 @@ from .calibration import Calibration, calibrate_stream
 from .config import SimConfig
 from .errors import GQAError
 from .gemm import Constant, int_gemm
-from .outliers import OperandTransform
-from .layers import (ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
+from .layers import (fold_columns, ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
                      OperandRequant, Scope, Site, act_scale, outlier_methods, quantize_weight)
 from .llama import Llama, LlamaConfig, check_generation
 from .registry import ACTIVATIONS, NORMS, OUTLIERS, WEIGHT_SCALES
@@ -118,16 +117,12 @@ class IntLogits:
             self.scale, self.wt = layer.acc_scale, None
             return
         w = np.asarray(w, np.float64)
-        bias = None
-        if isinstance(col_factor, OperandTransform):         # the final norm's outlier fold (intsim.outliers)
-            bias, w = col_factor.bias(w, None), col_factor.weights(w)
-        elif col_factor is not None and col_factor.size > 1:   # smoothing of the final norm's operand
-            w = w * col_factor[None, :]
+        w, bias = fold_columns(w, None, col_factor)           # the final norm's outlier handling
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
         self.wt = Constant(q.T)                               # (V, C) -> (C, V)
         self.scale = in_scale * sw                            # (V,) real value of one accumulator code
         # a channel shift's W z as accumulator codes (None when no shift: the plain GEMM result)
-        self.bias = None if bias is None or not bias.any() else np.rint(bias / self.scale).astype(np.int64)
+        self.bias = None if bias is None or not np.any(bias) else np.rint(bias / self.scale).astype(np.int64)
         self.backend = cfg.gemm_backend
 
     def __call__(self, x8, row_shift=None, stats=None, name="output"):

@@ -190,6 +190,17 @@ class ModelSites:
 
 # --- linear layers -------------------------------------------------------------------------------------
 
+def fold_columns(w, b, col_factor):
+    """The consumer's side of an operand's outlier handling: ``(W, b)`` with the operand's
+    :class:`~intsim.outliers.OperandTransform` folded in (``W' = repeat(W g, T)``, ``b' = b + W z``),
+    or SmoothQuant's column factors (``W * f``); unchanged without either."""
+    if isinstance(col_factor, OperandTransform):
+        return col_factor.weights(w), col_factor.bias(w, b)
+    if col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
+        return w * col_factor[None, :], b
+    return w, b
+
+
 def _int_linear(part, *args, **kwargs):
     """The default projection factory of the composite layers: an :class:`IntLinear` whatever the part."""
     return IntLinear(*args, **kwargs)
@@ -210,12 +221,10 @@ class IntLinear:
     def __init__(self, w, b, in_scale, cfg: SimConfig, out_scale, out_bits: int, col_factor=None):
         w = np.asarray(w, np.float64)
         self.expand, self.in_bits = None, cfg.act_bits
-        if isinstance(col_factor, OperandTransform):         # the outlier toolbox's fold (intsim.outliers)
-            b, w = col_factor.bias(w, b), col_factor.weights(w)
+        w, b = fold_columns(w, b, col_factor)
+        if isinstance(col_factor, OperandTransform):
             self.in_bits = col_factor.bits
             self.expand = col_factor.expand if col_factor.splits else None
-        elif col_factor is not None and col_factor.size > 1:   # smoothing: x / f in the operand, W * f here
-            w = w * col_factor[None, :]
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
         self.wt = Constant(q.T)     # (out, in) -> (in, out): the GEMM's right operand, converted once per backend
         self.acc_scale = in_scale * sw
