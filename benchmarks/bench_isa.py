@@ -6,8 +6,10 @@
 Each setting runs in its own process (the ISA limits are read when oneDNN, ATen and numba
 start): ``native`` as the machine is, ``avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2
 ATEN_CPU_CAPABILITY=avx2 NUMBA_CPU_NAME=haswell`` (what a CPU without AVX-512/VNNI, such as Zen 3,
-runs); the ``-passive`` settings add ``OMP_WAIT_POLICY=PASSIVE`` (torch's and numba's OpenMP
-pools sleep instead of spinning between parallel regions). For each it prints:
+runs). Both run with intsim's default OpenMP wait policy, PASSIVE (torch's and numba's OpenMP
+pools sleep between parallel regions, see ``intsim/__init__.py``); the ``-spin`` settings
+restore spin-waiting pools (``OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000``: libgomp's own
+default of about 3 ms of spinning after each region). For each it prints:
 
 - the exact int8 GEMM (4096x384)@(384x1536) per backend, and whether the backend passed its
   known-answer test there (with oneDNN limited to AVX2, ``torch._int_mm`` does not);
@@ -37,13 +39,14 @@ from _common import REPO, machine  # noqa: E402
 
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "NUMBA_CPU_NAME": "haswell"}
 # torch (its bundled libgomp) and numba (its omp threading layer: the system libgomp) run two
-# OpenMP pools whose idle threads spin-wait; PASSIVE makes both sleep instead (read at load time)
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+# OpenMP pools; intsim makes both sleep when idle (PASSIVE), SPIN is libgomp's own default of
+# spinning ~3 ms after each parallel region (its spin count without a policy), read at load time
+SPIN = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
 SETTINGS = {
     "native": {},
     "avx2": AVX2,
-    "native-passive": PASSIVE,
-    "avx2-passive": {**AVX2, **PASSIVE},
+    "native-spin": SPIN,
+    "avx2-spin": {**AVX2, **SPIN},
 }
 
 GEMM_PROBE = r"""

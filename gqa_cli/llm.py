@@ -49,6 +49,15 @@ def _config(path):
     return SimConfig.from_dict({**DECODER_DEFAULTS, **options}, source=str(path) if path else "config")
 
 
+def _model_limits():
+    """The packaged model's tokenizer and context length, from the GGUF's metadata: requests are
+    checked against them before the (costly) build, so a bad option fails at once."""
+    from intsim.gguf_model import load_tokenizer, open_gguf
+    from intsim.llama import LlamaConfig
+
+    return load_tokenizer(), LlamaConfig.from_gguf(open_gguf()).max_seq_len
+
+
 def _build(a):
     from intsim.int_llama import build
 
@@ -65,10 +74,14 @@ def _show(tok, ids) -> str:
 def cmd_generate(a) -> int:
     from intsim.llm_eval import compare_generation
 
+    from intsim.llama import check_generation
+
     if not a.prompt.strip():
         raise GQAError("--prompt", "is empty or whitespace only", "give a prompt text")
+    tok, limit = _model_limits()
+    with _as_options():
+        ids = check_generation(tok.encode(a.prompt), a.max_new_tokens, limit)
     cfg, int_model, fp32, tok = _build(a)
-    ids = tok.encode(a.prompt)
     print(f"config: {cfg.describe()}; weights {a.weights}")
     with _as_options():
         if a.compare_fp32:
@@ -102,11 +115,16 @@ def cmd_eval(a) -> int:
     from intsim.gemm import machine_report
     from intsim.llm_eval import compare_text
     from intsim.opstats import OpStats
+    from intsim.perplexity import check_context, token_stream
 
     check_outputs({"--report": a.report})
     text = read_text(a.text, "--text", "UTF-8 text file")
     if not text.strip():
         raise GQAError("--text", f"{a.text} is empty or whitespace only", "give a text of at least two tokens")
+    tok, limit = _model_limits()
+    with _as_options():
+        check_context(a.context, limit)
+        token_stream(tok, text)
     cfg, int_model, fp32, tok = _build(a)
     stats = OpStats() if a.report else None
     with _as_options():
@@ -134,8 +152,11 @@ def cmd_eval(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from intsim.llm_eval import time_decoder
+    from intsim.llm_eval import check_bench, time_decoder
 
+    _, limit = _model_limits()
+    with _as_options():
+        check_bench(a.seq, a.new_tokens, a.repeats, limit)
     cfg, int_model, fp32, _ = _build(a)
     with _as_options():
         t = time_decoder(int_model, fp32, a.seq, a.new_tokens, a.repeats, progress=not a.quiet)

@@ -1,5 +1,18 @@
 """intsim: bit-accurate integer simulator (fixed-point core, PWL unit, table type)."""
 
+import os as _os
+
+# Two OpenMP runtimes live in one process: torch's bundled libgomp and the system libgomp of
+# numba's "omp" threading layer (different sonames, they never merge). By default the idle
+# threads of each spin-wait after a parallel region, on the cores the other pool's threads need;
+# the integer kernels alternate torch and numba calls hundreds of times per forward. Measured on
+# 2 cores (docs/benchmarks.md, issue 10): one requantization of a (1, 576) accumulator cost 32 ms
+# of CPU spinning, 0.1 ms with sleeping pools; the MiniLM tests' CPU time halved. libgomp reads
+# the policy when it loads, so this only takes effect for a pool not yet loaded (torch imported
+# after intsim; numba's pool always, it loads at its first parallel call). A user's own
+# OMP_WAIT_POLICY is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .datapath import PWLDatapath
 from .errors import GQAError
 from .fixedpoint import (QFormat, SaturationCounter, quantize_multiplier, requantize, round_real,

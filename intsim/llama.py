@@ -282,7 +282,8 @@ def load_model(path=None) -> Llama:
     whatever the number of models built): clone a weight before changing it in place.
     """
     g = open_gguf(path)
-    model = Llama(LlamaConfig.from_gguf(g))
+    with torch.device("meta"):        # no random initialisation of weights the GGUF replaces (assign=True below)
+        model = Llama(LlamaConfig.from_gguf(g))
     state = {}
     for name, param in model.state_dict().items():
         w = g.tensor(gguf_name(name))

@@ -114,12 +114,8 @@ def bench_prompt(seq: int, vocab: int, seed: int = 0) -> list[int]:
     return rng.integers(256, vocab, size=seq).tolist()
 
 
-def time_decoder(int_model, fp32_model, seq: int = 256, new_tokens: int = 32, repeats: int = 3,
-                 progress: bool = False) -> dict:
-    """Median prefill seconds at ``seq`` tokens and decode tokens/s for both models, with ratios."""
-    from .llama import generate
-
-    limit = int_model.config.max_seq_len
+def check_bench(seq: int, new_tokens: int, repeats: int, limit: int) -> None:
+    """A timing request's GQAError, if any: ``seq`` prompt tokens and ``new_tokens`` more within ``limit``."""
     if isinstance(seq, bool) or not isinstance(seq, int) or not 2 <= seq <= limit:
         raise GQAError("seq", f"is {seq!r}", f"give 2 .. {limit} (the model's context)")
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1 or seq + new_tokens + 1 > limit:
@@ -127,6 +123,14 @@ def time_decoder(int_model, fp32_model, seq: int = 256, new_tokens: int = 32, re
                        f"give 1 .. {limit - seq - 1} (prompt + new tokens within the context)")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise GQAError("repeats", f"is {repeats!r}", "time at least one run")
+
+
+def time_decoder(int_model, fp32_model, seq: int = 256, new_tokens: int = 32, repeats: int = 3,
+                 progress: bool = False) -> dict:
+    """Median prefill seconds at ``seq`` tokens and decode tokens/s for both models, with ratios."""
+    from .llama import generate
+
+    check_bench(seq, new_tokens, repeats, int_model.config.max_seq_len)
     prompt = bench_prompt(seq, int_model.config.vocab_size)
     ids_np, ids_t = np.array([prompt]), torch.tensor([prompt])
 

@@ -17,6 +17,8 @@ import os
 
 import pytest
 
+import intsim  # noqa: F401  (first: its OpenMP wait policy must be set before any test module imports torch)
+
 CI_REQUIRED = "CI-required: "
 
 
