@@ -287,7 +287,8 @@ class OperandRequant:
         return self._codes(y), None, sat
 
     def _codes(self, y):
-        return y.astype(np.uint8) if self.unsigned else y
+        # unsigned: a register below zero (not reached when the offset bounds the unit) saturates at 0
+        return np.maximum(y, 0).astype(np.uint8) if self.unsigned else y
 
 
 # --- norm sites ----------------------------------------------------------------------------------------
@@ -540,7 +541,8 @@ class ActivationSite:
 
     Then ``a`` is requantized to the out-projection's int8 operand at the calibrated scale of
     ``out_site`` (:class:`OperandRequant`, per token if configured). With ``act_offset`` (an ungated
-    site only: a gated product is signed and unbounded) the unit's offset ``C``
+    site with an element-wise unit only: a gated product is signed and unbounded, and a row-wise
+    unit such as I-ViT's ShiftGELU has no bound per code; those keep the int8 operand) the unit's offset ``C``
     (:func:`intsim.outliers.activation_offset`) is added first and the operand is uint8 over
     ``[0, max + c]`` (``c = C * kernel.out_scale``), the consumer's ``(W, b)`` folding the shift
     (:attr:`factor`, an :class:`~intsim.outliers.OperandTransform` with ``shift = -c``). ``kernel``: any activation
@@ -572,8 +574,9 @@ class ActivationSite:
             scale = scale * s_u
         self.act_bits = cfg.act_bits
         self.offset = 0            # act_offset's C: added to the unit's output, the operand uint8
-        if "act_offset" in outlier_methods(cfg) and w_up is None:
-            self.offset = activation_offset(kernel)
+        offset = activation_offset(kernel) if "act_offset" in outlier_methods(cfg) and w_up is None else None
+        if offset is not None:
+            self.offset = offset
             c = self.offset * kernel.out_scale
             pick = calib.token_max(out_site) if per_token else calib.absmax(out_site, cfg.calib_percentile)
             self.out_scale = act_scale(pick + c, cfg.act_bits + 1, cfg.act_scales)   # 2**b - 1 codes over [0, max + c]

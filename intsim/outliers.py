@@ -33,7 +33,7 @@ computing its part from the statistics left by the previous ones, in this order:
   ``T_c = ceil(range_c / theta)`` sub-channels of ``x_c / T_c``, its weight column duplicated
   (:func:`split_counts`); the GEMM's K grows by ``sum (T_c - 1)`` (reported: :attr:`OperandTransform.extra_k`).
 
-An activation's output (``act_offset``, the GELU output as the FFN down-projection's operand): a
+An activation's output (``act_offset``, at an ungated site whose unit is element-wise, the GELU output as the FFN down-projection's operand): a
 unit whose output is bounded below (GELU >= -0.17) emits ``a >= a_min``, so a symmetric int8 operand
 spends almost half its codes on ``[-max, a_min)``, where nothing lies. The offset ``C = -a_min`` (the
 least output code over every input code of the unit, :func:`activation_offset`) is added to the
@@ -269,15 +269,20 @@ def sample_stats(x: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     return fine_hist(a, top), top, a.max(axis=-1)
 
 
-def activation_offset(kernel) -> int:
+def activation_offset(kernel) -> int | None:
     """``act_offset``'s ``C = -min_q kernel(q)`` over every input code ``q`` of ``s{in_bits}`` (0 if the
     unit never goes below zero): ``a + C >= 0`` for every output ``a`` of ``kernel``, provably (no
-    calibration involved). Refused for a unit too wide to enumerate or whose shifted output leaves int32."""
+    calibration involved). None where no such bound follows from the codes: a unit wider than 16
+    input bits (not enumerated), or one that is not element-wise (its output depends on the rest of
+    the row, as I-ViT's ShiftGELU does through the row maximum: the codes evaluated as one row and
+    each alone disagree). Refused for a unit whose shifted output leaves int32."""
     bits = int(kernel.in_bits)
     if bits > 16:
-        raise GQAError("outliers", f"act_offset enumerates the activation's {bits}-bit input codes",
-                       "use an activation unit of at most 16 input bits")
-    y = np.asarray(kernel(np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)), np.int64)
+        return None
+    codes = np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)
+    y = np.asarray(kernel(codes), np.int64)
+    if not np.array_equal(np.asarray(kernel(codes[:, None]), np.int64)[:, 0], y):
+        return None
     c = max(0, -int(y.min()))
     if int(y.max()) + c >= 2**31:
         raise GQAError("outliers", "act_offset: the activation's output plus its offset exceeds int32",

@@ -471,3 +471,15 @@ def test_act_offset_leaves_a_gated_site_signed():
     site = ActivationSite(rng.normal(size=(6, 4)), None, 0.05, None, kernel, Calib(), "out", [rng.normal(size=(4, 6))],
                           cfg, name="silu", w_up=rng.normal(size=(6, 4)), up_site="up")
     assert site.offset == 0 and not site.requant.unsigned and not isinstance(site.factor, OperandTransform)
+
+
+def test_act_offset_needs_an_element_wise_unit():
+    """No bound per code for a row-wise unit (I-ViT's ShiftGELU reads its row's maximum): no offset,
+    the site keeps int8; I-BERT's element-wise i-GELU gets one."""
+    from intsim.ibert import IBertGelu as IGelu
+    from intsim.ivit import ShiftGelu
+    from intsim.outliers import activation_offset
+
+    assert activation_offset(ShiftGelu(5.0)) is None
+    c = activation_offset(IGelu(5.0))
+    assert c is not None and abs(c * IGelu(5.0).out_scale - 0.171) < 0.005
