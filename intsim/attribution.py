@@ -120,7 +120,7 @@ SITE_CLASSES = {c.name: c for c in (
     SiteClass("ffn_in", ("block",), (r"{p}ffn_in$", r"{p}ln1_out\.token_max$"), "FFN operand (norm copy)"),
     SiteClass("gelu_in", ("block",), (r"{p}ffn_in\.requant$",), "GELU input codes"),
     SiteClass("gelu_table", ("block",), (r"{p}gelu$",), "GELU PWL table"),
-    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift)$", r"{p}ffn_out$"),
+    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift|offset)$", r"{p}ffn_out$"),
               "FFN out-projection operand int8"),
     SiteClass("rsqrt_in", ("emb", "block"), (r"{ln}\." + _LN_IN + "$",), "rsqrt mantissa codes"),
     SiteClass("rsqrt_table", ("emb", "block"), (r"{ln}\.(rsqrt|normalize)$",), "rsqrt PWL table"),
