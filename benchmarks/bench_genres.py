@@ -14,6 +14,12 @@ below the reference (PASS/FAIL). Calibration: ``--calib`` generated sentences
 (:func:`intsim.sentences.calibration_sentences`), never the evaluation text.
 ``--attribute``: the per-site attribution (aggregated over layers) of the first config on each
 genre's first ``--attribute-n`` sentences.
+
+Costs beside the accuracy (issue 15: a wider unit input or per-site width only with its area and
+power reported beside the all-INT8 preset's accuracy): per config, the GELU unit of its table
+(``hw_models`` ``estimate``: 28 nm, 500 MHz, paper-calibrated), the widest GEMM operand and the
+energy per inference of the whole integer datapath (``hw_models.model_energy`` of the op counts
+over the first ``--cost-n`` technical sentences).
 """
 
 from __future__ import annotations
@@ -65,6 +71,43 @@ def measure(model, tok, configs, calib, genres, n=None, batch=64):
                              wo_nn=w["nn_agreement"], nn_points=pts, pass_cos=c["mean_cosine"] >= COS_TARGET,
                              pass_nn=pts <= NN_POINTS))
     return rows
+
+
+def costs(model, tok, configs, calib, sentences):
+    """Per config: ``{config, gelu_table, gelu_in_bits, unit_um2, unit_mw, max_operand_bits, energy_nj,
+    gemm_nj, nonlinear_nj}`` (module docstring)."""
+    from hw_models import UnitConfig, model_energy
+    from hw_models.pwl_unit import estimate
+
+    from intsim.opstats import OpStats
+
+    out = []
+    ids, mask = tok(sentences)
+    for label, cfg in configs:
+        enc = IntBert(model, calib, cfg)
+        stats = OpStats()
+        enc.pooled(ids, mask, stats)
+        d = stats.to_dict()
+        e = model_energy(d)["int"]
+        unit = estimate(UnitConfig.from_table(cfg.gelu_table, None))
+        n = len(sentences)
+        out.append(dict(config=label, gelu_table=cfg.to_dict()["gelu_table"], gelu_in_bits=enc.blocks[0].gelu.in_bits,
+                        unit_um2=unit.area_um2, unit_mw=unit.power_mw,
+                        max_operand_bits=max(m["a_bits"] for m in d["mac"]),
+                        energy_nj=e["total_pj"] / n * 1e-3, gemm_nj=e["gemm_pj"] / n * 1e-3,
+                        nonlinear_nj=e["nonlinear_pj"] / n * 1e-3))
+    return out
+
+
+def costs_markdown(rows) -> str:
+    base = rows[0]
+    out = ["| config | GELU table (input bits) | GELU unit um2 | mW | widest GEMM operand | energy / inference nJ "
+           "(GEMM + non-linear) | vs first |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['config']} | {r['gelu_table']} ({r['gelu_in_bits']}) | {r['unit_um2']:.0f} | {r['unit_mw']:.3f} "
+                   f"| {r['max_operand_bits']} b | {r['energy_nj']:.0f} ({r['gemm_nj']:.0f} + {r['nonlinear_nj']:.0f}) "
+                   f"| {100 * (r['energy_nj'] / base['energy_nj'] - 1):+.2f}% |")
+    return "\n".join(out)
 
 
 def markdown(rows) -> str:
@@ -122,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--calib", type=int, default=256, help="generated calibration sentences (256)")
     ap.add_argument("--attribute", action="store_true", help="per-site attribution of the first config per genre")
     ap.add_argument("--attribute-n", type=int, default=96, help="sentences per genre for --attribute (96)")
+    ap.add_argument("--cost-n", type=int, default=64, help="technical sentences the energy is counted on (64)")
     ap.add_argument("--json", help="write the rows (and attributions) here")
     ap.add_argument("--figure", help="bar chart of the per-genre accuracy (PNG)")
     a = ap.parse_args(argv)
@@ -142,7 +186,11 @@ def main(argv=None):
     rows = measure(model, tok, configs, calib, genres, a.n)
     print(f"measured in {time.perf_counter() - t0:.1f} s\n")
     print(markdown(rows))
-    out = {"machine": machine(), "calibration_sentences": calib.sentences, "rows": rows, "attribution": {}}
+    cost_rows = costs(model, tok, configs, calib, genre_sentences("technical", a.cost_n))
+    print(f"\ncosts (energy per inference over the first {a.cost_n} technical sentences):\n")
+    print(costs_markdown(cost_rows))
+    out = {"machine": machine(), "calibration_sentences": calib.sentences, "rows": rows, "costs": cost_rows,
+           "attribution": {}}
     if a.attribute:
         enc = IntBert(model, calib, configs[0][1])
         for g in genres:

@@ -37,7 +37,8 @@ ctx             the context (``probs @ v``) requantized to the out-projection's 
 ffn_in          the FFN in-projection's operand: the first norm's int8 copy
 gelu_in         the GELU unit's input codes (``in_bits`` at ``2**-e``, saturating)
 gelu_table      the GELU PWL table instead of erf GELU
-ffn_mid         the GELU output requantized to the out-projection's int8 operand
+ffn_mid         the GELU output requantized to the out-projection's int8 operand (``act_offset``:
+                ``a + c`` to its uint8 operand, the consumer's bias folding ``-W c``)
 rsqrt_in        LayerNorm's integer normalisation: ``d = C x - S`` reduced to ``d_bits``, the
                 variance's base-4 mantissa truncated to the rsqrt table's codes, ``z = d / sqrt(V)``
                 held with ``Z_FRAC`` fractional bits
@@ -119,7 +120,7 @@ SITE_CLASSES = {c.name: c for c in (
     SiteClass("ffn_in", ("block",), (r"{p}ffn_in$", r"{p}ln1_out\.token_max$"), "FFN operand (norm copy)"),
     SiteClass("gelu_in", ("block",), (r"{p}ffn_in\.requant$",), "GELU input codes"),
     SiteClass("gelu_table", ("block",), (r"{p}gelu$",), "GELU PWL table"),
-    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift)$", r"{p}ffn_out$"),
+    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift|offset)$", r"{p}ffn_out$"),
               "FFN out-projection operand int8"),
     SiteClass("rsqrt_in", ("emb", "block"), (r"{ln}\." + _LN_IN + "$",), "rsqrt mantissa codes"),
     SiteClass("rsqrt_table", ("emb", "block"), (r"{ln}\.(rsqrt|normalize)$",), "rsqrt PWL table"),
@@ -226,7 +227,7 @@ class Mirror:
     """
 
     KERNELS = {"gelu": "pwl", "softmax": "pwl", "reciprocal": "pwl", "layernorm": "pwl"}   # what it mirrors
-    OUTLIERS = frozenset({"smooth", "per_token"})
+    OUTLIERS = frozenset({"smooth", "per_token", "act_offset"})
 
     def __init__(self, encoder, model):
         from .layers import outlier_methods
@@ -262,7 +263,8 @@ class Mirror:
                                  a.qkv, prev.gemm_scale, prev.factor),
                 out=self._linear(blk.attn_out.weight, blk.attn_out.bias, a.out, a.s_ctx, None),
                 ffn_in=self._linear(blk.ffn_in.weight, blk.ffn_in.bias, ib.ffn.proj, ib.ln1.gemm_scale, ib.ln1.factor),
-                ffn_out=self._linear(blk.ffn_out.weight, blk.ffn_out.bias, ib.ffn_out, ib.ffn.out_scale, None),
+                ffn_out=self._linear(blk.ffn_out.weight, blk.ffn_out.bias, ib.ffn_out, ib.ffn.out_scale, ib.ffn.factor),
+                mid_shift=self._shift(ib.ffn.factor), mid_unsigned=ib.ffn.requant.unsigned,
                 ln1=self._norm(blk.ln1, ib.ln1), ln2=self._norm(blk.ln2, ib.ln2),
                 add1=prev.res_scale, add2=ib.ln1.res_scale,
                 in_op=self._operand(prev), ffn_op=self._operand(ib.ln1),
@@ -272,10 +274,17 @@ class Mirror:
 
     # --- construction helpers: read the integer model's constants ------------------------------
     @staticmethod
-    def _linear(w, b, lin, in_scale, factor):
-        """FP32 weights and the integer layer's dequantized ones: ``codes * s_w / f`` and the bias."""
+    def _shift(factor):
+        """The operand's shift ``z`` (an :class:`OperandTransform`'s; the operand is ``x - z``), or 0."""
+        return torch.from_numpy(np.asarray(factor.shift, np.float64)) if isinstance(factor, OperandTransform) else 0.0
+
+    @classmethod
+    def _linear(cls, w, b, lin, in_scale, factor):
+        """FP32 weights and the integer layer's dequantized ones: ``codes * s_w / f`` and the bias; an
+        operand shift ``z`` is folded into the FP32 bias too (``b + W z``: the operand is ``x - z``)."""
         d = torch.float64
         w, b = w.detach().to(d), b.detach().to(d)
+        b = b + w @ cls._shift(factor) if isinstance(factor, OperandTransform) else b
         codes = lin.wt.array.T.astype(np.float64)                         # (in, out) -> (out, in)
         s_w = lin.acc_scale / in_scale                                    # per output channel
         f = _smoothing(factor, codes.shape[1])
@@ -361,9 +370,11 @@ class Mirror:
                 x = fake_quant_norm_per_token(x, scale, ab) if dynamic else fake_quant(x, scale, ab)
             return rec(p + site, x)
 
-        def requant_operand(x, scale, dynamic, site):
-            if p + site in on:
-                x = fake_quant_requant_per_token(x, scale, ab) if dynamic else fake_quant(x, scale, ab)
+        def requant_operand(x, scale, dynamic, site, unsigned=False):
+            if p + site in on:      # unsigned: the kernels at ab + 1 signed bits, the codes >= 0 (OperandRequant)
+                bits = ab + unsigned
+                x = fake_quant_requant_per_token(x, scale, bits) if dynamic else fake_quant(x, scale, bits)
+                x = torch.clamp(x, min=0.0) if unsigned else x
             return rec(p + site, x)
 
         def static(x, scale, site):
@@ -386,7 +397,7 @@ class Mirror:
         r1 = residual(r1, b["ln1"]["res_scale"], "ln1_res")
         h8 = operand(h, b["ffn_op"], "ffn_in")
         a = self._gelu(lin(h8, "ffn_in"), b["gelu"], p, on, rec)
-        g8 = requant_operand(a, b["s_mid"], b["mid_dynamic"], "ffn_mid")
+        g8 = requant_operand(a - b["mid_shift"], b["s_mid"], b["mid_dynamic"], "ffn_mid", b["mid_unsigned"])
         s2 = residual(lin(g8, "ffn_out") + r1, b["add2"], "sum2")
         r2, x_next = self._layernorm(s2, b["ln2"], b["add2"], p.rstrip("."), on, rec)
         return residual(r2, b["ln2"]["res_scale"], "residual"), x_next          # the residual copy, and the real output the next block's operand quantizes

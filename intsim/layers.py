@@ -43,7 +43,7 @@ from .errors import GQAError
 from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic, rounding_divide_by_pot
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
-from .outliers import OperandTransform, norm_transform, static_range
+from .outliers import OperandTransform, activation_offset, norm_transform, static_range
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
 
 NORM_TRANSFORMS = frozenset({"smooth", "gamma_migration", "os_shift", "os_scale", "split"})  # fold into a norm
@@ -221,11 +221,14 @@ class IntLinear:
     def __init__(self, w, b, in_scale, cfg: SimConfig, out_scale, out_bits: int, col_factor=None):
         w = np.asarray(w, np.float64)
         self.expand, self.in_bits = None, cfg.act_bits
+        b_given = b
         w, b = fold_columns(w, b, col_factor)
         if isinstance(col_factor, OperandTransform):
             self.in_bits = col_factor.bits
             self.expand = col_factor.expand if col_factor.splits else None
         q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
+        if isinstance(col_factor, OperandTransform) and col_factor.quantized_fold:
+            b = col_factor.bias_quantized(q.astype(np.float64) * sw[:, None], b_given)
         self.wt = Constant(q.T)     # (out, in) -> (in, out): the GEMM's right operand, converted once per backend
         self.acc_scale = in_scale * sw
         b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
@@ -260,22 +263,32 @@ class OperandRequant:
     """An int32 (or int64) register -> the int8 operand of the next GEMM: static per-tensor
     requantization by ``real_multiplier``, or (``per_token``) that followed by a per-token
     power-of-two shift (:func:`intsim.fixedpoint.requantize_dynamic`), whose shifts ``t`` the next
-    GEMM's requantizer takes as ``row_shift``."""
+    GEMM's requantizer takes as ``row_shift``.
 
-    def __init__(self, real_multiplier: float, bits: int, per_token: bool):
+    ``unsigned`` (``act_offset``): the register is never negative (the caller added its offset) and
+    the codes are uint8, ``[0, 2**bits - 1]``: the same kernels at ``bits + 1`` signed bits, whose
+    negative half a non-negative register never reaches (both roundings keep ``v >= 0``), so the
+    row shift is the smallest with ``max v >> t <= 2**bits - 1``."""
+
+    def __init__(self, real_multiplier: float, bits: int, per_token: bool, unsigned: bool = False):
         self.m0, self.n = multipliers(real_multiplier)
-        self.bits, self.per_token = bits, per_token
+        self.bits, self.per_token, self.unsigned = bits, per_token, unsigned
 
     def __call__(self, acc, stats=None, name="operand"):
         """-> ``(codes, row shifts or None, saturations)``."""
+        bits = self.bits + self.unsigned
         if self.per_token:
-            y, t = requantize_dynamic(acc, self.m0, self.n, self.bits)
+            y, t = requantize_dynamic(acc, self.m0, self.n, bits)
             if stats is not None:
                 stats.count("compare", name + ".token_max", acc.size, bits=32)
                 stats.count("shift", name + ".token_shift", acc.size, bits=32)
-            return y, t, 0
-        y, sat, _, _ = requantize_channels(acc, None, self.m0, self.n, self.bits)
-        return y, None, sat
+            return self._codes(y), t, 0
+        y, sat, _, _ = requantize_channels(acc, None, self.m0, self.n, bits)
+        return self._codes(y), None, sat
+
+    def _codes(self, y):
+        # unsigned: a register below zero (not reached when the offset bounds the unit) saturates at 0
+        return np.maximum(y, 0).astype(np.uint8) if self.unsigned else y
 
 
 # --- norm sites ----------------------------------------------------------------------------------------
@@ -527,7 +540,12 @@ class ActivationSite:
       shifts, plus the operand's, add to the output's row shifts). The up projection has no bias then.
 
     Then ``a`` is requantized to the out-projection's int8 operand at the calibrated scale of
-    ``out_site`` (:class:`OperandRequant`, per token if configured). ``kernel``: any activation
+    ``out_site`` (:class:`OperandRequant`, per token if configured). With ``act_offset`` (an ungated
+    site with an element-wise unit only: a gated product is signed and unbounded, and a row-wise
+    unit such as I-ViT's ShiftGELU has no bound per code; those keep the int8 operand) the unit's offset ``C``
+    (:func:`intsim.outliers.activation_offset`) is added first and the operand is uint8 over
+    ``[0, max + c]`` (``c = C * kernel.out_scale``), the consumer's ``(W, b)`` folding the shift
+    (:attr:`factor`, an :class:`~intsim.outliers.OperandTransform` with ``shift = -c``). ``kernel``: any activation
     kernel (:data:`intsim.registry.ACTIVATIONS`); ``name`` names its operations and trace entries
     (``{name}_in``, ``{name}_out``, ``{name}_q``). ``linear``: the projections' factory as for
     :class:`IntAttention` (``part`` ``"in"`` or ``"up"``).
@@ -555,6 +573,18 @@ class ActivationSite:
             self.up = linear("up", w_up, b_up, in_scale, cfg, s_u, cfg.act_bits, col_factor=in_factor)
             scale = scale * s_u
         self.act_bits = cfg.act_bits
+        self.offset = 0            # act_offset's C: added to the unit's output, the operand uint8
+        offset = activation_offset(kernel) if "act_offset" in outlier_methods(cfg) and w_up is None else None
+        if offset is not None:
+            self.offset = offset
+            c = self.offset * kernel.out_scale
+            pick = calib.token_max(out_site) if per_token else calib.absmax(out_site, cfg.calib_percentile)
+            self.out_scale = act_scale(pick + c, cfg.act_bits + 1, cfg.act_scales)   # 2**b - 1 codes over [0, max + c]
+            channels = np.asarray(w_in).shape[0]
+            self.factor = OperandTransform(np.ones(channels), np.full(channels, -c), np.ones(channels, np.int64),
+                                           cfg.act_bits, quantized_fold=True)
+            self.requant = OperandRequant(scale / self.out_scale, cfg.act_bits, per_token, unsigned=True)
+            return
         self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
         self.factor = f
         self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
@@ -587,7 +617,12 @@ class ActivationSite:
             a = a.astype(np.int64) * u                                            # the gate: int64 product
             if stats is not None:
                 stats.count("mul", p + ".gate", a.size, a_bits=32, b_bits=8)
-        a_q, t_a, sat = self.requant(a, stats, p)
+        r = a
+        if self.offset:
+            r = a.astype(np.int64) + self.offset                                 # >= 0 for every input code
+            if stats is not None:
+                stats.count("add", p + ".offset", a.size, bits=32)
+        a_q, t_a, sat = self.requant(r, stats, p)
         if t_u is not None:                                                       # u's row scales carry over
             t_a = t_u if t_a is None else t_a + t_u
         if stats is not None:

@@ -33,6 +33,19 @@ computing its part from the statistics left by the previous ones, in this order:
   ``T_c = ceil(range_c / theta)`` sub-channels of ``x_c / T_c``, its weight column duplicated
   (:func:`split_counts`); the GEMM's K grows by ``sum (T_c - 1)`` (reported: :attr:`OperandTransform.extra_k`).
 
+An activation's output (``act_offset``, at an ungated site whose unit is element-wise, the GELU output as the FFN down-projection's operand): a
+unit whose output is bounded below (GELU >= -0.17) emits ``a >= a_min``, so a symmetric int8 operand
+spends almost half its codes on ``[-max, a_min)``, where nothing lies. The offset ``C = -a_min`` (the
+least output code over every input code of the unit, :func:`activation_offset`) is added to the
+unit's integer output, ``a + C >= 0`` is requantized to an UNSIGNED operand ``u`` (uint8,
+``[0, 2**b - 1]``, per token or per tensor: twice the resolution over the same range), and the
+consumer folds the real offset ``c = C * s_a`` into its bias, ``W (x + c) + b - W c = W x + b``
+(an :class:`OperandTransform` with ``shift = -c``: ``b' = b + W z``). The GEMM is uint8 x int8
+(as the softmax probabilities' already is). This is the asymmetric (zero-point) operand of
+integer-only inference (Jacob et al. 2018, "Quantization and Training of Neural Networks for
+Efficient Integer-Arithmetic-Only Inference", ``r = S (q - Z)``) with the zero point a per-tensor
+constant taken from the unit itself: the zero-point correction ``Z * rowsum(W)`` is the bias fold.
+
 Clipping ranges of static operands (``SimConfig.act_clip``, :data:`intsim.registry.CLIPS`):
 
 - ``percentile``: the ``calib_percentile`` of |x| (the default; a transformed norm copy: its max);
@@ -64,12 +77,16 @@ MSE_CANDIDATES = 256        # clip candidates of the MSE search: fractions k / 2
 @dataclass
 class OperandTransform:
     """``x' = repeat((x - shift) / (scale * repeats), repeats)``; the consumers' ``W' = repeat(W * scale,
-    repeats)``, ``b' = b + W shift`` (module docstring). ``bits``: the operand's width."""
+    repeats)``, ``b' = b + W shift`` (module docstring). ``bits``: the operand's width.
+    ``quantized_fold``: the shift folds with the weights the GEMM multiplies, ``b' = b + Q(W') z'``
+    (:meth:`bias_quantized`; the zero-point correction: the weights' rounding error then never
+    multiplies the shift)."""
 
     scale: np.ndarray        # (C,) g: the weight columns' factor
     shift: np.ndarray        # (C,) z, in the operand's real units
     repeats: np.ndarray      # (C,) T >= 1, integer
     bits: int = 8
+    quantized_fold: bool = False
 
     @classmethod
     def identity(cls, channels: int, bits: int = 8) -> "OperandTransform":
@@ -98,6 +115,14 @@ class OperandTransform:
         w = np.asarray(w, np.float64)
         b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
         return b + w @ self.shift
+
+    def bias_quantized(self, wq: np.ndarray, b) -> np.ndarray:
+        """``b + W'_q z'`` with ``W'_q`` the dequantized folded weights ``(out, sum T)`` and ``z'`` the
+        shift as the transformed operand sees it (``repeat(z / (g T), T)``): ``x' W'_q^T + b'`` is
+        then ``W'_q`` applied to the unshifted operand, plus ``b``."""
+        wq = np.asarray(wq, np.float64)
+        b = np.zeros(wq.shape[0]) if b is None else np.asarray(b, np.float64)
+        return b + wq @ np.repeat(self.shift / self.divisor, self.repeats)
 
     def operand(self, x: np.ndarray) -> np.ndarray:
         """The transformed real operand ``(..., C) -> (..., sum T)`` (FP32 checks and the searches)."""
@@ -242,6 +267,27 @@ def sample_stats(x: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     a = np.abs(x)
     top = float(a.max()) if a.size else 0.0
     return fine_hist(a, top), top, a.max(axis=-1)
+
+
+def activation_offset(kernel) -> int | None:
+    """``act_offset``'s ``C = -min_q kernel(q)`` over every input code ``q`` of ``s{in_bits}`` (0 if the
+    unit never goes below zero): ``a + C >= 0`` for every output ``a`` of ``kernel``, provably (no
+    calibration involved). None where no such bound follows from the codes: a unit wider than 16
+    input bits (not enumerated), or one that is not element-wise (its output depends on the rest of
+    the row, as I-ViT's ShiftGELU does through the row maximum: the codes evaluated as one row and
+    each alone disagree). Refused for a unit whose shifted output leaves int32."""
+    bits = int(kernel.in_bits)
+    if bits > 16:
+        return None
+    codes = np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)
+    y = np.asarray(kernel(codes), np.int64)
+    if not np.array_equal(np.asarray(kernel(codes[:, None]), np.int64)[:, 0], y):
+        return None
+    c = max(0, -int(y.min()))
+    if int(y.max()) + c >= 2**31:
+        raise GQAError("outliers", "act_offset: the activation's output plus its offset exceeds int32",
+                       "narrow the activation's output format")
+    return c
 
 
 # --- composition ---------------------------------------------------------------------------------------

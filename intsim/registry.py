@@ -249,6 +249,8 @@ OUTLIERS.register("os_scale", "Outlier Suppression+: channel scale max(1, max/t,
                   "output error", "os_scale")
 OUTLIERS.register("split", "channel splitting (QLLM): outlier channels into sub-channels, weight columns duplicated",
                   "split")
+OUTLIERS.register("act_offset", "an ungated activation's output offset by its unit's minimum into an unsigned (uint8) "
+                  "operand, the offset folded into the next bias", "act_offset")
 
 CLIPS.register("percentile", "the calib_percentile of |x| (a transformed norm copy: its max)", "percentile")
 CLIPS.register("mse", "the clip minimising the tensor's quantization MSE (fine histogram)", "mse")

@@ -196,3 +196,36 @@ def test_cli_attribute_bad_input(tmp_path, capsys):
     assert main(["sim", "--text", str(text), "--attribute", str(tmp_path / "a.json"), "--calib", "4", "-q"]) != 0
     assert "too few for an attribution" in capsys.readouterr().err
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.fixture(scope="module")
+def mirror_offset(model, calib):
+    """The mirror of the encoder with the unsigned GELU-output operand (``act_offset``)."""
+    from intsim.config import SimConfig
+    from intsim.int_bert import IntBert
+
+    return A.Mirror(IntBert(model, calib, SimConfig(outliers="smooth+per_token+act_offset")), model)
+
+
+def test_act_offset_mirror_off_is_fp32_and_on_tracks_the_integer_model(mirror_offset, model, batch):
+    """The mirror follows the uint8 operand: every site off is still FP32 (the shift's fold ``b - W c``
+    cancels), every site on tracks the integer model as the default's does, and the ffn_mid site
+    alone puts ``a + c`` on the unsigned grid (no negative code)."""
+    ids, mask = batch
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert np.abs(mirror_offset(ids, mask, frozenset()) - ref).max() < 1e-5
+    on = mirror_offset(ids, mask, frozenset(A.site_names(mirror_offset.n_layers)))
+    emb_int = mirror_offset.enc.embed(ids, mask)
+    int_err, on_err = 1 - cosine_rows(emb_int, ref).mean(), 1 - cosine_rows(on, ref).mean()
+    assert abs(on_err - int_err) < 0.15 * int_err
+    assert 1 - cosine_rows(on, emb_int).mean() < 1.2 * int_err
+    off, one = {}, {}
+    mirror_offset(ids, mask, frozenset(), trace=off)
+    mirror_offset(ids, mask, frozenset({"blocks.1.ffn_mid"}), trace=one)
+    ffn = mirror_offset.enc.blocks[1].ffn
+    c = ffn.offset * ffn.kernel.out_scale
+    assert ffn.requant.unsigned and c > 0.1
+    assert torch.allclose(off["blocks.1.ffn_mid"], off["blocks.1.gelu"] + c)     # the operand is a + c
+    codes = one["blocks.1.ffn_mid"] / ffn.out_scale                             # code * 2**t
+    assert codes.min() >= 0 and not torch.equal(one["blocks.1.ffn_mid"], off["blocks.1.ffn_mid"])

@@ -42,7 +42,7 @@ def calib():
 def test_pooled_sums_are_the_recorded_integers(name, data, model, tok, calib):
     arrays, _ = data
     ids, mask = tok(gold.SENTENCES)
-    enc = IntBert(model, calib, SimConfig(**gold.CONFIGS[name]))
+    enc = IntBert(model, calib, gold.config(name))
     stats = OpStats() if name in gold.STATS_CONFIGS else None
     got = enc.pooled(ids, mask, stats)
     want = arrays[f"pooled/{name}"]
@@ -63,6 +63,13 @@ def test_pooled_sums_are_the_recorded_integers(name, data, model, tok, calib):
                 k = k.replace(".ln1_res", ".ln2_res")
             assert k in trace, k
             assert trace[k].dtype == v.dtype and np.array_equal(trace[k], v), k
+
+
+def test_the_default_is_a_recorded_configuration():
+    """SimConfig's default is pinned: the recorded entry ``default_act_offset`` (issue 15), while
+    ``default`` keeps the defaults the file was first recorded under."""
+    assert SimConfig().to_dict() == gold.config("default_act_offset").to_dict()
+    assert gold.config("default").outliers == "smooth+per_token"
 
 
 def test_fresh_calibration_observes_the_recorded_tensors(data, model, tok, calib):

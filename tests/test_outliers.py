@@ -174,15 +174,16 @@ def test_hist_mse_counts_every_value():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 4), residual=st.booleans())
-def test_int_linear_with_transform_equals_reference(seed, rows, residual):
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 4), residual=st.booleans(), quantized_fold=st.booleans())
+def test_int_linear_with_transform_equals_reference(seed, rows, residual, quantized_fold):
     """IntLinear folding a shift, a scale and splits: bit for bit the Python-integer reference
-    (expanded codes, the folded weights quantized per channel, the bias ``b + W z`` at the accumulator's
-    scale, reference requantization)."""
+    (expanded codes, the folded weights quantized per channel, the bias ``b + W z`` -- or, with
+    ``quantized_fold``, ``b + Q(W') z'`` -- at the accumulator's scale, reference requantization)."""
     rng = np.random.default_rng(seed)
     C, out = 6, 5
     w, b = rng.normal(size=(out, C)), rng.normal(size=out)
-    t = OperandTransform(scale=rng.uniform(0.5, 3, C), shift=rng.normal(size=C), repeats=np.array([1, 3, 1, 2, 1, 1]))
+    t = OperandTransform(scale=rng.uniform(0.5, 3, C), shift=rng.normal(size=C), repeats=np.array([1, 3, 1, 2, 1, 1]),
+                         quantized_fold=quantized_fold)
     cfg = SimConfig()
     in_scale, out_scale = 0.05, rng.uniform(0.01, 0.1, out)
     lin = IntLinear(w, b, in_scale, cfg, out_scale, 16, col_factor=t)
@@ -191,7 +192,13 @@ def test_int_linear_with_transform_equals_reference(seed, rows, residual):
     got, _ = lin(x8, residual=res)
     q, sw = quantize_weight(t.weights(w), 8, True)
     acc_scale = in_scale * sw
-    bias = [int(v) for v in np.rint(t.bias(w, b) / acc_scale)]
+    if quantized_fold:      # the zero-point correction with the weights the GEMM multiplies, term by term
+        wq = q.astype(np.float64) * sw[:, None]
+        zq = np.repeat(t.shift / t.divisor, t.repeats)
+        folded = [b[o] + sum(wq[o, k] * zq[k] for k in range(wq.shape[1])) for o in range(out)]
+    else:
+        folded = t.bias(w, b)
+    bias = [int(v) for v in np.rint(np.asarray(folded) / acc_scale)]
     xe = [[int(v) for v in np.repeat(r, t.repeats)] for r in x8]
     acc = ref.matmul(xe, q.T.tolist())
     want, _, _, _ = ref.requantize_channels(acc, bias, lin.m0, lin.n, 16,
@@ -249,7 +256,7 @@ def test_integer_encoder_runs_each_option(over, model, tok, calib, sentences):
 
 
 def test_choices_come_from_the_registry():
-    assert {"gamma_migration", "os_shift", "os_scale", "split"} <= set(OUTLIERS.names())
+    assert {"gamma_migration", "os_shift", "os_scale", "split", "act_offset"} <= set(OUTLIERS.names())
     assert "smooth+per_token" in OUTLIERS.choices() and "os_shift+os_scale" in OUTLIERS.choices()
     assert choices()["act_clip"] == CLIPS.names() == ("percentile", "mse", "token")
     text = describe()
@@ -365,3 +372,114 @@ def test_input_qat_quantizes_and_learns_its_clip():
     out = net(z)
     assert not torch.equal(out, ref_out) and torch.allclose(out, ref_out, atol=0.05)
     assert remove_input_quantizers(net) == 2 and torch.equal(net(z), ref_out)
+
+
+# --- act_offset: the activation output as an unsigned operand -------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 5), per_token=st.booleans(),
+       real=st.floats(1e-4, 0.5), top=st.integers(1, 2**24))
+def test_unsigned_operand_requant_equals_reference(seed, rows, per_token, real, top):
+    """OperandRequant(unsigned=True) on a non-negative register: uint8 codes equal to the Python-integer
+    reference requantizers at bits + 1 signed bits (which a non-negative register keeps in
+    [0, 2**bits - 1]); per token, the smallest shift whose row fits 255."""
+    from intsim.layers import OperandRequant
+
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(0, top + 1, size=(rows, 7)).astype(np.int64)
+    op = OperandRequant(real, 8, per_token, unsigned=True)
+    y, t, sat = op(acc)
+    assert y.dtype == np.uint8
+    if per_token:
+        want, ts = ref.requantize_dynamic(acc.tolist(), [int(op.m0[0])] * 7, [int(op.n[0])] * 7, 9)
+        assert t.tolist() == ts
+    else:
+        want, s, _, _ = ref.requantize_channels(acc.tolist(), [0] * 7, [int(op.m0[0])] * 7, [int(op.n[0])] * 7, 9)
+        assert sat == s
+    assert y.astype(np.int64).tolist() == want
+    assert min(min(r) for r in want) >= 0
+
+
+@pytest.mark.parametrize("table", ["gelu16", "gelu16_in12", "gelu8"])
+def test_activation_offset_is_the_units_least_output(table):
+    """``C`` is minus the least output code over EVERY input code (the reference unit, Python
+    integers): the offset register ``a + C`` is never negative, whatever the input."""
+    from intsim.gelu import PWLActivation
+    from intsim.outliers import activation_offset
+
+    k = PWLActivation(4.0, SimConfig(gelu_table=table).gelu_table)
+    codes = range(-(1 << (k.in_bits - 1)), 1 << (k.in_bits - 1))
+    least = min(ref.table_output(q, k.e, k.table) for q in codes)
+    assert activation_offset(k) == -least > 0
+    assert abs(least * k.out_scale + 0.17) < 0.005          # GELU's minimum, -0.170 at x = -0.75
+
+
+def test_act_offset_integer_ffn_equals_reference(model, tok, calib, sentences):
+    """The encoder's FFN middle with act_offset, bit for bit against the Python-integer reference on
+    real activations: ``u = requantize_dynamic(a + C)`` (9 signed bits, >= 0, uint8), then the
+    out-projection ``u @ W_q`` (uint8 x int8) with the bias folding ``-W_q c`` and the residual add;
+    the FP32 identity of the fold holds (``W (x + c) + b - W c = W x + b``, to 1e-5)."""
+    from intsim.int_bert import IntBert
+
+    enc = IntBert(model, calib, SimConfig(outliers="smooth+per_token+act_offset"))
+    blk = enc.blocks[2]
+    ffn, lin = blk.ffn, blk.ffn_out
+    assert ffn.offset > 0 and isinstance(ffn.factor, OperandTransform) and ffn.factor.quantized_fold
+    ids, mask = tok(sentences[:3])
+    trace = {}
+    enc.hidden(ids, mask, trace=trace)
+    p = "blocks.2."
+    a, u, t_u = trace[p + "gelu_out"], trace[p + "gelu_q"], trace[p + "gelu_q_shift"]
+    assert u.dtype == np.uint8
+    rows = (a.reshape(-1, a.shape[-1]).astype(np.int64) + ffn.offset)[:6]              # the first six tokens
+    cols = rows.shape[1]
+    want_u, want_t = ref.requantize_dynamic(rows.tolist(), [int(ffn.requant.m0[0])] * cols,
+                                            [int(ffn.requant.n[0])] * cols, 9)
+    assert u.reshape(-1, cols)[:6].astype(np.int64).tolist() == want_u
+    assert t_u.reshape(-1)[:6].tolist() == want_t
+    wq = lin.wt.array.astype(np.int64).tolist()                                          # (in, out)
+    acc = ref.matmul([[int(v) for v in r] for r in want_u], wq)
+    res = trace[p + "ln1_res"].reshape(-1, lin.wt.shape[1])[:6].tolist()
+    want, _, _, _ = ref.requantize_channels(acc, lin.bias.tolist(), lin.m0.tolist(), lin.n.tolist(), 16,
+                                            residual_rows=res, row_shifts=want_t)
+    assert trace[p + "sum2"].reshape(-1, lin.wt.shape[1])[:6].tolist() == want
+    # the fold in real arithmetic: the consumer of a + c with bias b - W c is the consumer of a
+    w, b = _np(model.blocks[2].ffn_out.weight).astype(np.float64), _np(model.blocks[2].ffn_out.bias)
+    x = np.random.default_rng(0).normal(size=(8, w.shape[1]))
+    t = ffn.factor
+    assert np.abs(t.operand(x) @ t.weights(w).T + t.bias(w, b) - (x @ w.T + b)).max() < 1e-5
+    wdq = lin.wt.array.T.astype(np.float64) * (lin.acc_scale / ffn.out_scale)[:, None]
+    assert np.abs(t.operand(x) @ wdq.T + t.bias_quantized(wdq, b) - (x @ wdq.T + b)).max() < 1e-5
+
+
+def test_act_offset_leaves_a_gated_site_signed():
+    """A gated activation (SwiGLU: silu(gate) * up, signed and unbounded) keeps its int8 operand under
+    act_offset: no offset, no transform."""
+    from intsim.layers import ActivationSite
+
+    class Calib:                                   # the two statistics a gated site reads
+        def absmax(self, name, pc=100.0):
+            return 2.0
+
+        def token_max(self, name):
+            return 1.0
+
+    from intsim.registry import ACTIVATIONS
+    cfg = SimConfig(outliers="per_token+act_offset", silu_table="silu16")
+    kernel = ACTIVATIONS.make("pwl", cfg, 4.0, "blocks.0.silu", function="silu")
+    rng = np.random.default_rng(0)
+    site = ActivationSite(rng.normal(size=(6, 4)), None, 0.05, None, kernel, Calib(), "out", [rng.normal(size=(4, 6))],
+                          cfg, name="silu", w_up=rng.normal(size=(6, 4)), up_site="up")
+    assert site.offset == 0 and not site.requant.unsigned and not isinstance(site.factor, OperandTransform)
+
+
+def test_act_offset_needs_an_element_wise_unit():
+    """No bound per code for a row-wise unit (I-ViT's ShiftGELU reads its row's maximum): no offset,
+    the site keeps int8; I-BERT's element-wise i-GELU gets one."""
+    from intsim.ibert import IBertGelu as IGelu
+    from intsim.ivit import ShiftGelu
+    from intsim.outliers import activation_offset
+
+    assert activation_offset(ShiftGelu(5.0)) is None
+    c = activation_offset(IGelu(5.0))
+    assert c is not None and abs(c * IGelu(5.0).out_scale - 0.171) < 0.005
