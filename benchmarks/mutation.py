@@ -550,41 +550,81 @@ def _children_cpu() -> float:
     return t.children_user + t.children_system
 
 
-def verify(module: str, workdir: Path, n: int) -> dict:
-    """Re-run ``n`` mutants of a finished session with the whole test list, no selection.
+def _finished(tree: Path) -> list:
+    return [(i, r) for i, r in dump(tree / "session.sqlite", tree) if r is not None
+            and r.get("test_outcome") in ("killed", "survived")]
 
-    The sample is every survivor (they are where a missed test would show) and, up to ``n``,
-    killed mutants evenly spaced over the session. Each is applied with ``cosmic-ray apply``
-    to the module's work tree and restored afterwards.
-    """
-    tree = workdir / module.replace("/", "_").removesuffix(".py")
-    done = [(i, r) for i, r in dump(tree / "session.sqlite", tree) if r is not None
-            and (r.get("test_outcome") in ("killed", "survived"))]
-    surv = [x for x in done if x[1]["test_outcome"] == "survived"][:n]
-    rest = [x for x in done if x[1]["test_outcome"] != "survived"]
-    k = n - len(surv)
-    sample = surv + (rest[::max(1, len(rest) // k)][:k] if k > 0 else [])
+
+def rerun(module: str, tree: Path, sample: list, desc: str, fast: bool = False) -> list[dict]:
+    """Run each ``(item, result)`` of a session again, applied with ``cosmic-ray apply`` to the
+    module's work tree and restored afterwards: with the whole test list in fresh interpreters
+    (the method before selection), or ``fast``, as a run does (test map, fork server)."""
     original = (tree / MAP_DIR / "original.py").read_text()
-    template = tree / ".numba-template"
-    env = dict(os.environ, **{TEMPLATE_ENV: str(template)}, GQA_MUTATION_SELECT="0", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, **{TEMPLATE_ENV: str(tree / ".numba-template")}, GQA_MUTATION_SELECT="1" if fast else "0",
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop(SERVER_ENV, None)
+    server = None
+    if fast:
+        server, env[SERVER_ENV] = start_fork_server(tree)
     rows = []
     try:
-        for item, result in tqdm(sample, desc=f"verify {module}", unit="mutant"):
+        for item, result in tqdm(sample, desc=f"{desc} {module}", unit="mutant"):
             m = item["mutations"][0]
             subprocess.run(["cosmic-ray", "apply", module, m["operator_name"], str(m["occurrence"])],
                            cwd=tree, check=True, capture_output=True)
             t0 = time.time()
             rc = subprocess.run([sys.executable, "benchmarks/mutation.py", "--pytest", *MODULES[module]],
                                 cwd=tree, env=env).returncode
-            full = "survived" if rc == 0 else "killed"
             rows.append({"line": m["start_pos"][0], "operator": m["operator_name"],
-                         "occurrence": m["occurrence"], "selected": result["test_outcome"], "full": full,
-                         "full_s": round(time.time() - t0, 1)})
+                         "occurrence": m["occurrence"], "session": result["test_outcome"],
+                         "full": "survived" if rc == 0 else "killed", "full_s": round(time.time() - t0, 1),
+                         "diff": result.get("diff", "")})
             (tree / module).write_text(original)
     finally:
         (tree / module).write_text(original)
+        if server is not None:
+            server.terminate()
+            server.wait()
+    return rows
+
+
+def verify(module: str, workdir: Path, n: int) -> dict:
+    """Run ``n`` mutants of a finished session both ways, against the tree's current tests: as a
+    run does (test map, fork server) and with the whole test list in fresh interpreters.
+
+    The sample: half survivors (where a test left out by the selection would show), half killed
+    mutants (where a fork-server artefact would show), each evenly spaced over the session.
+    """
+    tree = workdir / module.replace("/", "_").removesuffix(".py")
+    done = _finished(tree)
+    surv = [x for x in done if x[1]["test_outcome"] == "survived"]
+    rest = [x for x in done if x[1]["test_outcome"] != "survived"]
+    ns = min(len(surv), n // 2)
+    nk = min(len(rest), n - ns)
+    sample = surv[::max(1, len(surv) // max(ns, 1))][:ns] + rest[::max(1, len(rest) // max(nk, 1))][:nk]
+    fast = rerun(module, tree, sample, "verify (map, fork server)", fast=True)
+    rows = rerun(module, tree, sample, "verify (whole list, fresh interpreters)")
+    for r, f in zip(rows, fast):
+        r["selected"] = f["full"]
     same = sum(r["selected"] == r["full"] for r in rows)
     return {"sampled": len(rows), "same_outcome": same, "rows": rows}
+
+
+def recheck(module: str, workdir: Path) -> dict:
+    """After tests were added: copy the checkout's tests into the session's tree, remake its test
+    map and run every survivor of the session against them; which are killed now."""
+    tree = workdir / module.replace("/", "_").removesuffix(".py")
+    for f in (REPO / "tests").glob("*.py"):
+        shutil.copy2(f, tree / "tests" / f.name)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tree / ".numba-template"), NUMBA_BOUNDSCHECK="1",
+               PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(tree))
+    cmap = subprocess.run([sys.executable, "benchmarks/mutation.py", "--coverage-map", module, *MODULES[module]],
+                          cwd=tree, env=env, capture_output=True, text=True)     # the new tests' map
+    if cmap.returncode != 0:
+        raise SystemExit(f"{module}: the current tests fail unmutated:\n{cmap.stdout[-3000:]}")
+    rows = rerun(module, tree, [x for x in _finished(tree) if x[1]["test_outcome"] == "survived"], "recheck",
+                 fast=True)
+    return {"survivors": len(rows), "killed_now": sum(r["full"] == "killed" for r in rows), "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -600,6 +640,8 @@ def main(argv=None) -> int:
                     help="start every test run as a fresh interpreter (no fork server)")
     ap.add_argument("--verify", type=int, default=0, metavar="N",
                     help="after a run: re-run N of its mutants (every survivor first) without selection")
+    ap.add_argument("--recheck", action="store_true",
+                    help="after a run and new tests: run the run's survivors against the checkout's tests")
     ap.add_argument("--pytest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # cosmic-ray's test command
     ap.add_argument("--coverage-map", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # module, its tests
     ap.add_argument("--fork-server", help=argparse.SUPPRESS)  # socket path
@@ -619,6 +661,15 @@ def main(argv=None) -> int:
     out = args.out or args.workdir / "report.json"
     reports = json.loads(out.read_text()) if out.exists() and not args.count else {}
     for module in args.modules or list(MODULES):
+        if args.recheck:
+            v = recheck(module, args.workdir)
+            reports.setdefault(module, {})["recheck"] = v
+            out.write_text(json.dumps(reports, indent=1))
+            print(f"{module}: {v['killed_now']} of {v['survivors']} survivors are killed by the current tests",
+                  flush=True)
+            for r in v["rows"]:
+                print(f"  line {r['line']} {r['operator']}#{r['occurrence']}: {r['full']}", flush=True)
+            continue
         if args.verify:
             v = verify(module, args.workdir, args.verify)
             reports.setdefault(module, {})["verify"] = v
