@@ -505,6 +505,8 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
     d = stats.to_dict()
     assert d["total_overflows"] == 0
     assert {e["op"]: e["count"] for e in d["lut"]}["softmax.exp"] == nn
+    # the adder tree of Z is as wide as the reference's largest Z needs, signed
+    assert {e["op"]: e["bits"] for e in d["add"]}["softmax.sum"] == zmax.bit_length() + 1
 
 
 def test_softmax_single_key_and_all_masked_rows():
