@@ -5,18 +5,52 @@ Slow (minutes to hours per module on 2 cores), so not part of CI; results go to 
     python benchmarks/mutation.py                       # every module in MODULES
     python benchmarks/mutation.py gqa_lut/ga.py         # some of them
     python benchmarks/mutation.py --count               # mutants per module, nothing run
+    python benchmarks/mutation.py --verify 40 MODULE    # after a run: re-run 40 of its mutants the slow way
 
 How it works, per module:
 
 1. the working tree (tracked and untracked-not-ignored files, no ``__pycache__``) is copied to
    ``--workdir/<module>``: cosmic-ray edits the module on disk, the checkout stays untouched;
+   ``--workdir/shared`` links to ``../shared`` (the GQA-LUT reference tables some tests read);
 2. ``cosmic-ray init`` lists the mutants; ``cr-filter-operators`` skips the operators outside
    :data:`KEEP_BINARY` / :data:`KEEP_COMPARE` (cosmic-ray replaces every binary operator by all
    eleven others, ``a + b`` -> ``a ^ b`` and the like, which multiplies the count without
    testing anything new; the kept pairs are the ones mutmut uses: ``+ -``, ``* /``, ``<< >>``,
    ``& |``, ``< <=``, ...);
-3. ``cosmic-ray baseline`` checks that the module's tests pass unmutated, ``cosmic-ray exec``
-   runs them once per mutant (exit status 0: survived), and the report is written as JSON.
+3. the baseline: the module's tests run once on the unmutated tree under coverage.py with one
+   dynamic context per test (the test's node id); it must pass, it warms the template numba
+   cache, and it gives the *test map*: for every line of the module, the tests that can see a
+   mutant of it (:func:`build_selection`);
+4. ``cosmic-ray exec`` runs the test command once per mutant (exit status 0: survived). The
+   command (:func:`run_tests`) diffs the mutated module against the saved original, takes the
+   union of the changed lines' tests from the map and runs only those, in collection order, with
+   ``-x``; an empty selection (no test executes the line) is a survivor without a run;
+5. the report is written as JSON (outcomes, score, wall and CPU seconds, every survivor's diff).
+
+The test map, line by line:
+
+- a statement of ordinary Python: the tests whose run executed it (any line of its header, for a
+  compound statement; a line with no trace event of its own, like ``except X:``, takes its
+  function's tests);
+- a line executed at import (context ``""``), at module or class level, or in the signature or
+  decorators of an ``@njit`` function: every test (a change there can reach any of them);
+- a line in an ``@njit`` body, invisible to coverage: the tests that executed a statement naming
+  the function, in any measured file (intsim, gqa_lut, hw_models, gqa_cli, gqa_sweep, tests),
+  following names used inside other jitted functions to *their* callers; a name used at module
+  level: every test;
+- tests that start a process (``subprocess``, ``os.fork``, ``multiprocessing``), which coverage
+  does not follow, are added to every selection.
+
+Selection drops only tests that never execute the mutated line, so it cannot change a mutant's
+outcome unless a test sees the line's effect through state another test left behind (a cache);
+``--verify N`` checks this: it re-runs every survivor and evenly spaced killed mutants with the
+whole test list in fresh interpreters (the method before selection) and compares outcomes.
+
+Fork server: before any test starts, a test run spends ~3.5 s of CPU importing torch, numpy,
+scipy, numba, hypothesis and pytest. :func:`fork_server` imports them once and forks a child
+per mutant, which imports the project from the mutated tree, runs pytest and exits with its
+status (a killed client, cosmic-ray's timeout, kills the child). ``--no-fork`` and
+``--no-select`` turn the two off.
 
 Numba: a mutant of an ``@njit`` function is only seen if numba does not load the unmutated
 machine code from its cache. Each test run gets its own ``NUMBA_CACHE_DIR``, a fresh copy of a
@@ -25,12 +59,15 @@ invalidates the entries of a source file whose stamp (mtime, size) changed, whic
 write does, so the mutated module is recompiled from the mutant. ``PYTHONDONTWRITEBYTECODE=1``
 keeps Python from reusing a stale ``.pyc`` (its stamp has only one-second resolution).
 ``NUMBA_BOUNDSCHECK=1``: a mutant that indexes past an array raises IndexError instead of
-reading or writing memory silently (numba does not check bounds by default).
+reading or writing memory silently (numba does not check bounds by default). The fork server's
+child re-reads numba's configuration from its own environment (``reload_config``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import re
@@ -46,16 +83,19 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine  # noqa: E402
 
-# module -> its targeted tests (fast ones first: pytest -x stops at the first failure)
+# module -> its targeted tests (fast ones first: pytest -x stops at the first failure). Each
+# mutant runs only those of them that execute its line (the test map), so a module lists every
+# test file that exercises it.
 MODULES = {
     "gqa_lut/ga.py": ["tests/test_ga.py"],
     "gqa_lut/dp.py": ["tests/test_dp.py"],
     "gqa_lut/objective.py": ["tests/test_objective.py", "tests/test_segment_rule.py"],
-    "intsim/fixedpoint.py": ["tests/test_fixedpoint.py", "tests/test_kernels_int.py"],
-    "intsim/pwl.py": ["tests/test_pwl_unit.py", "tests/test_segment_rule.py"],
-    "intsim/gemm.py": ["tests/test_gemm.py", "tests/test_gemm_choice.py"],
-    "intsim/softmax.py": ["tests/test_kernels_int.py"],
-    "intsim/layernorm.py": ["tests/test_kernels_int.py"],
+    "intsim/fixedpoint.py": ["tests/test_fixedpoint.py", "tests/test_kernels_int.py", "tests/test_rounding_ties.py",
+                             "tests/test_segment_rule.py"],
+    "intsim/pwl.py": ["tests/test_pwl_unit.py", "tests/test_segment_rule.py", "tests/test_kernels_int.py"],
+    "intsim/gemm.py": ["tests/test_gemm.py", "tests/test_gemm_choice.py", "tests/test_kernels_int.py"],
+    "intsim/softmax.py": ["tests/test_kernels_int.py", "tests/test_rounding_ties.py"],
+    "intsim/layernorm.py": ["tests/test_kernels_int.py", "tests/test_llm_kernels.py"],
 }
 KEEP_BINARY = {("Add", "Sub"), ("Sub", "Add"), ("Mul", "Div"), ("Div", "Mul"), ("FloorDiv", "Div"),
                ("Div", "FloorDiv"), ("Mod", "FloorDiv"), ("Pow", "Mul"), ("LShift", "RShift"),
@@ -85,8 +125,305 @@ def copy_tree(dst: Path) -> None:
         shutil.copy2(REPO / f, dst / f)
 
 
+# --- per-mutant test selection ----------------------------------------------------------------
+# The map is made once per module (``coverage_map``, a pytest run under coverage.py with one
+# dynamic context per test) and read by every mutant's test run (``select_tests``).
+MAP_DIR = ".mutation"                      # inside the module's work tree
+MEASURED = ("intsim", "gqa_lut", "hw_models", "gqa_cli", "gqa_sweep", "tests")
+ALL = "*"                                  # a line whose mutant runs the module's whole test list
+JIT_DECORATORS = {"njit", "jit", "vectorize", "guvectorize", "stencil", "cfunc", "generated_jit"}
+
+
+def _is_jit(fn: ast.AST) -> bool:
+    for d in getattr(fn, "decorator_list", []):
+        d = d.func if isinstance(d, ast.Call) else d
+        if (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) in JIT_DECORATORS:
+            return True
+    return False
+
+
+class _Source:
+    """One measured file: each statement's lines and its enclosing functions."""
+
+    def __init__(self, path: Path):
+        self.tree = ast.parse(path.read_text(), str(path))
+        self.stmts = []            # (first, header_last, node, enclosing functions outermost first)
+        self.refs = {}             # name -> [(first, header_last, enclosing functions)]
+        self._walk(self.tree, [])
+
+    def _walk(self, node, funcs):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                first = min([child.lineno] + [d.lineno for d in getattr(child, "decorator_list", [])])
+                inner = [c.lineno for c in ast.iter_child_nodes(child) if isinstance(c, ast.stmt)]
+                last = min(inner) - 1 if inner else child.end_lineno
+                self.stmts.append((first, max(first, last), child, funcs))
+                header = [c for f in ("decorator_list", "args", "test", "iter", "target", "items", "value",
+                                      "targets", "returns", "bases", "keywords", "exc", "msg", "names")
+                          for c in _as_list(getattr(child, f, None)) if isinstance(c, ast.AST)]
+                if not inner:
+                    header = [child]
+                for h in header:
+                    for n in ast.walk(h):
+                        name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
+                        if name:
+                            self.refs.setdefault(name, []).append((first, max(first, last), funcs))
+                sub = funcs + [child] if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else funcs
+                self._walk(child, sub)
+            elif not isinstance(child, (ast.expr, ast.expr_context)):
+                self._walk(child, funcs)   # except/match handlers hold statements
+
+    def statement_at(self, line: int):
+        """The innermost statement whose lines (its header, for a compound one) hold ``line``."""
+        best = None
+        for first, last, node, funcs in self.stmts:
+            if first <= line <= node.end_lineno and (best is None or first >= best[0]):
+                best = (first, last, node, funcs)
+        return best
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def build_selection(module: str, root: Path, contexts: dict, order: list[str], always: list[str]) -> dict:
+    """Per line of ``module``: the tests that can see a mutant of that line (or ALL).
+
+    A line of ordinary Python selects the tests whose run executed it (its statement's header
+    lines). A line executed at import (context ``""``), at module or class level, or inside an
+    ``@njit`` function's signature/decorators selects ALL. A line in an ``@njit`` body, which
+    coverage cannot see, selects the tests that executed a statement referring to the function
+    by name, in any measured file, following references from other jitted functions
+    transitively (a reference at module level: ALL). Tests that start a process (not traced)
+    are always selected.
+    """
+    sources = {}
+    for top in MEASURED:
+        for f in sorted((root / top).rglob("*.py")) if (root / top).is_dir() else []:
+            try:
+                sources[str(f.resolve())] = _Source(f)
+            except SyntaxError:
+                continue
+
+    def ctx_of(path, first, last):
+        lines = contexts.get(path, {})
+        out = set()
+        for ln in range(first, last + 1):
+            out.update(lines.get(ln, ()))
+        return out
+
+    def callers(name, seen):
+        if name in seen:
+            return set()
+        seen.add(name)
+        out = set()
+        for path, src in sources.items():
+            for first, last, funcs in src.refs.get(name, ()):
+                jit = [f for f in funcs if _is_jit(f)]
+                if jit:
+                    out |= callers(jit[0].name, seen)
+                elif not funcs:
+                    return {ALL}
+                else:
+                    c = ctx_of(path, first, last)
+                    if "" in c:
+                        return {ALL}
+                    out |= c
+                if ALL in out:
+                    return {ALL}
+        return out
+
+    path = str((root / module).resolve())
+    src = sources[path]
+    n_lines = len((root / module).read_text().splitlines())
+    rank = {t: i for i, t in enumerate(order)}
+    select = {}
+    for line in range(1, n_lines + 1):
+        hit = src.statement_at(line)
+        if hit is None:
+            continue
+        first, last, node, funcs = hit
+        jit = [f for f in funcs + [node] if _is_jit(f)]
+        if jit and line >= jit[0].body[0].lineno:
+            tests = callers(jit[0].name, set())
+        elif jit or not funcs:
+            tests = {ALL}
+        else:
+            tests = ctx_of(path, first, last)
+            if not tests:      # a line without a trace event of its own (``except X:``): the function's tests
+                tests = ctx_of(path, funcs[-1].body[0].lineno, funcs[-1].end_lineno)
+            if "" in tests:
+                tests = {ALL}
+        if ALL not in tests:
+            tests = sorted((tests | set(always)) & set(rank), key=rank.get)
+        select[line] = ALL if ALL in tests else tests
+    return {"order": order, "always": always, "lines": select}
+
+
+def coverage_map(module: str, tests: list[str], out: Path) -> int:
+    """Run ``tests`` in this process under coverage.py, one context per test; write the selection."""
+    import coverage
+    import multiprocessing.process
+    import pytest
+
+    root = Path.cwd()
+    cov = coverage.Coverage(data_file=None, include=[str(root / t / "*") for t in MEASURED])
+    order, always = [], []
+    current = {"test": None}
+
+    def spawning(orig):
+        def wrapper(*a, **k):
+            if current["test"] and current["test"] not in always:
+                always.append(current["test"])
+            return orig(*a, **k)
+        return wrapper
+
+    subprocess.Popen.__init__ = spawning(subprocess.Popen.__init__)
+    os.fork = spawning(os.fork)
+    multiprocessing.process.BaseProcess.start = spawning(multiprocessing.process.BaseProcess.start)
+
+    class Contexts:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_protocol(self, item, nextitem):
+            order.append(item.nodeid)
+            current["test"] = item.nodeid
+            cov.switch_context(item.nodeid)
+            yield
+            current["test"] = None
+            cov.switch_context("")
+
+    cov.start()
+    __import__(module.removesuffix(".py").replace("/", "."))   # module-level lines: context ""
+    rc = pytest.main(["-q", "-p", "no:cacheprovider", *tests], plugins=[Contexts()])
+    cov.stop()
+    if rc != 0:
+        return int(rc)
+    data = cov.get_data()
+    contexts = {f: {ln: list(c) for ln, c in data.contexts_by_lineno(f).items()} for f in data.measured_files()}
+    out.write_text(json.dumps(build_selection(module, root, contexts, order, always)))
+    return 0
+
+
+def select_tests(tests: list[str]) -> list[str]:
+    """The tests of this mutant (cosmic-ray has mutated the module in the work tree)."""
+    mdir = Path(MAP_DIR)
+    if os.environ.get("GQA_MUTATION_SELECT", "1") == "0" or not (mdir / "map.json").exists():
+        return tests
+    info = json.loads((mdir / "module.json").read_text())
+    sel = json.loads((mdir / "map.json").read_text())
+    old = (mdir / "original.py").read_text().splitlines()
+    new = Path(info["module"]).read_text().splitlines()
+    changed = set()
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag != "equal":
+            changed.update(range(i1 + 1, max(i2, i1 + 1) + 1))
+    if not changed:
+        return tests
+    picked = set()
+    for line in changed:
+        s = sel["lines"].get(str(line), ALL)
+        if s == ALL:
+            return tests
+        picked.update(s)
+    return [t for t in sel["order"] if t in picked]
+
+
+# --- the fork server ----------------------------------------------------------------------------
+# A mutant's test run spends ~3.5 s of CPU importing torch, numpy, scipy, numba, hypothesis and
+# pytest before any test starts. The server imports them once (none of them is mutated, and
+# none of them imports intsim/gqa_lut/tests) and forks a child per test run, which imports the
+# project from the mutated work tree, runs pytest and exits with its status.
+SERVER_ENV = "GQA_MUTATION_FORKSERVER"
+PRELOAD = ("numpy", "scipy", "scipy.special", "scipy.optimize", "torch", "numba", "hypothesis",
+           "hypothesis.strategies", "pytest", "deap")
+
+
+def fork_server(sock_path: str) -> None:
+    """Serve test runs on a unix socket, one at a time: ``{"cwd", "env", "args"}`` -> exit status."""
+    import importlib
+    import select
+    import signal
+    import socket
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    sys.dont_write_bytecode = True
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    while True:
+        conn, _ = srv.accept()
+        req = json.loads(conn.makefile().readline())
+        pid = os.fork()
+        if pid == 0:                                   # the test run
+            srv.close()
+            conn.close()
+            rc = 3
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.chdir(req["cwd"])
+                os.environ.clear()
+                os.environ.update(req["env"])
+                sys.path.insert(0, req["cwd"])
+                import numba.core.config
+                numba.core.config.reload_config()      # NUMBA_CACHE_DIR, NUMBA_BOUNDSCHECK of this run
+                import pytest
+                rc = int(pytest.main(req["args"]))
+            finally:
+                os._exit(rc)
+        status = None
+        while status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(st)
+                break
+            r, _, _ = select.select([conn], [], [], 0.2)
+            if r and not conn.recv(1):                 # the client was killed (cosmic-ray's timeout)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = -9
+        try:
+            conn.sendall(f"{status}\n".encode())
+        except OSError:
+            pass
+        conn.close()
+
+
+def _run_forked(sock_path: str, args: list[str], env: dict) -> int:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(sock_path)
+        c.sendall((json.dumps({"cwd": os.getcwd(), "env": env, "args": args}) + "\n").encode())
+        reply = c.makefile().readline()
+    return int(reply) if reply.strip() else 1
+
+
+def start_fork_server(tree: Path) -> tuple[subprocess.Popen, str]:
+    sock = str(tree / MAP_DIR / "fork.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    proc = subprocess.Popen([sys.executable, str(tree / "benchmarks/mutation.py"), "--fork-server", sock],
+                            cwd=tree, stdout=subprocess.DEVNULL)
+    for _ in range(600):
+        if os.path.exists(sock) or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        raise SystemExit("the fork server did not start")
+    return proc, sock
+
+
 def run_tests(tests: list[str]) -> int:
-    """One test run (cosmic-ray's test command): pytest on ``tests`` with its own numba cache."""
+    """One test run (cosmic-ray's test command): pytest on this mutant's tests with its own numba cache."""
+    tests = select_tests(tests)
+    if not tests:
+        return 0          # no test executes the mutated line: it survives
     cache = tempfile.mkdtemp(prefix="numba-mutant-")
     try:
         template = os.environ.get(TEMPLATE_ENV)
@@ -94,7 +431,11 @@ def run_tests(tests: list[str]) -> int:
             shutil.copytree(template, cache, dirs_exist_ok=True)
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
                    PYTHONPATH=os.getcwd())
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+        args = ["-x", "-q", "-p", "no:cacheprovider", *tests]
+        sock = os.environ.get(SERVER_ENV)
+        if sock and os.path.exists(sock):
+            return _run_forked(sock, args, env)
+        cmd = [sys.executable, "-m", "pytest", *args]
         return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -122,10 +463,22 @@ def dump(session: Path, cwd: Path) -> list:
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool) -> dict:
+def results_so_far(session: Path) -> int:
+    """Rows in the session's results table (read directly: ``cosmic-ray dump`` costs seconds of CPU)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{session}?mode=ro", uri=True) as c:
+        return c.execute("select count(*) from work_results").fetchone()[0]
+
+
+def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, select: bool = True,
+                  fork: bool = True) -> dict:
     tests = MODULES[module]
     tree = workdir / module.replace("/", "_").removesuffix(".py")
     copy_tree(tree)
+    shared = REPO.parent / "shared"          # the GQA-LUT reference tables some tests read (../shared)
+    if shared.is_dir() and not (workdir / "shared").exists():
+        (workdir / "shared").symlink_to(shared)
     cfg, session = tree / "cosmic-ray.toml", tree / "session.sqlite"
     write_config(cfg, module, tests, timeout)
     run = dict(cwd=tree, check=True, stdout=subprocess.DEVNULL)
@@ -135,27 +488,46 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool) 
     todo = sum(1 for _, r in items if r is None)
     if count_only:
         return {"module": module, "mutants": todo, "skipped_operators": len(items) - todo}
-    # warm the template numba cache on the unmutated tree, then check the baseline passes
+    # the baseline: the module's tests pass on the unmutated tree; the same run warms the template
+    # numba cache and, under coverage.py, makes the map of which test executes which line
     template = tree / ".numba-template"
     template.mkdir(exist_ok=True)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(template), NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=str(tree))
     t0 = time.time()
-    base = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+    mdir = tree / MAP_DIR
+    mdir.mkdir(exist_ok=True)
+    shutil.copy2(tree / module, mdir / "original.py")
+    (mdir / "module.json").write_text(json.dumps({"module": module, "tests": tests}))
+    cmap = subprocess.run([sys.executable, "benchmarks/mutation.py", "--coverage-map", module, *tests],
                           cwd=tree, env=env, capture_output=True, text=True)
-    if base.returncode != 0:
-        raise SystemExit(f"{module}: the unmutated tests fail:\n{base.stdout[-3000:]}")
-    print(f"{module}: {todo} mutants, baseline {time.time() - t0:.0f} s", flush=True)
-    env = dict(os.environ, **{TEMPLATE_ENV: str(template)}, PYTHONDONTWRITEBYTECODE="1")
-    t0 = time.time()
-    proc = subprocess.Popen(["cosmic-ray", "exec", str(cfg), str(session)], cwd=tree, env=env)
-    with tqdm(total=todo, desc=module, unit="mutant") as bar:
-        while proc.poll() is None:
-            time.sleep(10)
-            bar.update(todo - sum(1 for _, r in dump(session, tree) if r is None) - bar.n)
+    if cmap.returncode != 0:
+        raise SystemExit(f"{module}: the unmutated tests fail:\n{cmap.stdout[-3000:]}{cmap.stderr[-3000:]}")
+    sel = json.loads((mdir / "map.json").read_text())
+    whole = sum(1 for v in sel["lines"].values() if v == ALL)
+    print(f"{module}: {todo} mutants; baseline and coverage map {time.time() - t0:.0f} s "
+          f"({len(sel['order'])} tests, {whole} of "
+          f"{len(sel['lines'])} statement lines run them all; always run: {sel['always']})", flush=True)
+    env = dict(os.environ, **{TEMPLATE_ENV: str(template)}, PYTHONDONTWRITEBYTECODE="1",
+               GQA_MUTATION_SELECT="1" if select else "0")
+    server = None
+    if fork:
+        server, env[SERVER_ENV] = start_fork_server(tree)
+    t0, c0 = time.time(), _children_cpu()
+    try:
+        proc = subprocess.Popen(["cosmic-ray", "exec", str(cfg), str(session)], cwd=tree, env=env)
+        start = results_so_far(session)
+        with tqdm(total=todo, desc=module, unit="mutant") as bar:
+            while proc.poll() is None:
+                time.sleep(5)
+                bar.update(results_so_far(session) - start - bar.n)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     if proc.returncode != 0:
         raise SystemExit(f"{module}: cosmic-ray exec exited with {proc.returncode}")
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, _children_cpu() - c0
     outcomes, survivors = {}, []
     for item, result in dump(session, tree):
         if result is None:
@@ -169,7 +541,90 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool) 
     killed, survived = outcomes.get("killed", 0), outcomes.get("survived", 0)
     score = killed / (killed + survived) if killed + survived else float("nan")
     return {"module": module, "tests": tests, "outcomes": outcomes, "score": score, "wall_s": round(wall),
+            "cpu_s": round(cpu), "selection": select, "fork_server": fork,
             "survivors": sorted(survivors, key=lambda s: s["line"])}
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _finished(tree: Path) -> list:
+    return [(i, r) for i, r in dump(tree / "session.sqlite", tree) if r is not None
+            and r.get("test_outcome") in ("killed", "survived")]
+
+
+def rerun(module: str, tree: Path, sample: list, desc: str, fast: bool = False) -> list[dict]:
+    """Run each ``(item, result)`` of a session again, applied with ``cosmic-ray apply`` to the
+    module's work tree and restored afterwards: with the whole test list in fresh interpreters
+    (the method before selection), or ``fast``, as a run does (test map, fork server)."""
+    original = (tree / MAP_DIR / "original.py").read_text()
+    env = dict(os.environ, **{TEMPLATE_ENV: str(tree / ".numba-template")}, GQA_MUTATION_SELECT="1" if fast else "0",
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop(SERVER_ENV, None)
+    server = None
+    if fast:
+        server, env[SERVER_ENV] = start_fork_server(tree)
+    rows = []
+    try:
+        for item, result in tqdm(sample, desc=f"{desc} {module}", unit="mutant"):
+            m = item["mutations"][0]
+            subprocess.run(["cosmic-ray", "apply", module, m["operator_name"], str(m["occurrence"])],
+                           cwd=tree, check=True, capture_output=True)
+            t0 = time.time()
+            rc = subprocess.run([sys.executable, "benchmarks/mutation.py", "--pytest", *MODULES[module]],
+                                cwd=tree, env=env).returncode
+            rows.append({"line": m["start_pos"][0], "operator": m["operator_name"],
+                         "occurrence": m["occurrence"], "session": result["test_outcome"],
+                         "full": "survived" if rc == 0 else "killed", "full_s": round(time.time() - t0, 1),
+                         "diff": result.get("diff", "")})
+            (tree / module).write_text(original)
+    finally:
+        (tree / module).write_text(original)
+        if server is not None:
+            server.terminate()
+            server.wait()
+    return rows
+
+
+def verify(module: str, workdir: Path, n: int) -> dict:
+    """Run ``n`` mutants of a finished session both ways, against the tree's current tests: as a
+    run does (test map, fork server) and with the whole test list in fresh interpreters.
+
+    The sample: half survivors (where a test left out by the selection would show), half killed
+    mutants (where a fork-server artefact would show), each evenly spaced over the session.
+    """
+    tree = workdir / module.replace("/", "_").removesuffix(".py")
+    done = _finished(tree)
+    surv = [x for x in done if x[1]["test_outcome"] == "survived"]
+    rest = [x for x in done if x[1]["test_outcome"] != "survived"]
+    ns = min(len(surv), n // 2)
+    nk = min(len(rest), n - ns)
+    sample = surv[::max(1, len(surv) // max(ns, 1))][:ns] + rest[::max(1, len(rest) // max(nk, 1))][:nk]
+    fast = rerun(module, tree, sample, "verify (map, fork server)", fast=True)
+    rows = rerun(module, tree, sample, "verify (whole list, fresh interpreters)")
+    for r, f in zip(rows, fast):
+        r["selected"] = f["full"]
+    same = sum(r["selected"] == r["full"] for r in rows)
+    return {"sampled": len(rows), "same_outcome": same, "rows": rows}
+
+
+def recheck(module: str, workdir: Path) -> dict:
+    """After tests were added: copy the checkout's tests into the session's tree, remake its test
+    map and run every survivor of the session against them; which are killed now."""
+    tree = workdir / module.replace("/", "_").removesuffix(".py")
+    for f in (REPO / "tests").glob("*.py"):
+        shutil.copy2(f, tree / "tests" / f.name)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tree / ".numba-template"), NUMBA_BOUNDSCHECK="1",
+               PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(tree))
+    cmap = subprocess.run([sys.executable, "benchmarks/mutation.py", "--coverage-map", module, *MODULES[module]],
+                          cwd=tree, env=env, capture_output=True, text=True)     # the new tests' map
+    if cmap.returncode != 0:
+        raise SystemExit(f"{module}: the current tests fail unmutated:\n{cmap.stdout[-3000:]}")
+    rows = rerun(module, tree, [x for x in _finished(tree) if x[1]["test_outcome"] == "survived"], "recheck",
+                 fast=True)
+    return {"survivors": len(rows), "killed_now": sum(r["full"] == "killed" for r in rows), "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -179,10 +634,25 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant's test run")
     ap.add_argument("--count", action="store_true", help="only count the mutants")
     ap.add_argument("--out", type=Path, default=None, help="JSON report (default: <workdir>/report.json)")
+    ap.add_argument("--no-select", action="store_true",
+                    help="run each mutant against the module's whole test list (no coverage selection)")
+    ap.add_argument("--no-fork", action="store_true",
+                    help="start every test run as a fresh interpreter (no fork server)")
+    ap.add_argument("--verify", type=int, default=0, metavar="N",
+                    help="after a run: re-run N of its mutants (every survivor first) without selection")
+    ap.add_argument("--recheck", action="store_true",
+                    help="after a run and new tests: run the run's survivors against the checkout's tests")
     ap.add_argument("--pytest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # cosmic-ray's test command
+    ap.add_argument("--coverage-map", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # module, its tests
+    ap.add_argument("--fork-server", help=argparse.SUPPRESS)  # socket path
     args = ap.parse_args(argv)
+    if args.fork_server:
+        fork_server(args.fork_server)
+        return 0
     if args.pytest is not None:
         return run_tests(args.pytest)
+    if args.coverage_map is not None:
+        return coverage_map(args.coverage_map[0], args.coverage_map[1:], Path(MAP_DIR) / "map.json")
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         ap.error(f"unknown module {unknown[0]!r}; known: {', '.join(MODULES)}")
@@ -191,7 +661,28 @@ def main(argv=None) -> int:
     out = args.out or args.workdir / "report.json"
     reports = json.loads(out.read_text()) if out.exists() and not args.count else {}
     for module in args.modules or list(MODULES):
-        r = mutate_module(module, args.workdir, args.timeout, args.count)
+        if args.recheck:
+            v = recheck(module, args.workdir)
+            reports.setdefault(module, {})["recheck"] = v
+            out.write_text(json.dumps(reports, indent=1))
+            print(f"{module}: {v['killed_now']} of {v['survivors']} survivors are killed by the current tests",
+                  flush=True)
+            for r in v["rows"]:
+                print(f"  line {r['line']} {r['operator']}#{r['occurrence']}: {r['full']}", flush=True)
+            continue
+        if args.verify:
+            v = verify(module, args.workdir, args.verify)
+            reports.setdefault(module, {})["verify"] = v
+            out.write_text(json.dumps(reports, indent=1))
+            print(f"{module}: {v['same_outcome']} of {v['sampled']} sampled mutants have the same outcome "
+                  f"with the whole test list", flush=True)
+            for r in v["rows"]:
+                if r["selected"] != r["full"]:
+                    print(f"  DIFFERENT line {r['line']} {r['operator']}: selected {r['selected']}, "
+                          f"whole list {r['full']}", flush=True)
+            continue
+        r = mutate_module(module, args.workdir, args.timeout, args.count, select=not args.no_select,
+                           fork=not args.no_fork)
         if args.count:
             print(f"{module}: {r['mutants']} mutants ({r['skipped_operators']} skipped operators)")
             continue

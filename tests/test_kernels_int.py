@@ -505,6 +505,12 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
     d = stats.to_dict()
     assert d["total_overflows"] == 0
     assert {e["op"]: e["count"] for e in d["lut"]}["softmax.exp"] == nn
+    # the adder tree of Z is as wide as the reference's largest Z needs, signed
+    assert {e["op"]: e["bits"] for e in d["add"]}["softmax.sum"] == zmax.bit_length() + 1
+    # steps 1-2 run on the int32 scores: a 32-bit max and subtraction, a 32 x 32 requantizer
+    assert {e["op"]: e["bits"] for e in d["compare"]}["softmax.max"] == 32
+    assert {e["op"]: e["bits"] for e in d["add"]}["softmax.sub_max"] == 32
+    assert {e["op"]: (e["a_bits"], e["b_bits"]) for e in d["mul"]}["softmax.requant"] == (32, 32)
 
 
 def test_softmax_single_key_and_all_masked_rows():

@@ -223,6 +223,8 @@ def test_objective_refuses_bad_input(kwargs, field):
     with pytest.raises(GQAError) as exc:
         Objective(**kw)
     assert exc.value.field == field
+    if field == "weights.0" or kwargs.get("entries") == 257:
+        assert "256" in str(exc.value)      # the message names the code count of s8
 
 
 def test_objective_accepts_the_entries_edges():
@@ -267,3 +269,100 @@ def test_chord_lines_pass_through_the_segment_ends():
     k2, b2 = obj.chord_lines(np.array([[-9.0, -9.0]]))
     assert k2[0, 0] == 0.0 and k2[0, 1] == 0.0 and b2[0, 0] == pytest.approx(fn(-4.0))
     assert k2[0, 2] == pytest.approx((fn(4.0) - fn(-4.0)) / 8)
+
+
+# --- the pieces against direct computations ---------------------------------------------------------
+def direct_segment_stats(obj, fn, dp, scales, bp, weights=None):
+    """Each segment's summed ``(w, wx, wx^2, wy, wxy, wy^2)`` by looping over every code of every
+    scale: its segment is ``#{j : q >= S_j(e)}`` and its weight ``h_q / (S * sum(h))``."""
+    out = np.zeros((len(bp) + 1, 6))
+    for e in scales:
+        q = scale_points(fn.domain, e, dp)
+        h = np.ones(q.size) if weights is None or e not in weights else weights[e][q - dp.code_min]
+        w = h / h.sum() / len(scales) if h.sum() > 0 else h
+        starts = dp.segment_starts(bp, e)
+        for qi, wi in zip(q, w):
+            x = qi * 2.0**-e
+            y = float(fn(np.array(x)))
+            i = int(np.count_nonzero(qi >= starts))
+            out[i] += [wi, wi * x, wi * x * x, wi * y, wi * x * y, wi * y * y]
+    return out
+
+
+@st.composite
+def stats_cases(draw):
+    fn, entries, dp, scales, _, bp = draw(objective_cases())
+    weights = None
+    if draw(st.booleans()):
+        # a histogram on a few scales; totals below 1 too (the MSE weights are normalised, so a
+        # histogram's scale does not matter)
+        total = draw(st.sampled_from([1e-3, 0.5, 1.0, 37.0]))
+        weights = {}
+        for e in scales[:draw(st.integers(1, len(scales)))]:
+            h = np.array(draw(st.lists(st.integers(0, 3), min_size=256, max_size=256)), dtype=np.float64)
+            h[draw(st.integers(0, 255))] += 1
+            weights[e] = h / h.sum() * total
+    return fn, entries, dp, scales, bp, weights
+
+
+@settings(max_examples=40, deadline=None)
+@given(stats_cases())
+def test_segment_stats_are_the_direct_sums_over_each_segments_codes(case):
+    fn, entries, dp, scales, bp, weights = case
+    obj = Objective(fn, entries, dp, scales, weights=weights)
+    snapped = obj.snap(bp[None])
+    got = obj.segment_stats(obj.segment_starts(snapped))
+    want = direct_segment_stats(obj, fn, dp, scales, snapped[0], weights)
+    assert got.shape == (1, entries, 6)
+    np.testing.assert_allclose(got[0], want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_histograms_total_does_not_change_the_fitness():
+    fn, dp = get_function("gelu"), PWLDatapath()
+    h = np.where(dp.codes() >= 0, 2.0, 1.0)
+    pop = population(fn, 6, 8, seed=5)
+    fits = [Objective(fn, 6, dp, [3, 5], weights={3: h * t})(pop) for t in (1.0, 0.25, 1e-6)]
+    np.testing.assert_allclose(fits[1], fits[0], rtol=1e-12)
+    np.testing.assert_allclose(fits[2], fits[0], rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.floats(-4.5, 4.5), st.integers(-260, 260).map(lambda k: k / 64)),
+                min_size=1, max_size=7))
+def test_chord_lines_property_narrow_and_empty_segments(genes):
+    # segments of every width, most below 1 (the chord slope divides by the width)
+    fn = get_function("gelu")
+    obj = Objective(fn, len(genes) + 1, PWLDatapath(), [6], coeffs="chord")
+    bp = np.sort(np.array(genes))[None]
+    k, b = obj.chord_lines(bp)
+    ends = np.concatenate([[-4.0], np.clip(bp[0], -4.0, 4.0), [4.0]])
+    for i, (lo, hi) in enumerate(zip(ends[:-1], ends[1:])):
+        if hi > lo:
+            assert k[0, i] == pytest.approx((fn(hi) - fn(lo)) / (hi - lo), rel=1e-12, abs=1e-12)
+            assert k[0, i] * hi + b[0, i] == pytest.approx(fn(hi), abs=1e-9)
+        else:
+            assert k[0, i] == 0.0
+        assert k[0, i] * lo + b[0, i] == pytest.approx(fn(lo), abs=1e-9)
+
+
+def test_a_single_x_segment_takes_the_chord_slope_without_refine():
+    # the last segment [255/64, 4] holds only x = 4.0: without refinement its slope is the
+    # chord's, rounded to the slope format. (With refinement every K is tried with its best B;
+    # many pairs give the same output 4K + B at x = 4, and the chord slope only breaks ties.)
+    fn, dp = get_function("gelu"), PWLDatapath()
+    obj = Objective(fn, 8, dp, range(7), refine=False)
+    bp = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 255 / 64])
+    table = obj.table(bp)
+    assert has_single_x_segment(table)
+    chord = (fn(4.0) - fn(255 / 64)) * 64
+    assert table.slopes[-1] == int(np.rint(chord * 2.0**dp.slope_format.frac))
+
+
+@pytest.mark.parametrize("opts, refine", [({}, "exact"), ({"refine": False}, "none"), ({"coeffs": "chord"}, "none"),
+                                          ({"coeffs": "chord", "refine": True}, "none")])
+def test_table_provenance_names_the_coefficient_method(opts, refine):
+    fn = get_function("gelu")
+    table = Objective(fn, 4, PWLDatapath(), [3], **opts).table(np.array([-1.0, 0.0, 1.0]), provenance={"seed": 7})
+    assert table.provenance["seed"] == 7
+    assert table.provenance["coefficients"]["method"] == opts.get("coeffs", "lsq")
+    assert table.provenance["coefficients"]["refine"] == refine
