@@ -194,7 +194,7 @@ class IntLlama:
             raise GQAError("weights", f"{weights!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
         if weights == "q4_1":   # the file's codes cannot take smoothing's column factors
             kept = sorted(outlier_methods(cfg) - {"smooth"}, key=OUTLIERS.names().index)
-            cfg = dataclasses.replace(cfg, outliers="+".join(kept) or OUTLIERS.NONE)
+            cfg = dataclasses.replace(cfg, outliers="+".join(kept) or OUTLIERS.NONE, ffn_smooth_alpha=0.0)
         self.cfg, self.config, self.weights = cfg, model.config, weights
         c, rb = model.config, cfg.residual_bits
         norm_kernel = NORMS.make(cfg.layernorm, cfg, center=False)          # RMSNorm
