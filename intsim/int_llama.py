@@ -63,8 +63,11 @@ WEIGHTS = ("w8", "q4_1")
 # their int32 accumulators left and saturate), and static operand ranges are the calibrated
 # maxima (a 99.99th percentile clips exactly those massive values; per-token scales handle them).
 # The SiLU table is searched over [-8, 8] (silu16_d8): the gate inputs reach ~50, where silu16's
-# segments (searched over [-4, 4]) extrapolate off silu's asymptotes.
-DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8"}
+# segments (searched over [-4, 4]) extrapolate off silu's asymptotes. The down projection's operand
+# silu(g) * u is the largest single source of error (docs/llm.md, attribution): its channels are
+# smoothed (SmoothQuant, alpha 0.5) in its own requantizer, W2's columns take the factors.
+DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8",
+                    "ffn_smooth_alpha": 0.5}
 CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
 CALIB_TOKENS, CALIB_SEQ = 1024, 128
 
