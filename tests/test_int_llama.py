@@ -192,6 +192,21 @@ def test_token_scaled_activation_is_close_to_silu():
     assert real[2, 0] == top(np.array([127]))[0] * top.out_scale    # beyond the coarsest scale: code 127 at e=0
 
 
+def _integer_cache_exact_logits(im, fm, tok):
+    """The model's logits on TEXT (every traced intermediate an integer array, prefill 6 then
+    single steps through the KV cache equal to the full forward) and FP32's: ``(got, ref)``."""
+    ids = _ids(tok)
+    trace = {}
+    got = im.logits(ids, trace=trace)
+    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
+    cache = im.new_cache()
+    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
+    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
+    with torch.no_grad():
+        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    return got, ref
+
+
 def test_w4a8_runs_the_files_q4_1_codes(int_llama2):
     """weights='q4_1': every projection is the GGUF's own Q4_1 blocks (IntQ4Linear), the output layer
     its Q8_0 codes, smoothing off; still integer-only, cache-exact and close to FP32."""
@@ -203,15 +218,7 @@ def test_w4a8_runs_the_files_q4_1_codes(int_llama2):
     assert isinstance(im.layers[0].attention.qkv, IntQ4Linear) and isinstance(im.layers[1].w2, IntQ4Linear)
     assert isinstance(im.output.layer, IntQ4Linear) and im.layers[0].attention_norm.factor is None
     assert "smooth" not in im.cfg.outliers and "per_token" in im.cfg.outliers
-    ids = _ids(tok)
-    trace = {}
-    got = im.logits(ids, trace=trace)
-    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
-    cache = im.new_cache()
-    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
-    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
-    with torch.no_grad():
-        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    got, ref = _integer_cache_exact_logits(im, fm, tok)
     agree = (got[0].argmax(1) == ref.argmax(1)).mean()
     assert agree >= 0.85, agree
 
@@ -270,15 +277,7 @@ def test_ffn_smoothing_of_the_down_operand(int_llama2):
     assert np.isclose(s * 127 * 2.0 ** np.floor(np.log2(calib.absmax(SITES.layer(1).act_out)
                                                        / calib.token_max(SITES.layer(1).act_out))),
                       (cmax / f).max(), rtol=1e-9)
-    ids = _ids(tok)
-    trace = {}
-    got = im.logits(ids, trace=trace)
-    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
-    cache = im.new_cache()
-    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
-    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
-    with torch.no_grad():
-        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    got, ref = _integer_cache_exact_logits(im, fm, tok)
     cos = (got[0] * ref).sum(1) / (np.linalg.norm(got[0], axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.min() > 0.98 and (got[0].argmax(1) == ref.argmax(1)).mean() >= 0.8   # measured 0.87 (2 layers)
     assert IntLlama(fm, calib, cfg, weights="q4_1").cfg.ffn_smooth_alpha == 0.0

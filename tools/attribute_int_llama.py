@@ -29,6 +29,10 @@ down_in     the down projection's operand ``silu(g) * u``, int8 per token
 W_3 rows and W_2 columns).
 
     PYTHONPATH=$PWD python tools/attribute_int_llama.py --tokens 256 --genre news
+    PYTHONPATH=$PWD python tools/attribute_int_llama.py --set ffn_smooth_alpha=0 \
+        --extra "all|down_smooth0.5,down_smooth_req"      # docs/llm.md's table: the defaults before
+
+``down_smooth`` rows assume the built model's down operand unsmoothed (``--set ffn_smooth_alpha=0``).
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ class Mirror:
                 self._qweight(a.wo, None)
                 for lin in (f.w1, f.w3):
                     self._qweight(lin, ib.ffn_norm.factor)
-                self._qweight(f.w2, None)
+                self._qweight(f.w2, ib.feed_forward.factor)      # the down operand's smoothing, if any
             if "norm_out" in classes:
                 for norm, site in ((blk.attention_norm, ib.attention_norm), (blk.ffn_norm, ib.ffn_norm)):
                     self._hook(norm, self._norm_fn(site, fine))
@@ -146,11 +150,19 @@ class Mirror:
             if "up" in classes:
                 self._hook(f.w3, pt(calib.token_max(n.up) / 127 / (fd.max() if fu else 1.0)))
             if "down_in" in classes:
-                self._hook(f.w2, pt(ib.feed_forward.out_scale / fd.max()), pre=True)
+                self._hook(f.w2, self._smoothed_token_fn(ib.feed_forward, fine / fd.max()), pre=True)
         if "weights" in classes:
             self._qweight_out()
         if "norm_out" in classes:
             self._hook(fm.norm, self._norm_fn(im.norm, fine))
+
+    @staticmethod
+    def _smoothed_token_fn(ff, fine):
+        """The down operand as the integer model makes it: ``a / f`` per token at its nominal scale, ``* f``."""
+        def fn(x):
+            d = _divisor(ff.factor, x.shape[-1])
+            return per_token(x / d, ff.out_scale * fine) * d
+        return fn
 
     def _norm_fn(self, site, fine=1.0):
         div, s_nom, dyn = None, site.gemm_scale, site.gemm.dynamic
@@ -247,9 +259,10 @@ def main():
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--rows", nargs="*", default=None, help="only these rows")
     ap.add_argument("--extra", nargs="*", default=[], help='more rows: "classes|candidates"')
+    ap.add_argument("--set", action="append", default=[], help="config override key=value (JSON value)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = default_config()
+    cfg = default_config(**dict((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in a.set)))
     im, fm, tok = build(cfg, layers=a.layers)
     fm = fm.double()
     calib = calibration(a.layers)
