@@ -37,7 +37,7 @@ RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "res
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5",
-         "ffn_smooth_alpha": "0 turns it off; the decoder uses 0.5",
+         "ffn_smooth_alpha": "0 turns it off; the decoder uses 0.7",
          "split_ratio": "channels above split_ratio x the median channel range are split (8 is the default)"}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
 

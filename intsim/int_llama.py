@@ -65,9 +65,9 @@ WEIGHTS = ("w8", "q4_1")
 # The SiLU table is searched over [-8, 8] (silu16_d8): the gate inputs reach ~50, where silu16's
 # segments (searched over [-4, 4]) extrapolate off silu's asymptotes. The down projection's operand
 # silu(g) * u is the largest single source of error (docs/llm.md, attribution): its channels are
-# smoothed (SmoothQuant, alpha 0.5) in its own requantizer, W2's columns take the factors.
+# smoothed (SmoothQuant, alpha 0.7) in its own requantizer, W2's columns take the factors.
 DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8",
-                    "ffn_smooth_alpha": 0.5}
+                    "ffn_smooth_alpha": 0.7}
 CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
 CALIB_TOKENS, CALIB_SEQ = 1024, 128
 

@@ -32,6 +32,7 @@ W_3 rows and W_2 columns).
     PYTHONPATH=$PWD python tools/attribute_int_llama.py --set ffn_smooth_alpha=0 \
         --extra "all|down_smooth0.5,down_smooth_req"      # docs/llm.md's table: the defaults before
 
+``--integer '{"softmax": "illm"}'``: the integer model itself with a kernel swapped (same metrics).
 ``down_smooth`` rows assume the built model's down operand unsmoothed (``--set ffn_smooth_alpha=0``).
 """
 
@@ -259,10 +260,13 @@ def main():
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--rows", nargs="*", default=None, help="only these rows")
     ap.add_argument("--extra", nargs="*", default=[], help='more rows: "classes|candidates"')
+    ap.add_argument("--integer", nargs="*", default=[],
+                    help='integer-model rows: JSON config overrides, e.g. \'{"softmax": "illm"}\' ({}: as built)')
     ap.add_argument("--set", action="append", default=[], help="config override key=value (JSON value)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = default_config(**dict((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in a.set)))
+    over = dict((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in a.set))
+    cfg = default_config(**over)
     im, fm, tok = build(cfg, layers=a.layers)
     fm = fm.double()
     calib = calibration(a.layers)
@@ -275,11 +279,15 @@ def main():
     nll_f = -lf[torch.arange(T - 1), tgt].mean().item()
     m = Mirror(im, fm, calib, cfg)
 
-    def row(name, classes, cand=()):
-        m.apply(classes, cand)
-        with torch.no_grad():
-            li = torch.log_softmax(fm(x), -1)[0, :-1]
-        m.reset()
+    def row(name, classes, cand=(), integer=None):
+        if integer is None:
+            m.apply(classes, cand)
+            with torch.no_grad():
+                li = torch.log_softmax(fm(x), -1)[0, :-1]
+            m.reset()
+        else:                                  # the integer model itself, built with these overrides
+            im_k, _, _ = build(default_config(**{**over, **integer}), layers=a.layers)
+            li = torch.log_softmax(torch.from_numpy(im_k.logits(x.numpy())), -1)[0, :-1]
         nll = -li[torch.arange(T - 1), tgt].mean().item()
         kl = (lf.exp() * (lf - li)).sum(-1).mean().item()
         top1 = (li.argmax(-1) == lf.argmax(-1)).double().mean().item()
@@ -298,6 +306,8 @@ def main():
         cl, _, cd = spec.partition("|")
         cl = CLASSES if cl == "all" else tuple(c for c in cl.split(",") if c)
         row(spec, cl, tuple(c for c in cd.split(",") if c))
+    for spec in a.integer:
+        row(f"integer {spec}", (), integer=json.loads(spec))
 
 
 if __name__ == "__main__":
