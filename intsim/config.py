@@ -32,10 +32,12 @@ ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the o
 # value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
           "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0),
+          "ffn_smooth_alpha": (0.0, 1.0),
           "calib_percentile": (90.0, 100.0), "split_ratio": (1.0, 1e6)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5",
+         "ffn_smooth_alpha": "0 turns it off; the decoder uses 0.7",
          "split_ratio": "channels above split_ratio x the median channel range are split (8 is the default)"}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
 
@@ -109,6 +111,7 @@ class SimConfig:
     #                                 per_token: dynamic power-of-two scale per token for the GELU output and context;
     #                                 act_offset: the GELU output an unsigned (uint8) operand, its offset in the bias
     smooth_alpha: float = 0.7
+    ffn_smooth_alpha: float = 0.0   # gated FFN: SmoothQuant on the down operand (factors in its requantizer); 0: off
     calib_percentile: float = 99.99  # static GEMM-operand ranges: this percentile of |x| (residual: always max)
     act_clip: str = "percentile"    # static GEMM-operand clipping: calib_percentile, or searched (mse, token)
     split_ratio: float = 8.0        # outliers "split": channels above this x the median channel range split

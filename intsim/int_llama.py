@@ -63,8 +63,11 @@ WEIGHTS = ("w8", "q4_1")
 # their int32 accumulators left and saturate), and static operand ranges are the calibrated
 # maxima (a 99.99th percentile clips exactly those massive values; per-token scales handle them).
 # The SiLU table is searched over [-8, 8] (silu16_d8): the gate inputs reach ~50, where silu16's
-# segments (searched over [-4, 4]) extrapolate off silu's asymptotes.
-DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8"}
+# segments (searched over [-4, 4]) extrapolate off silu's asymptotes. The down projection's operand
+# silu(g) * u is the largest single source of error (docs/llm.md, attribution): its channels are
+# smoothed (SmoothQuant, alpha 0.7) in its own requantizer, W2's columns take the factors.
+DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8",
+                    "ffn_smooth_alpha": 0.7}
 CALIB_TEXT = Path(__file__).resolve().parent / "data" / "sentences.txt"   # never an evaluation text
 CALIB_TOKENS, CALIB_SEQ = 1024, 128
 
@@ -194,7 +197,7 @@ class IntLlama:
             raise GQAError("weights", f"{weights!r} is not an option", f"use one of {', '.join(WEIGHTS)}")
         if weights == "q4_1":   # the file's codes cannot take smoothing's column factors
             kept = sorted(outlier_methods(cfg) - {"smooth"}, key=OUTLIERS.names().index)
-            cfg = dataclasses.replace(cfg, outliers="+".join(kept) or OUTLIERS.NONE)
+            cfg = dataclasses.replace(cfg, outliers="+".join(kept) or OUTLIERS.NONE, ffn_smooth_alpha=0.0)
         self.cfg, self.config, self.weights = cfg, model.config, weights
         c, rb = model.config, cfg.residual_bits
         norm_kernel = NORMS.make(cfg.layernorm, cfg, center=False)          # RMSNorm

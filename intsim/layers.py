@@ -101,6 +101,25 @@ def operand_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, smoo
     return act_scale(float((cmax / f).max()), cfg.act_bits, cfg.act_scales), f
 
 
+def smoothed_requantized_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, alpha: float):
+    """Scale and per-channel factors of a requantizer-made GEMM operand smoothed at ``alpha``
+    (``cfg.ffn_smooth_alpha``: the activation output of a gated FFN, SmolLM2's down operand).
+
+    SmoothQuant's ``f_c = cmax_c**a / wmax_c**(1-a)`` (the operand's calibrated channel maxima,
+    the consumers' input-column maxima); the requantizer divides column ``c`` by ``f_c`` (one
+    dyadic multiplier per column, no new operation) and the consumer's weight columns are multiplied
+    by ``f_c`` (:func:`fold_columns`). The static range is ``max_c cmax_c / f_c``; per-token mode
+    divides it by the power of two ``2**floor(log2(absmax / median token max))`` of the unsmoothed
+    tensor (the nominal scale of a typical token, as :class:`NormSite` does; larger tokens shift)."""
+    cmax = np.maximum(calib.channel_max(name), 1e-6).astype(np.float64)
+    wmax = np.maximum(np.max([np.abs(np.asarray(w)).max(0) for w in consumers], axis=0), 1e-6)
+    f = cmax**alpha / wmax ** (1 - alpha)
+    s = act_scale(float((cmax / f).max()), cfg.act_bits, cfg.act_scales)
+    if "per_token" in outlier_methods(cfg):
+        s *= 2.0**-math.floor(math.log2(max(calib.absmax(name) / calib.token_max(name), 1.0)))
+    return s, f
+
+
 def requantized_operand_scale(calib: Calibration, name: str, consumers, cfg: SimConfig):
     """Scale of a GEMM operand made by a requantizer (context, activation output): never smoothed
     (measured to hurt there); per-token mode sizes the nominal scale for the median token (larger
@@ -585,7 +604,10 @@ class ActivationSite:
                                            cfg.act_bits, quantized_fold=True)
             self.requant = OperandRequant(scale / self.out_scale, cfg.act_bits, per_token, unsigned=True)
             return
-        self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
+        if cfg.ffn_smooth_alpha > 0 and w_up is not None:      # gated FFN: the down operand smoothed
+            self.out_scale, f = smoothed_requantized_scale(calib, out_site, consumers, cfg, cfg.ffn_smooth_alpha)
+        else:
+            self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
         self.factor = f
         self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
 

@@ -79,8 +79,10 @@ def test_generate_uses_the_cache_and_equals_greedy_recomputation(int_llama2):
 
 
 def test_integer_logits_track_fp32(int_llama2):
-    """2 layers, default config, a text the calibration never saw (measured: cosine >= 0.99 per
-    position, top-1 agreement 1.0 on these 38 tokens, mean |logit diff| 0.2)."""
+    """2 layers, default config, a text the calibration never saw (measured with the down operand
+    smoothed at ffn_smooth_alpha 0.5: cosine >= 0.9997 per position, top-1 agreement 33/38 -- the
+    2-layer model's logits hold near-ties; before the smoothing 38/38 at cosine >= 0.99; the
+    default 0.7 passes the same bounds)."""
     im, fm, tok = int_llama2
     ids = _ids(tok)
     got = im.logits(ids)[0]
@@ -88,7 +90,7 @@ def test_integer_logits_track_fp32(int_llama2):
         ref = fm(torch.from_numpy(ids))[0].double().numpy()
     cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     agree = (got.argmax(1) == ref.argmax(1)).mean()
-    assert cos.min() > 0.98 and agree >= 0.9, (cos.min(), agree)
+    assert cos.min() > 0.999 and agree >= 0.8, (cos.min(), agree)
     # the torch interface the perplexity evaluation calls
     from intsim.perplexity import perplexity
 
@@ -191,6 +193,21 @@ def test_token_scaled_activation_is_close_to_silu():
     assert real[2, 0] == top(np.array([127]))[0] * top.out_scale    # beyond the coarsest scale: code 127 at e=0
 
 
+def _integer_cache_exact_logits(im, fm, tok):
+    """The model's logits on TEXT (every traced intermediate an integer array, prefill 6 then
+    single steps through the KV cache equal to the full forward) and FP32's: ``(got, ref)``."""
+    ids = _ids(tok)
+    trace = {}
+    got = im.logits(ids, trace=trace)
+    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
+    cache = im.new_cache()
+    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
+    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
+    with torch.no_grad():
+        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    return got, ref
+
+
 def test_w4a8_runs_the_files_q4_1_codes(int_llama2):
     """weights='q4_1': every projection is the GGUF's own Q4_1 blocks (IntQ4Linear), the output layer
     its Q8_0 codes, smoothing off; still integer-only, cache-exact and close to FP32."""
@@ -202,15 +219,7 @@ def test_w4a8_runs_the_files_q4_1_codes(int_llama2):
     assert isinstance(im.layers[0].attention.qkv, IntQ4Linear) and isinstance(im.layers[1].w2, IntQ4Linear)
     assert isinstance(im.output.layer, IntQ4Linear) and im.layers[0].attention_norm.factor is None
     assert "smooth" not in im.cfg.outliers and "per_token" in im.cfg.outliers
-    ids = _ids(tok)
-    trace = {}
-    got = im.logits(ids, trace=trace)
-    assert all(np.issubdtype(np.asarray(v).dtype, np.integer) for v in trace.values())
-    cache = im.new_cache()
-    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 10)]
-    assert np.array_equal(np.concatenate(steps, axis=1), got[:, :10])
-    with torch.no_grad():
-        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    got, ref = _integer_cache_exact_logits(im, fm, tok)
     agree = (got[0].argmax(1) == ref.argmax(1)).mean()
     assert agree >= 0.85, agree
 
@@ -242,3 +251,34 @@ def test_outlier_toolbox_folds_into_the_decoder(int_llama2):
     assert mean_cos(im.logits(ids)[0]) < 0.9
     with pytest.raises(GQAError, match="outliers"):
         IntLlama(fm, calibration(2), default_config(outliers="gamma_migration+per_token"), weights="q4_1")
+
+
+def test_ffn_smoothing_of_the_down_operand(int_llama2):
+    """``ffn_smooth_alpha``: the down operand ``silu(g) * u`` divided per channel by SmoothQuant's
+    factors in its own requantizer (one dyadic multiplier per column), W2's columns multiplied by
+    them: the real product is unchanged, the forward stays integer-only and cache-exact, and it is
+    off on the file's q4_1 codes (they cannot take column factors)."""
+    from intsim.int_llama import IntLlama, SITES, calibration, default_config
+    from intsim.layers import smoothed_requantized_scale
+
+    _, fm, tok = int_llama2
+    calib = calibration(2)
+    cfg = default_config(ffn_smooth_alpha=0.5)
+    im = IntLlama(fm, calib, cfg)
+    ff, w2 = im.layers[1].feed_forward, fm.layers[1].feed_forward.w2.weight.detach().numpy()   # float32, as built
+    s, f = smoothed_requantized_scale(calib, SITES.layer(1).act_out, [w2], cfg, 0.5)
+    cmax, wmax = calib.channel_max(SITES.layer(1).act_out), np.abs(w2).max(0)
+    assert np.allclose(f, np.maximum(cmax, 1e-6) ** 0.5 / np.maximum(wmax, 1e-6) ** 0.5)
+    assert np.array_equal(ff.factor, f) and ff.out_scale == s and f.size == w2.shape[1]
+    # the fold is exact in the reals: (W2 f)(a / f) = W2 a
+    a = np.random.default_rng(0).normal(size=(5, w2.shape[1])) * cmax
+    assert np.allclose((a / f) @ (w2 * f).T, a @ w2.astype(np.float64).T)
+    # the requantizer carries 1 / f per column; the operand's static range is max_c cmax_c / f_c
+    assert ff.requant.m0.size == w2.shape[1]
+    assert np.isclose(s * 127 * 2.0 ** np.floor(np.log2(calib.absmax(SITES.layer(1).act_out)
+                                                       / calib.token_max(SITES.layer(1).act_out))),
+                      (cmax / f).max(), rtol=1e-9)
+    got, ref = _integer_cache_exact_logits(im, fm, tok)
+    cos = (got[0] * ref).sum(1) / (np.linalg.norm(got[0], axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.98 and (got[0].argmax(1) == ref.argmax(1)).mean() >= 0.8   # measured 0.87 (2 layers)
+    assert IntLlama(fm, calib, cfg, weights="q4_1").cfg.ffn_smooth_alpha == 0.0
