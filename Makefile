@@ -24,8 +24,10 @@ demo: install
 	gqa rtl out/gelu8.json --scale 3 -o out/gelu8_e3.v
 	gqa sim --text intsim/data/sentences.txt --out out/minilm_int.npy --compare-fp32 --report out/minilm_report.json -q
 
+# one pytest worker per core (at most 4: each loads the models once), whole files per worker so a
+# file's module fixtures load once; on 2 cores the suite takes about half the time of one process
 test: install
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests -n auto --maxprocesses 4 --dist loadfile
 
 bench: install
 	$(PYTHON) benchmarks/bench_search_speed.py

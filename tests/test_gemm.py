@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import reference_int as ref
 from intsim import GQAError
-from intsim.gemm import BACKENDS, f32_chunk, int_gemm
+from intsim.gemm import BACKENDS, Constant, f32_chunk, int_gemm, is_exact
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -287,9 +287,26 @@ def test_bad_backend_choices():
     with pytest.raises(GQAError) as ei:
         int_gemm(I8, I8B, "cuda")
     assert ei.value.field == "backend"
-    with pytest.raises(GQAError) as ei:  # int_mm is int8 x int8 only
-        int_gemm(np.zeros((2, 3), np.uint8), I8B, "int_mm")
+    with pytest.raises(GQAError) as ei:  # int_mm: an int8 right operand, 2-D only
+        int_gemm(I8, np.zeros((3, 2), np.uint8), "int_mm")
     assert ei.value.field == "backend"
+    with pytest.raises(GQAError) as ei:
+        int_gemm(np.zeros((2, 2, 3), np.int8), np.zeros((2, 3, 2), np.int8), "int_mm")
+    assert ei.value.field == "backend"
+
+
+@pytest.mark.skipif(not is_exact("int_mm"), reason="torch._int_mm is not exact on this CPU (no VNNI)")
+@pytest.mark.parametrize("k", [1, 255, 1536])
+def test_int_mm_takes_a_uint8_left_operand_exactly(k):
+    """uint8 a as a - 128 in int8, corrected by 128 * column sums: extremes of both signs, and a Constant b."""
+    rng = np.random.default_rng(k)
+    a = np.concatenate([np.full((1, k), 255, np.uint8), np.zeros((1, k), np.uint8),
+                        rng.integers(0, 256, (6, k)).astype(np.uint8)])
+    b = np.concatenate([np.full((k, 1), 127, np.int8), np.full((k, 1), -128, np.int8),
+                        rng.integers(-128, 128, (k, 5)).astype(np.int8)], axis=1)
+    expect = np.array(ref.matmul(a.tolist(), b.tolist()))
+    assert np.array_equal(int_gemm(a, b, "int_mm"), expect)
+    assert np.array_equal(int_gemm(a, Constant(b), "int_mm"), expect)
 
 
 # --- memory layouts ---------------------------------------------------------------------------
