@@ -64,3 +64,12 @@ def int_llama2():
     _need_llama()
     from intsim.int_llama import build
     return build(layers=2)
+
+
+# the longest file first: `make test` runs whole files per pytest-xdist worker (--dist loadfile), and
+# a long file collected last (the notebooks: about 2 minutes) left one worker running it alone
+LONGEST_FIRST = ("test_notebooks.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)     # stable: the rest keep their order
