@@ -365,9 +365,9 @@ def is_exact(name: str) -> bool:
     return _EXACT[name]
 
 
-def candidates(a, b) -> list[str]:
+def candidates(a, b, bound: int | None = None) -> list[str]:
     """Backends ``auto`` may pick for these operands: they accept them and passed the self-test."""
-    bound = check_gemm(a, b)
+    bound = check_gemm(a, b) if bound is None else bound
     return [n for n, be in REGISTRY.items() if be.auto and be.accepts(a, b, bound) and is_exact(n)]
 
 
@@ -404,7 +404,7 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     cls = operand_class(a, b)
     _USED.add(cls)
     choice = _CHOICES.get(cls)
-    if choice is not None and set(candidates(a, b)) - set(choice.get("seconds", {})):
+    if choice is not None and set(candidates(a, b, bound)) - set(choice.get("seconds", {})):
         choice = None           # measured before a backend took this class (an older version): measure again
     if choice is None:
         seconds = measure(a, b)
