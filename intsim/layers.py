@@ -95,10 +95,16 @@ def operand_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, smoo
     """
     if "smooth" not in outlier_methods(cfg) or not smooth:
         return act_scale(calib.absmax(name, cfg.calib_percentile), cfg.act_bits, cfg.act_scales), np.ones(1)
-    cmax = np.maximum(calib.channel_max(name), 1e-6).astype(np.float64)
-    wmax = np.maximum(np.max([np.abs(w).max(0) for w in consumers], axis=0), 1e-6)
-    f = cmax**cfg.smooth_alpha / wmax ** (1 - cfg.smooth_alpha)
+    cmax, f = smooth_factors(calib, name, consumers, cfg.smooth_alpha)
     return act_scale(float((cmax / f).max()), cfg.act_bits, cfg.act_scales), f
+
+
+def smooth_factors(calib: Calibration, name: str, consumers, alpha: float):
+    """SmoothQuant's ``f_c = cmax_c**alpha / wmax_c**(1-alpha)``: ``(cmax, f)``, the operand's calibrated
+    channel maxima and the factors (``wmax``: the consuming weights' input-column maxima)."""
+    cmax = np.maximum(calib.channel_max(name), 1e-6).astype(np.float64)
+    wmax = np.maximum(np.max([np.abs(np.asarray(w)).max(0) for w in consumers], axis=0), 1e-6)
+    return cmax, cmax**alpha / wmax ** (1 - alpha)
 
 
 def smoothed_requantized_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, alpha: float):
@@ -111,9 +117,7 @@ def smoothed_requantized_scale(calib: Calibration, name: str, consumers, cfg: Si
     by ``f_c`` (:func:`fold_columns`). The static range is ``max_c cmax_c / f_c``; per-token mode
     divides it by the power of two ``2**floor(log2(absmax / median token max))`` of the unsmoothed
     tensor (the nominal scale of a typical token, as :class:`NormSite` does; larger tokens shift)."""
-    cmax = np.maximum(calib.channel_max(name), 1e-6).astype(np.float64)
-    wmax = np.maximum(np.max([np.abs(np.asarray(w)).max(0) for w in consumers], axis=0), 1e-6)
-    f = cmax**alpha / wmax ** (1 - alpha)
+    cmax, f = smooth_factors(calib, name, consumers, alpha)
     s = act_scale(float((cmax / f).max()), cfg.act_bits, cfg.act_scales)
     if "per_token" in outlier_methods(cfg):
         s *= 2.0**-math.floor(math.log2(max(calib.absmax(name) / calib.token_max(name), 1.0)))
