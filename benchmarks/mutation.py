@@ -23,8 +23,8 @@ How it works, per module:
    mutant of it (:func:`build_selection`);
 4. ``cosmic-ray exec`` runs the test command once per mutant (exit status 0: survived). The
    command (:func:`run_tests`) diffs the mutated module against the saved original, takes the
-   union of the changed lines' tests from the map and runs only those, in collection order, with
-   ``-x``; an empty selection (no test executes the line) is a survivor without a run;
+   union of the changed lines' tests from the map and runs only those, cheapest first (their
+   CPU time in the map's run), with ``-x``; an empty selection (no test executes the line) is a survivor without a run;
 5. the report is written as JSON (outcomes, score, wall and CPU seconds, every survivor's diff).
 
 The test map, line by line:
@@ -32,8 +32,13 @@ The test map, line by line:
 - a statement of ordinary Python: the tests whose run executed it (any line of its header, for a
   compound statement; a line with no trace event of its own, like ``except X:``, takes its
   function's tests);
-- a line executed at import (context ``""``), at module or class level, or in the signature or
-  decorators of an ``@njit`` function: every test (a change there can reach any of them);
+- a line executed at import (context ``""``), at module or class level, or in a decorator that
+  is not a jit decorator (a registry's runs at import): every test (a change there can reach any
+  of them), the tests that reach the module first;
+- a line executed while a test file is collected (its module-level code calling the module):
+  that file's tests;
+- a line of a function's arguments (default values) or of its jit decorator (compile options):
+  the tests that called the function (for an ``@njit`` function, as for its body, below);
 - a line in an ``@njit`` body, invisible to coverage: the tests that executed a statement naming
   the function, in any measured file (intsim, gqa_lut, hw_models, gqa_cli, gqa_sweep, tests),
   following names used inside other jitted functions to *their* callers; a name used at module
@@ -131,6 +136,7 @@ def copy_tree(dst: Path) -> None:
 MAP_DIR = ".mutation"                      # inside the module's work tree
 MEASURED = ("intsim", "gqa_lut", "hw_models", "gqa_cli", "gqa_sweep", "tests")
 ALL = "*"                                  # a line whose mutant runs the module's whole test list
+COLLECT = "collect:"                       # the coverage context of a test file's collection
 JIT_DECORATORS = {"njit", "jit", "vectorize", "guvectorize", "stencil", "cfunc", "generated_jit"}
 
 
@@ -186,12 +192,13 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
-def build_selection(module: str, root: Path, contexts: dict, order: list[str], always: list[str]) -> dict:
+def build_selection(module: str, root: Path, contexts: dict, order: list[str], always: list[str],
+                    durations: dict | None = None) -> dict:
     """Per line of ``module``: the tests that can see a mutant of that line (or ALL).
 
     A line of ordinary Python selects the tests whose run executed it (its statement's header
-    lines). A line executed at import (context ``""``), at module or class level, or inside an
-    ``@njit`` function's signature/decorators selects ALL. A line in an ``@njit`` body, which
+    lines). A line executed at import (context ``""``) or at module or class level selects ALL;
+    one executed while a test file was collected (its module-level code) that file's tests. A line in an ``@njit`` body, which
     coverage cannot see, selects the tests that executed a statement referring to the function
     by name, in any measured file, following references from other jitted functions
     transitively (a reference at module level: ALL). Tests that start a process (not traced)
@@ -209,7 +216,12 @@ def build_selection(module: str, root: Path, contexts: dict, order: list[str], a
         lines = contexts.get(path, {})
         out = set()
         for ln in range(first, last + 1):
-            out.update(lines.get(ln, ()))
+            for c in lines.get(ln, ()):
+                if c.startswith(COLLECT):        # run while collecting a test file: that file's tests
+                    f = c[len(COLLECT):]
+                    out.update(t for t in order if t.split("::")[0] == f)
+                else:
+                    out.add(c)
         return out
 
     def callers(name, seen):
@@ -246,6 +258,9 @@ def build_selection(module: str, root: Path, contexts: dict, order: list[str], a
         jit = [f for f in funcs + [node] if _is_jit(f)]
         if jit and line >= jit[0].body[0].lineno:
             tests = callers(jit[0].name, set())
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _header_only_affects_calls(node, line):
+            # a default argument, or a jit decorator's options: only calls of the function see it
+            tests = callers(node.name, set()) if jit else ctx_of(path, node.body[0].lineno, node.end_lineno)
         elif jit or not funcs:
             tests = {ALL}
         else:
@@ -257,7 +272,26 @@ def build_selection(module: str, root: Path, contexts: dict, order: list[str], a
         if ALL not in tests:
             tests = sorted((tests | set(always)) & set(rank), key=rank.get)
         select[line] = ALL if ALL in tests else tests
-    return {"order": order, "always": always, "lines": select}
+    # the order of a run: a killed mutant stops at its first failing test (-x), so the cheapest
+    # tests go first and, for a line that runs them all, the tests that reach the module first
+    cost = {t: (durations.get(t, 0.0), rank[t]) for t in order}
+    reach = set().union(*[v for v in select.values() if v != ALL])
+    for line, v in select.items():
+        if v != ALL:
+            select[line] = sorted(v, key=cost.get)
+    every = sorted(order, key=lambda t: (t not in reach, cost[t]))
+    return {"order": order, "always": always, "lines": select, "every": every}
+
+
+def _header_only_affects_calls(fn: ast.FunctionDef, line: int) -> bool:
+    """Whether a mutant of ``line`` in ``fn``'s header can change only what calls of ``fn`` do:
+    a line of its arguments (default values), or of a jit decorator (its compile options). Any
+    other decorator (a registry's, for example) runs at import and stays ALL."""
+    for d in fn.decorator_list:
+        if d.lineno <= line <= d.end_lineno:
+            f = d.func if isinstance(d, ast.Call) else d
+            return (f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)) in JIT_DECORATORS
+    return fn.args is not None and line >= fn.lineno and line < fn.body[0].lineno
 
 
 def coverage_map(module: str, tests: list[str], out: Path) -> int:
@@ -268,7 +302,7 @@ def coverage_map(module: str, tests: list[str], out: Path) -> int:
 
     root = Path.cwd()
     cov = coverage.Coverage(data_file=None, include=[str(root / t / "*") for t in MEASURED])
-    order, always = [], []
+    order, always, durations = [], [], {}
     current = {"test": None}
 
     def spawning(orig):
@@ -288,9 +322,21 @@ def coverage_map(module: str, tests: list[str], out: Path) -> int:
             order.append(item.nodeid)
             current["test"] = item.nodeid
             cov.switch_context(item.nodeid)
+            t0 = time.process_time()
             yield
+            durations[item.nodeid] = time.process_time() - t0
             current["test"] = None
             cov.switch_context("")
+
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_make_collect_report(self, collector):
+            # a test file's module-level code (run when it is collected) reaches its tests only
+            if isinstance(collector, pytest.Module):
+                cov.switch_context(COLLECT + collector.nodeid)
+                yield
+                cov.switch_context("")
+            else:
+                yield
 
     cov.start()
     __import__(module.removesuffix(".py").replace("/", "."))   # module-level lines: context ""
@@ -300,7 +346,7 @@ def coverage_map(module: str, tests: list[str], out: Path) -> int:
         return int(rc)
     data = cov.get_data()
     contexts = {f: {ln: list(c) for ln, c in data.contexts_by_lineno(f).items()} for f in data.measured_files()}
-    out.write_text(json.dumps(build_selection(module, root, contexts, order, always)))
+    out.write_text(json.dumps(build_selection(module, root, contexts, order, always, durations)))
     return 0
 
 
@@ -317,15 +363,16 @@ def select_tests(tests: list[str]) -> list[str]:
     for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag != "equal":
             changed.update(range(i1 + 1, max(i2, i1 + 1) + 1))
+    every = sel.get("every", tests)
     if not changed:
-        return tests
+        return every
     picked = set()
     for line in changed:
         s = sel["lines"].get(str(line), ALL)
         if s == ALL:
-            return tests
+            return every
         picked.update(s)
-    return [t for t in sel["order"] if t in picked]
+    return [t for t in every if t in picked]
 
 
 # --- the fork server ----------------------------------------------------------------------------

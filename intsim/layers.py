@@ -261,13 +261,24 @@ class IntLinear:
         self.m0, self.n = multipliers(self.acc_scale / np.broadcast_to(out_scale, self.acc_scale.shape))
         self.out_bits, self.backend = out_bits, cfg.gemm_backend
 
-    def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
-        lead = x8.shape[:-1]
+    def _gemm(self, x8):
         if self.expand is not None:                                   # split channels: (..., C) -> (..., K)
             x8 = self.expand(x8)
         x2 = x8.reshape(-1, x8.shape[-1])                            # (..., in) -> (M, in)
         # (M, out) int32 values; a float backend's exact float copy is read as is (no conversion pass)
-        acc = int_gemm(x2, self.wt, self.backend, float_out=True)
+        return int_gemm(x2, self.wt, self.backend, float_out=True)
+
+    def accumulator(self, x8, stats=None, name="linear"):
+        """The GEMM alone: the int32 ``x @ W^T`` (..., out), no bias and no requantization (for a
+        consumer that requantizes it its own way, e.g. per token)."""
+        acc = self._gemm(x8)
+        if stats is not None:
+            stats.mac(name, acc.size * self.wt.shape[0], a_bits=self.in_bits)
+            stats.accumulator(f"{name}.acc", int(np.abs(acc).max(initial=0)), 32)
+        return acc.reshape(*x8.shape[:-1], -1)                      # (M, out) -> (..., out)
+
+    def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
+        acc = self._gemm(x8)
         y, sat, ovf, peak = requantize_channels(acc, self.bias, self.m0, self.n, self.out_bits,
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
@@ -279,7 +290,7 @@ class IntLinear:
                 stats.count("add", f"{name}.residual", acc.size, bits=self.out_bits)
             stats.accumulator(f"{name}.acc", peak, 32, ovf)
             stats.saturated(f"{name}.out", sat)
-        return y.reshape(*lead, -1), acc    # (M, out) -> (..., out); acc: the int32 values (maybe their exact float copy)
+        return y.reshape(*x8.shape[:-1], -1), acc    # (M, out) -> (..., out); acc: the int32 values (maybe their exact float copy)
 
 
 class OperandRequant:
@@ -618,9 +629,10 @@ class ActivationSite:
     def _up_per_token(self, x8, t8, stats, name):
         """u int8 per token: the up projection's int32 accumulator requantized dynamically (the same
         multipliers, then a per-row shift); its row shifts include the operand's."""
-        _, acc = self.up(x8, stats, name)                                         # (B, T, F) int32 values
+        acc = self.up.accumulator(x8, stats, name)                                # (B, T, F) int32 values
         u, t_u = requantize_dynamic(acc, self.up.m0, self.up.n, self.act_bits)
         if stats is not None:
+            stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
             stats.count("compare", f"{name}.token_max", acc.size, bits=32)
             stats.count("shift", f"{name}.token_shift", acc.size, bits=32)
         return u, t_u if t8 is None else t_u + t8

@@ -270,28 +270,40 @@ class IntQ4Linear:
         peak_a = int(np.abs(a).max(initial=0)) if peaks else None
         return shift_columns(a, self.t), None, peak_a
 
+    def _count_gemm(self, stats, name, rows, peak_g, peak_a):
+        n, k = self.out_features, self.in_features
+        stats.mac(name, rows * n * k, a_bits=8, b_bits=self.code_bits, acc_bits=self.group_bits)
+        stats.count("add", f"{name}.block_sum", rows * k, bits=self.sum_bits)
+        stats.count("mul", f"{name}.block_scale", rows * n * self.nb, a_bits=self.group_bits, b_bits=self.scale_bits)
+        stats.count("mul", f"{name}.block_min", rows * n * self.nb, a_bits=self.sum_bits, b_bits=self.scale_bits)
+        stats.count("add", f"{name}.block_acc", 2 * rows * n * self.nb, bits=ACC_BITS)
+        stats.count("shift", f"{name}.to_int32", rows * n, bits=ACC_BITS)
+        if peak_g is not None:
+            stats.accumulator(f"{name}.group", peak_g, self.group_bits)
+        stats.accumulator(f"{name}.block_acc", peak_a, ACC_BITS)
+
+    def accumulator(self, x8, stats=None, name="linear"):
+        """The GEMM alone: ``A32`` (..., N), no bias and no requantization (as
+        :meth:`intsim.layers.IntLinear.accumulator`)."""
+        x2 = x8.reshape(-1, x8.shape[-1])                                      # (..., K) -> (R, K)
+        acc, peak_g, peak_a = self.accumulate(x2, peaks=stats is not None)
+        if stats is not None:
+            self._count_gemm(stats, name, x2.shape[0], peak_g, peak_a)
+            stats.accumulator(f"{name}.acc", int(np.abs(acc).max(initial=0)), 32)
+        return acc.reshape(*x8.shape[:-1], -1)                                 # (R, N) -> (..., N)
+
     def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
-        lead = x8.shape[:-1]
         x2 = x8.reshape(-1, x8.shape[-1])                                      # (..., K) -> (R, K)
         acc, peak_g, peak_a = self.accumulate(x2, peaks=stats is not None)
         y, sat, ovf, peak = requantize_channels(acc, self.bias, self.m0, self.n, self.out_bits,
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
         if stats is not None:
-            rows, n, k = x2.shape[0], self.out_features, self.in_features
-            stats.mac(name, rows * n * k, a_bits=8, b_bits=self.code_bits, acc_bits=self.group_bits)
-            stats.count("add", f"{name}.block_sum", rows * k, bits=self.sum_bits)
-            stats.count("mul", f"{name}.block_scale", rows * n * self.nb, a_bits=self.group_bits, b_bits=self.scale_bits)
-            stats.count("mul", f"{name}.block_min", rows * n * self.nb, a_bits=self.sum_bits, b_bits=self.scale_bits)
-            stats.count("add", f"{name}.block_acc", 2 * rows * n * self.nb, bits=ACC_BITS)
-            stats.count("shift", f"{name}.to_int32", rows * n, bits=ACC_BITS)
+            self._count_gemm(stats, name, x2.shape[0], peak_g, peak_a)
             stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
             stats.count("add", f"{name}.bias", acc.size, bits=32)
             if residual is not None:
                 stats.count("add", f"{name}.residual", acc.size, bits=self.out_bits)
-            if peak_g is not None:
-                stats.accumulator(f"{name}.group", peak_g, self.group_bits)
-            stats.accumulator(f"{name}.block_acc", peak_a, ACC_BITS)
             stats.accumulator(f"{name}.acc", peak, 32, ovf)
             stats.saturated(f"{name}.out", sat)
-        return y.reshape(*lead, -1), acc
+        return y.reshape(*x8.shape[:-1], -1), acc

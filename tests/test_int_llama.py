@@ -46,7 +46,15 @@ def test_forward_is_integer_only(int_llama2):
     # causal: probabilities above the diagonal are zero
     p = trace["layers.0.probs"][0, 0]
     assert not np.triu(p, 1).any() and p[0, 0] == 255
-    assert stats.to_dict()["total_overflows"] == 0
+    d = stats.to_dict()
+    assert d["total_overflows"] == 0
+    # the per-token gate operand u = w3(x): its accumulator is requantized once, dynamically (no
+    # static requantization or bias beside it, so no saturation of a static w3 output either)
+    up = "layers.1.w3"
+    assert [e["count"] for e in d["mul"] if e["op"] == up + ".requant"] == [24 * im.config.ffn_dim]
+    assert not [e for e in d["add"] if e["op"] == up + ".bias"]
+    assert up + ".out" not in d["saturations"] and up + ".acc" in d["accumulators"]
+    assert [e["count"] for e in d["shift"] if e["op"] == up + ".token_shift"] == [24 * im.config.ffn_dim]
 
 
 def test_kv_cache_equals_recomputation(int_llama2):

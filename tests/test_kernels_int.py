@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
 import intsim
@@ -511,6 +511,114 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
     assert {e["op"]: e["bits"] for e in d["compare"]}["softmax.max"] == 32
     assert {e["op"]: e["bits"] for e in d["add"]}["softmax.sub_max"] == 32
     assert {e["op"]: (e["a_bits"], e["b_bits"]) for e in d["mul"]}["softmax.requant"] == (32, 32)
+
+
+@st.composite
+def softmax_table_pairs(draw):
+    """A random exp table on a domain ``[lo, hi]`` with ``lo < 0`` and a random reciprocal mantissa
+    table (domain covering [1, 2]), both with few bits, so that E and Z are small: the kernels'
+    rare branches run (an E of exactly 1, p exactly 255, a reciprocal shift ``sh - 8 <= 1``)."""
+    def exp_domain(draw):
+        lo = -Fraction(draw(st.integers(1, 64)), 8)
+        return lo, Fraction(draw(st.integers(0, 8)), 8)
+
+    def recip_domain(draw):
+        return Fraction(draw(st.integers(-8, 8)), 8), Fraction(draw(st.integers(32, 64)), 16)
+
+    et = draw(random_tables(domain=exp_domain, scales_st=st.integers(-2, 6), in_bits=draw(st.integers(3, 9))))
+    rt = draw(random_tables(domain=recip_domain, scales_st=st.integers(-2, 8), in_bits=draw(st.integers(3, 9))))
+    return et, rt
+
+
+def hand_softmax_tables(top: int):
+    """Constant-piece tables at scale 0: exp gives E = ``top`` for codes >= -1 and 1 below
+    (icpt_frac 0: E is the intercept); the reciprocal gives R = 1 (F_r = 0, so ``sh = msb(Z)``)."""
+    dp = PWLDatapath(in_bits=4, slope_bits=4, slope_frac=0, icpt_bits=10, icpt_frac=0)
+    return (PWLTable("exp", (-8.0, 0.0), dp, [0], [-1.0], [0, 0], [1, top]),
+            PWLTable("reciprocal", (0.0, 2.0), dp, [0], [0.0], [0, 0], [1, 1]))
+
+
+def one_row(row):
+    return np.array([[[row]]], np.int32), np.ones((1, len(row)), bool), 2.0**-6   # d = -300 -> u = -5
+
+
+@SLOW
+@given(softmax_cases(), softmax_table_pairs(), st.sampled_from(["pwl", "divider"]), st.booleans())
+# E = 2, 1, 1, 1: an E of exactly 1; Z = 5, sh = 2: the left-shift path (sh - 8 < 0)
+@example(case=one_row([0, -300, -300, -300]), tables=hand_softmax_tables(2), recip="pwl", causal=False)
+# E = 300, 300, 1: Z = 601, sh = 9: the smallest right shift (1), with a half_up tie on E = 1
+@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300), recip="pwl", causal=False)
+# E = 300, 1: the divider's p = floor((256 * 300 + 150) / 301) = 255 exactly, not a saturation
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(300), recip="divider", causal=False)
+# E = 255, 1: Z = 256, sh = 8, p = 255 exactly through the reciprocal, not a saturation
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(255), recip="pwl", causal=False)
+def test_softmax_random_tables_match_reference(case, tables, recip, causal):
+    """Any exp and reciprocal tables, both kernels (the E(d) gather and per element), against
+    the reference: probabilities, saturation counts and the sum's peak."""
+    scores, mask, in_scale = case
+    causal = causal and scores.shape[2] <= scores.shape[3]
+    et, rt = tables
+    try:
+        e_x = exp_scale(et)
+    except ValueError:           # no scale reaches the domain's left end
+        event("no exp scale")
+        with pytest.raises(GQAError):
+            IntSoftmax(in_scale, et, "divider")
+        return
+    assume(Fraction(in_scale) * 2**e_x < 1)
+    sh_exp = out_shift(et, e_x)
+    assume(sh_exp is None or sh_exp >= 0)                # the fused units shift right only
+    e_r = ref.mantissa_scale(rt, "reciprocal")
+    if recip == "pwl":
+        assume(e_r is not None)
+        sh_out = out_shift(rt, e_r)
+        assume(sh_out is None or sh_out >= 0)
+        assume(rt.datapath.acc_bits(e_r) <= 62 - 31)      # E * R stays in int64 (E < 2**31 below)
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    assume(np.abs(sm.exp_lut).max() < 2**24)               # Z of 8 keys and E * R stay in int64
+    m0, n = ref.quantize_multiplier(Fraction(in_scale) * 2**e_x)
+    q_min = ref.code_range(et.datapath.in_bits)[0]
+    recip_fn = (lambda z: ref.reciprocal(z, rt, e_r)) if recip == "pwl" else None
+    B, H, Tq, Tk = scores.shape
+    want, low, sat, zmax = [], 0, 0, 0
+    for b in range(B):
+        for h in range(H):
+            for i in range(Tq):
+                seen = ref.visible_keys([1] * Tk if mask is None else mask[b].tolist(), i, Tq, causal)
+                probs, lo_, sa, Z = ref.softmax_row(scores[b, h, i].tolist(), seen, m0, n,
+                                                    lambda u: ref.table_output(u, e_x, et), q_min, recip_fn)
+                want.append(probs)
+                low, sat, zmax = low + lo_, sat + sa, max(zmax, Z)
+    kernels = [sm.diff_lut, None] if sm.diff_lut is not None else [None]
+    event(f"kernels: {len(kernels)}, max Z {'>' if zmax >= 256 else '<'} 256")
+    for diff_lut in kernels:
+        sm.diff_lut = diff_lut
+        stats = OpStats()
+        p = sm(scores, mask, stats=stats, causal=causal)
+        assert p.reshape(-1, Tk).tolist() == want, diff_lut is None
+        assert stats.saturations.get("softmax.exp_input_low", 0) == low
+        assert stats.saturations.get("softmax.prob_255", 0) == sat
+        assert stats.accumulators["softmax.sum"]["peak_abs"] == zmax
+
+
+@pytest.mark.parametrize("slope_frac,tabulated", [(7, True), (8, False)])
+def test_softmax_tabulated_kernel_up_to_a_32_bit_reciprocal(slope_frac, tabulated):
+    """The E(d) gather multiplies E by R in 32 x 32 bits: it is used while the reciprocal's
+    accumulator fits 32 signed bits (here R = (2**23 - 1) * 2**7 < 2**31) and not at 33 bits
+    (R = (2**23 - 1) * 2**8 would wrap in int32); both give the reference's bytes."""
+    dp = PWLDatapath(in_bits=4, slope_bits=4, slope_frac=slope_frac, icpt_bits=24, icpt_frac=0)
+    rt = PWLTable("reciprocal", (0.0, 2.0), dp, [0], [0.0], [0, 0], [2**23 - 1] * 2)
+    assert dp.acc_bits(0) == 25 + slope_frac
+    et = table("exp16")
+    sm = IntSoftmax(1 / 64, et, "pwl", rt)
+    assert (sm.diff_lut is not None) == tabulated
+    scores, mask, _ = one_row([0, -3, -40, -41, -200, -1000])
+    p = sm(scores, mask)
+    m0, n = ref.quantize_multiplier(Fraction(1, 64) * 2**sm.e_x)
+    want = ref.softmax_row(scores[0, 0, 0].tolist(), [1] * 6, m0, n,
+                           lambda u: ref.table_output(u, sm.e_x, et), sm.q_min,
+                           lambda z: ref.reciprocal(z, rt, 0))[0]
+    assert p[0, 0, 0].tolist() == want
 
 
 def test_softmax_single_key_and_all_masked_rows():
