@@ -13,7 +13,8 @@ K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
    codes below ``q_min`` saturate (counted; exp(-8) ~ 3e-4).
 3. ``E_t = max(PWL_exp(u_t), 0)`` (``F_e`` fractional bits; negative PWL tails clamp to zero),
    ``E_t = 0`` for masked keys; ``Z = sum_t E_t`` (``F_e + 1 + log2(T)`` bits).
-4. probabilities, UINT8 with scale 2**-8 (saturated at 255):
+4. probabilities, UINT8 with scale 2**-8 (saturated to [0, 255], each clipped one counted; only
+   a reciprocal table with negative outputs gives a ``p < 0``):
    - ``recip="pwl"``:   ``(R, sh) = reciprocal(Z)`` (range reduction, :mod:`intsim.rangereduce`),
      ``p_t = round_half_up(E_t * R / 2**(sh - 8))``;
    - ``recip="divider"``: ``p_t = floor((E_t * 2**8 + floor(Z/2)) / Z)`` (an integer divider).
@@ -136,8 +137,8 @@ def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_
             rr, sh = reciprocal1(z, rec_u, e_r, f_r)
             for t in range(T):
                 p = round_shift1(e[t] * rr, sh - 8, 1)
-                sat += p > 255
-                out[r, t] = min(p, 255)
+                sat += (p > 255) + (p < 0)          # p < 0: a reciprocal table with negative outputs
+                out[r, t] = min(max(p, 0), 255)
         peaks[r, 0] = z
         peaks[r, 1] = low
         peaks[r, 2] = sat
@@ -224,13 +225,13 @@ def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, 
                 if s <= 0:
                     for t in range(T):
                         p = (np.int64(e[t]) * rr32) << -s
-                        sat += p > 255
-                        out[r, t] = min(p, 255)
+                        sat += (p > 255) + (p < 0)
+                        out[r, t] = min(max(p, 0), 255)
                 else:
                     for t in range(T):
                         p = round_half_up_bf(np.int64(e[t]) * rr32, s)
-                        sat += p > 255
-                        out[r, t] = min(p, 255)
+                        sat += (p > 255) + (p < 0)
+                        out[r, t] = min(max(p, 0), 255)
             peaks[r, 0] = z
             peaks[r, 1] = low
             peaks[r, 2] = sat

@@ -530,12 +530,12 @@ def softmax_table_pairs(draw):
     return et, rt
 
 
-def hand_softmax_tables(top: int):
+def hand_softmax_tables(top: int, r: int = 1):
     """Constant-piece tables at scale 0: exp gives E = ``top`` for codes >= -1 and 1 below
-    (icpt_frac 0: E is the intercept); the reciprocal gives R = 1 (F_r = 0, so ``sh = msb(Z)``)."""
+    (icpt_frac 0: E is the intercept); the reciprocal gives R = ``r`` (F_r = 0, so ``sh = msb(Z)``)."""
     dp = PWLDatapath(in_bits=4, slope_bits=4, slope_frac=0, icpt_bits=10, icpt_frac=0)
     return (PWLTable("exp", (-8.0, 0.0), dp, [0], [-1.0], [0, 0], [1, top]),
-            PWLTable("reciprocal", (0.0, 2.0), dp, [0], [0.0], [0, 0], [1, 1]))
+            PWLTable("reciprocal", (0.0, 2.0), dp, [0], [0.0], [0, 0], [r, r]))
 
 
 def one_row(row):
@@ -552,6 +552,9 @@ def one_row(row):
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(300), recip="divider", causal=False)
 # E = 255, 1: Z = 256, sh = 8, p = 255 exactly through the reciprocal, not a saturation
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(255), recip="pwl", causal=False)
+# R = -1 (found by hypothesis): negative probabilities clip to 0 and count (the kernels had wrapped them)
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False)
+@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300, r=-1), recip="pwl", causal=False)
 def test_softmax_random_tables_match_reference(case, tables, recip, causal):
     """Any exp and reciprocal tables, both kernels (the E(d) gather and per element), against
     the reference: probabilities, saturation counts and the sum's peak."""
