@@ -294,6 +294,54 @@ def _header_only_affects_calls(fn: ast.FunctionDef, line: int) -> bool:
     return fn.args is not None and line >= fn.lineno and line < fn.body[0].lineno
 
 
+def stale_dependents(module: str, root: Path) -> set[tuple[str, str]]:
+    """``(file stem, function)`` of the jitted functions outside ``module`` whose machine code
+    depends on it: their bodies name one of its top-level functions or constants (numba inlines
+    ``inline="always"`` callees and freezes globals at compile time), directly or through
+    another such function. numba's cache is keyed by each function's own file, so their cached
+    code would hide a mutant of ``module``: :func:`prune_template` removes it."""
+    sources = {}
+    for top in MEASURED:
+        for f in sorted((root / top).rglob("*.py")) if (root / top).is_dir() else []:
+            try:
+                sources[f.resolve()] = _Source(f)
+            except SyntaxError:
+                continue
+    target = (root / module).resolve()
+    names = set()
+    for node in sources[target].tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    found: set[tuple[str, str]] = set()
+    while True:
+        new = set()
+        for path, src in sources.items():
+            if path == target:
+                continue
+            for name in names:
+                for _, _, funcs in src.refs.get(name, ()):
+                    jit = [f for f in funcs if _is_jit(f)]
+                    if jit:
+                        new.add((path.stem, jit[0].name))
+        if new <= found:
+            return found
+        found |= new
+        names |= {fn for _, fn in new}
+
+
+def prune_template(template: Path, stale: set[tuple[str, str]]) -> int:
+    """Delete the numba cache files of ``stale`` functions (``<stem>.<function>-<line>.*``)."""
+    n = 0
+    for stem, fn in stale:
+        for f in template.rglob(f"{stem}.{fn}-*"):
+            f.unlink()
+            n += 1
+    return n
+
+
 def coverage_map(module: str, tests: list[str], out: Path) -> int:
     """Run ``tests`` in this process under coverage.py, one context per test; write the selection."""
     import coverage
@@ -551,6 +599,10 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, 
     if cmap.returncode != 0:
         raise SystemExit(f"{module}: the unmutated tests fail:\n{cmap.stdout[-3000:]}{cmap.stderr[-3000:]}")
     sel = json.loads((mdir / "map.json").read_text())
+    stale = stale_dependents(module, tree)
+    pruned = prune_template(template, stale)
+    print(f"{module}: {len(stale)} jitted functions elsewhere depend on it; {pruned} of their cache files "
+          f"removed from the template (they recompile with each mutant)", flush=True)
     whole = sum(1 for v in sel["lines"].values() if v == ALL)
     print(f"{module}: {todo} mutants; baseline and coverage map {time.time() - t0:.0f} s "
           f"({len(sel['order'])} tests, {whole} of "
@@ -674,6 +726,14 @@ def recheck(module: str, workdir: Path) -> dict:
     return {"survivors": len(rows), "killed_now": sum(r["full"] == "killed" for r in rows), "rows": rows}
 
 
+def write_report(out: Path, reports: dict) -> None:
+    # imported here: the fork server runs this file and must not preload the project (its
+    # children import it from the mutated tree)
+    from intsim.fileio import atomic_write_json
+
+    atomic_write_json(out, reports)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {', '.join(MODULES)})")
@@ -711,7 +771,7 @@ def main(argv=None) -> int:
         if args.recheck:
             v = recheck(module, args.workdir)
             reports.setdefault(module, {})["recheck"] = v
-            out.write_text(json.dumps(reports, indent=1))
+            write_report(out, reports)
             print(f"{module}: {v['killed_now']} of {v['survivors']} survivors are killed by the current tests",
                   flush=True)
             for r in v["rows"]:
@@ -720,7 +780,7 @@ def main(argv=None) -> int:
         if args.verify:
             v = verify(module, args.workdir, args.verify)
             reports.setdefault(module, {})["verify"] = v
-            out.write_text(json.dumps(reports, indent=1))
+            write_report(out, reports)
             print(f"{module}: {v['same_outcome']} of {v['sampled']} sampled mutants have the same outcome "
                   f"with the whole test list", flush=True)
             for r in v["rows"]:
@@ -734,7 +794,7 @@ def main(argv=None) -> int:
             print(f"{module}: {r['mutants']} mutants ({r['skipped_operators']} skipped operators)")
             continue
         reports[module] = r
-        out.write_text(json.dumps(reports, indent=1))
+        write_report(out, reports)
         print(f"{module}: score {r['score']:.1%} {r['outcomes']} in {r['wall_s']} s; "
               f"{len(r['survivors'])} survivors (report {out})", flush=True)
         for s in r["survivors"]:

@@ -75,7 +75,7 @@ def score_rows(scores, key_mask=None, causal: bool = False):
     if causal and Tq > Tk:
         raise GQAError("causal", f"{Tq} queries over {Tk} keys", "a causal mask needs at least as many keys as queries")
     rows = np.ascontiguousarray(scores.reshape(B * H * Tq, Tk))    # (B, H, Tq, Tk) -> (B*H*Tq, Tk)
-    return (rows, np.ascontiguousarray(key_mask, np.uint8), H * Tq, max(Tq, 1),
+    return (rows, np.ascontiguousarray(key_mask, np.uint8), H * Tq, Tq,     # Tq = 0: no rows, no r % Tq
             Tk - Tq if causal else Tk)
 
 
@@ -147,9 +147,7 @@ def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_
 @numba.njit(cache=True)
 def _first_unsaturated(m0, n, q_min):
     """``d_lo``: the smallest ``d`` in [INT32_MIN, 0] with ``requantize(d) >= q_min`` (bisection on a
-    non-decreasing function); 1 if even ``d = 0`` saturates."""
-    if requantize1(np.int64(0), m0, n) < q_min:
-        return np.int64(1)
+    non-decreasing function; ``d = 0`` gives ``u = 0 >= q_min``, a signed code)."""
     lo, hi = np.int64(INT32_MIN), np.int64(0)     # invariant: u(hi) >= q_min
     if requantize1(lo, m0, n) >= q_min:
         return lo
@@ -173,7 +171,7 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
     """``(d_lo, E)``: steps 2-3 tabulated, ``E[0]`` for ``d < d_lo``, ``E[1 + d - d_lo]`` for
     ``d_lo <= d <= 0``; None when the table would exceed DIFF_LUT_MAX entries."""
     d_lo = int(_first_unsaturated(np.int64(m0), np.int64(n), np.int64(q_min)))
-    size = 2 + max(0, -d_lo)
+    size = 2 - d_lo                               # d_lo <= 0
     if size > DIFF_LUT_MAX or np.abs(exp_lut).max() >= 2**31:
         return None
     table = np.empty(size, np.int32)

@@ -552,6 +552,9 @@ def one_row(row):
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(300), recip="divider", causal=False)
 # E = 255, 1: Z = 256, sh = 8, p = 255 exactly through the reciprocal, not a saturation
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(255), recip="pwl", causal=False)
+# E = 1 alone: Z = 1, p = 256 saturates to 255 (Z = 1 is not an empty row)
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="pwl", causal=False)
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="divider", causal=False)
 # R = -1 (found by hypothesis): negative probabilities clip to 0 and count (the kernels had wrapped them)
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False)
 @example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300, r=-1), recip="pwl", causal=False)
@@ -622,6 +625,48 @@ def test_softmax_tabulated_kernel_up_to_a_32_bit_reciprocal(slope_frac, tabulate
                            lambda u: ref.table_output(u, sm.e_x, et), sm.q_min,
                            lambda z: ref.reciprocal(z, rt, 0))[0]
     assert p[0, 0, 0].tolist() == want
+
+
+@pytest.mark.parametrize("slope_frac,tabulated", [(8, True), (9, False)])
+def test_softmax_tabulated_kernel_up_to_31_bit_exponentials(slope_frac, tabulated):
+    """E(d) is tabulated as int32: an exp table whose outputs reach ``(2**23 - 1) * 2**8 < 2**31``
+    is, one reaching ``(2**23 - 1) * 2**9`` (in [2**31, 2**32): it would wrap) runs per element;
+    both give the reference's bytes."""
+    dp = PWLDatapath(in_bits=4, slope_bits=4, slope_frac=slope_frac, icpt_bits=24, icpt_frac=0)
+    et = PWLTable("exp", (-8.0, 0.0), dp, [0], [-2.0], [0, 0], [1, 2**23 - 1])
+    sm = IntSoftmax(1 / 64, et, "divider")
+    assert int(sm.exp_lut.max()) == (2**23 - 1) * 2**slope_frac
+    assert (sm.diff_lut is not None) == tabulated
+    scores, mask, _ = one_row([0, -3, -100, -200, -1000])
+    m0, n = ref.quantize_multiplier(Fraction(1, 64) * 2**sm.e_x)
+    want = ref.softmax_row(scores[0, 0, 0].tolist(), [1] * 5, m0, n,
+                           lambda u: ref.table_output(u, sm.e_x, et), sm.q_min)[0]
+    assert sm(scores, mask)[0, 0, 0].tolist() == want
+
+
+@pytest.mark.parametrize("in_scale", [1 / 64, 1 / 1000, 2.0**-17])
+def test_softmax_counts_exp_inputs_below_the_table_exactly(in_scale):
+    """A difference of exactly ``d_lo`` (the first unsaturated one) is not counted as saturated,
+    ``d_lo - 1`` is; both kernels, against the reference's count."""
+    et, rt = table("exp16"), table("recip_mantissa16")
+    sm = IntSoftmax(in_scale, et, "pwl", rt)
+    d_lo = sm.diff_lut[0]
+    assert ref.requantize(d_lo, sm.m0, sm.n)[0] >= sm.q_min > ref.requantize(d_lo - 1, sm.m0, sm.n)[0]
+    scores, mask, _ = one_row([0, d_lo, d_lo, d_lo - 1, d_lo + 1])
+    for diff_lut in (sm.diff_lut, None):
+        sm.diff_lut = diff_lut
+        stats = OpStats()
+        sm(scores, mask, stats=stats)
+        assert stats.saturations["softmax.exp_input_low"] == 1
+
+
+def test_softmax_refuses_scores_that_are_not_int32_4d():
+    sm = IntSoftmax(1 / 64, table("exp16"), "divider")
+    for bad in (np.zeros((1, 1, 2, 3), np.int64), np.zeros((1, 1, 2, 3), np.float32), np.zeros((1, 2, 3), np.int32),
+                [[[[0, 1]]]]):
+        with pytest.raises(GQAError) as ei:
+            sm(bad)
+        assert ei.value.field == "scores"
 
 
 def test_softmax_single_key_and_all_masked_rows():
@@ -1124,6 +1169,11 @@ def test_softmax_empty_rows_with_stats():
     sm = IntSoftmax(0.01, table("exp16"), "pwl", table("recip_mantissa16"))
     out = sm(np.zeros((1, 2, 3, 0), np.int32), np.zeros((1, 0), np.uint8), stats=OpStats())
     assert out.shape == (1, 2, 3, 0) and out.dtype == np.uint8
+    for causal in (False, True):                 # no queries: no rows
+        for diff_lut in (sm.diff_lut, None):
+            sm.diff_lut = diff_lut
+            out = sm(np.zeros((2, 2, 0, 3), np.int32), np.ones((2, 3), np.uint8), stats=OpStats(), causal=causal)
+            assert out.shape == (2, 2, 0, 3)
 
 
 @SLOW
