@@ -566,43 +566,80 @@ def results_so_far(session: Path) -> int:
         return c.execute("select count(*) from work_results").fetchone()[0]
 
 
+def sample_mutants(session: Path, n: int, seed: int) -> int:
+    """Keep ``n`` of the session's pending mutants, drawn uniformly with ``seed`` from the mutants
+    in source order (cosmic-ray's job ids are random), and mark the others skipped. Returns how
+    many were pending."""
+    import random
+
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session)) as db:
+        items = sorted(db.pending_work_items, key=lambda i: [(m.start_pos, m.operator_name, m.occurrence)
+                                                            for m in i.mutations])
+        keep = set(random.Random(seed).sample(range(len(items)), min(n, len(items))))
+        for i, item in enumerate(items):
+            if i not in keep:
+                db.set_result(item.job_id, WorkResult(output="sampled out", worker_outcome=WorkerOutcome.SKIPPED))
+    return len(items)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval of a proportion k/n (a sampled mutation score)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return c - h, c + h
+
+
 def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, select: bool = True,
-                  fork: bool = True) -> dict:
+                  fork: bool = True, sample: int = 0, seed: int = 0, resume: bool = False) -> dict:
     tests = MODULES[module]
     tree = workdir / module.replace("/", "_").removesuffix(".py")
-    copy_tree(tree)
-    shared = REPO.parent / "shared"          # the GQA-LUT reference tables some tests read (../shared)
-    if shared.is_dir() and not (workdir / "shared").exists():
-        (workdir / "shared").symlink_to(shared)
     cfg, session = tree / "cosmic-ray.toml", tree / "session.sqlite"
-    write_config(cfg, module, tests, timeout)
-    run = dict(cwd=tree, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cosmic-ray", "init", str(cfg), str(session)], **run)
-    subprocess.run(["cr-filter-operators", str(session), str(cfg)], **run)
+    template, mdir = tree / ".numba-template", tree / MAP_DIR
+    resume = resume and (mdir / "map.json").exists() and session.exists() and not count_only
+    t0 = time.time()
+    population = None
+    if not resume:
+        copy_tree(tree)
+        shared = REPO.parent / "shared"          # the GQA-LUT reference tables some tests read (../shared)
+        if shared.is_dir() and not (workdir / "shared").exists():
+            (workdir / "shared").symlink_to(shared)
+        write_config(cfg, module, tests, timeout)
+        run = dict(cwd=tree, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cosmic-ray", "init", str(cfg), str(session)], **run)
+        subprocess.run(["cr-filter-operators", str(session), str(cfg)], **run)
+    else:     # an interrupted cosmic-ray exec can leave its last mutant applied
+        shutil.copy2(mdir / "original.py", tree / module)
+    if sample and not count_only:
+        population = sample_mutants(session, sample, seed)
     items = dump(session, tree)
     todo = sum(1 for _, r in items if r is None)
     if count_only:
         return {"module": module, "mutants": todo, "skipped_operators": len(items) - todo}
-    # the baseline: the module's tests pass on the unmutated tree; the same run warms the template
-    # numba cache and, under coverage.py, makes the map of which test executes which line
-    template = tree / ".numba-template"
-    template.mkdir(exist_ok=True)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(template), NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=str(tree))
-    t0 = time.time()
-    mdir = tree / MAP_DIR
-    mdir.mkdir(exist_ok=True)
-    shutil.copy2(tree / module, mdir / "original.py")
-    (mdir / "module.json").write_text(json.dumps({"module": module, "tests": tests}))
-    cmap = subprocess.run([sys.executable, "benchmarks/mutation.py", "--coverage-map", module, *tests],
-                          cwd=tree, env=env, capture_output=True, text=True)
-    if cmap.returncode != 0:
-        raise SystemExit(f"{module}: the unmutated tests fail:\n{cmap.stdout[-3000:]}{cmap.stderr[-3000:]}")
-    sel = json.loads((mdir / "map.json").read_text())
+    if not resume:
+        # the baseline: the module's tests pass on the unmutated tree; the same run warms the
+        # template numba cache and, under coverage.py, makes the map of which test executes which line
+        template.mkdir(exist_ok=True)
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(template), NUMBA_BOUNDSCHECK="1", PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONPATH=str(tree))
+        mdir.mkdir(exist_ok=True)
+        shutil.copy2(tree / module, mdir / "original.py")
+        (mdir / "module.json").write_text(json.dumps({"module": module, "tests": tests}))
+        cmap = subprocess.run([sys.executable, "benchmarks/mutation.py", "--coverage-map", module, *tests],
+                              cwd=tree, env=env, capture_output=True, text=True)
+        if cmap.returncode != 0:
+            raise SystemExit(f"{module}: the unmutated tests fail:\n{cmap.stdout[-3000:]}{cmap.stderr[-3000:]}")
     stale = stale_dependents(module, tree)
     pruned = prune_template(template, stale)
     print(f"{module}: {len(stale)} jitted functions elsewhere depend on it; {pruned} of their cache files "
           f"removed from the template (they recompile with each mutant)", flush=True)
+    sel = json.loads((mdir / "map.json").read_text())
     whole = sum(1 for v in sel["lines"].values() if v == ALL)
     print(f"{module}: {todo} mutants; baseline and coverage map {time.time() - t0:.0f} s "
           f"({len(sel['order'])} tests, {whole} of "
@@ -639,9 +676,12 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, 
                               "line": m["start_pos"][0], "diff": result.get("diff", "")})
     killed, survived = outcomes.get("killed", 0), outcomes.get("survived", 0)
     score = killed / (killed + survived) if killed + survived else float("nan")
-    return {"module": module, "tests": tests, "outcomes": outcomes, "score": score, "wall_s": round(wall),
-            "cpu_s": round(cpu), "selection": select, "fork_server": fork,
-            "survivors": sorted(survivors, key=lambda s: s["line"])}
+    rep = {"module": module, "tests": tests, "outcomes": outcomes, "score": score, "wall_s": round(wall),
+           "cpu_s": round(cpu), "selection": select, "fork_server": fork,
+           "survivors": sorted(survivors, key=lambda s: s["line"])}
+    if population is not None:
+        rep.update(sampled=todo, mutants=population, seed=seed, score_95=wilson(killed, killed + survived))
+    return rep
 
 
 def _children_cpu() -> float:
@@ -740,6 +780,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gqa-mutation")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant's test run")
     ap.add_argument("--count", action="store_true", help="only count the mutants")
+    ap.add_argument("--sample", type=int, default=0, metavar="N",
+                    help="run N mutants per module drawn at random (the score is then an estimate, "
+                         "reported with its 95%% interval); 0: every mutant")
+    ap.add_argument("--seed", type=int, default=0, help="the seed of --sample")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run in the work directory (its tree, map and session; "
+                         "with --sample, sampled among the mutants still pending)")
     ap.add_argument("--out", type=Path, default=None, help="JSON report (default: <workdir>/report.json)")
     ap.add_argument("--no-select", action="store_true",
                     help="run each mutant against the module's whole test list (no coverage selection)")
@@ -789,12 +836,16 @@ def main(argv=None) -> int:
                           f"whole list {r['full']}", flush=True)
             continue
         r = mutate_module(module, args.workdir, args.timeout, args.count, select=not args.no_select,
-                           fork=not args.no_fork)
+                          fork=not args.no_fork, sample=args.sample, seed=args.seed, resume=args.resume)
         if args.count:
             print(f"{module}: {r['mutants']} mutants ({r['skipped_operators']} skipped operators)")
             continue
         reports[module] = r
         write_report(out, reports)
+        if "sampled" in r:
+            lo, hi = r["score_95"]
+            print(f"{module}: {r['sampled']} of {r['mutants']} mutants sampled (seed {r['seed']}); "
+                  f"score 95% interval [{lo:.1%}, {hi:.1%}]", flush=True)
         print(f"{module}: score {r['score']:.1%} {r['outcomes']} in {r['wall_s']} s; "
               f"{len(r['survivors'])} survivors (report {out})", flush=True)
         for s in r["survivors"]:

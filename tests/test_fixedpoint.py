@@ -71,6 +71,21 @@ def test_round_shift_right_matches_reference(xs, mode):
 
 
 @FAST
+@given(shift_operands(63, 90), modes)
+@example((2**62 + 1, 63), "half_away")     # x / 2**63 just above 1/2: rounds to 1 in every nearest mode
+@example((-(2**62) + 1, 63), "half_away")  # just above -1/2: rounds to 0
+@example((-(2**62), 63), "half_away")      # the tie -1/2: -1 away from zero, 0 half_up/half_even
+@example((ref.INT64_MIN, 63), "half_even")
+@example((ref.INT64_MAX, 64), "half_up")
+def test_round_shift_huge_shifts_match_reference(xs, mode):
+    """Shifts of 63 bits or more (numpy would wrap them) take the exact Python-integer path."""
+    x, s = xs
+    assert int(intsim.round_shift(x, s, mode)) == ref.round_shift(x, s, mode)
+    assert as_ints(intsim.round_shift(np.array([x, 2**62 + 1, -(2**62) + 1]), s, mode)) == \
+        [ref.round_shift(v, s, mode) for v in (x, 2**62 + 1, -(2**62) + 1)]
+
+
+@FAST
 @given(st.integers(-5, 0), modes, st.data())
 def test_round_shift_left_is_exact(s, mode, data):
     # left shifts of values whose result fits int64 (callers' width checks guarantee that)

@@ -165,15 +165,23 @@ def test_requantize_channels_refuses_huge_shifts():
 
 
 def test_requantize_channels_shape_errors():
-    """Per-column operands of the wrong length and residuals of the wrong shape are refused
-    (today by numpy's ValueError, not a GQAError naming the field)."""
-    acc = np.zeros((2, 2), np.int32)
-    with pytest.raises(ValueError):
-        requantize_channels(acc, [1, 2, 3], 2**30, 0, 8)
-    with pytest.raises(ValueError):
-        requantize_channels(acc, None, [2**30] * 3, 0, 8)
-    with pytest.raises(ValueError):
-        requantize_channels(acc, None, 2**30, 0, 8, residual=np.zeros((3, 3), np.int32))
+    """Per-column operands of the wrong length, residuals of the wrong shape and output widths
+    outside [2, 32] are refused by a GQAError naming the field; one value (a scalar or a length-1
+    array) is broadcast over the columns."""
+    acc = np.array([[100, -7], [3, 2**20]], np.int32)
+    for kw, field in [(dict(bias=[1, 2, 3]), "bias"), (dict(bias=np.zeros(0, np.int64)), "bias"),
+                      (dict(multipliers=[2**30] * 3), "multipliers"), (dict(shifts=np.zeros((2, 2))), "shifts"),
+                      (dict(residual=np.zeros((3, 3), np.int32)), "residual"), (dict(out_bits=33), "out_bits"),
+                      (dict(out_bits=1), "out_bits")]:
+        args = dict(bias=None, multipliers=2**30, shifts=0, out_bits=8) | kw
+        with pytest.raises(GQAError) as ei:
+            requantize_channels(acc, args.pop("bias"), args.pop("multipliers"), args.pop("shifts"),
+                                args.pop("out_bits"), **args)
+        assert ei.value.field == field
+    y1 = requantize_channels(acc, [5], [2**30], [1], 32)[0]
+    y2 = requantize_channels(acc, [5, 5], [2**30] * 2, [1, 1], 32)[0]
+    assert y1.dtype == np.int32 and np.array_equal(y1, y2)
+    assert y1.tolist() == [[ref.requantize(v + 5, 2**30, 1)[0] for v in row] for row in acc.tolist()]
 
 
 def test_requantize_channels_counts_left_shift_saturation():

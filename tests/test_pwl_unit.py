@@ -148,6 +148,20 @@ def test_pwl_output_left_shift_overflow_saturates_or_refuses(in_bits):
     assert counter.total == sum(h for _, h in exp)
 
 
+@pytest.mark.parametrize("e,refused", [(-4, True), (-3, False)])
+def test_pwl_output_refuses_left_shifts_past_61_bits(e, refused):
+    """An output 62 bits finer than the accumulator (``F = -14``, ``out_frac = 48``) is refused,
+    naming the field and the distance; 61 bits is the largest left shift taken."""
+    dp = PWLDatapath(in_bits=8, slope_frac=-10, icpt_frac=-14, out_bits=8, out_frac=48)
+    assert dp.acc_frac(e) - dp.out_frac == (-62 if refused else -61)
+    if refused:
+        with pytest.raises(GQAError, match=r"48 is 62 bits finer than the accumulator at e=-4") as ei:
+            pwl_output(np.array([1]), e, dp)
+        assert ei.value.field == "out_frac"
+    else:
+        assert ints(pwl_output(np.array([0, 1, -1]), e, dp)) == [0, 127, -128]
+
+
 # --- populations and scale batches ---------------------------------------------------------
 
 @st.composite
