@@ -196,6 +196,17 @@ def test_qformat_ranges(bits):
         assert not bool(f.fits(f.min_int - 1)) and not bool(f.fits(f.max_int + 1))
 
 
+def test_qformat_is_an_immutable_value():
+    """Formats are values: equal fields are equal and hash alike (usable as keys), and a format
+    cannot be changed in place (one shared by several tensors would change them all)."""
+    import dataclasses
+
+    f = QFormat(8, 3)
+    assert f == QFormat(8, 3) and hash(f) == hash(QFormat(8, 3)) and {f: 1}[QFormat(8, 3)] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.bits = 16
+
+
 def test_qformat_default_is_signed_int8():
     f = QFormat(8, 6)
     assert (f.min_int, f.max_int, str(f)) == (-128, 127, "s8.6")

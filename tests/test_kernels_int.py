@@ -206,6 +206,23 @@ def test_requantize_dynamic_matches_reference(rows, cols, bits, data):
     assert y.tolist() == ey and t.tolist() == et
 
 
+def test_requantize_dynamic_refuses_bad_widths_and_operands():
+    """Widths outside [2, 16] (the int8/int16 codes it returns), shifts above 62 and multipliers
+    outside int32 are refused naming the field; 2 and 16 bits work (against the reference)."""
+    acc = np.array([[5, -300, 2**20], [0, 1, -1]], np.int32)
+    for bits in (1, 17):
+        with pytest.raises(GQAError) as ei:
+            requantize_dynamic(acc, 2**30, 0, bits)
+        assert ei.value.field == "bits"
+    for m0, n in ((2**30, 63), (2**31, 0), (-(2**31) - 1, 0)):
+        with pytest.raises(GQAError) as ei:
+            requantize_dynamic(acc, m0, n, 8)
+        assert ei.value.field == "multipliers"
+    for bits in (2, 16):
+        y, t = requantize_dynamic(acc, 2**30, 1, bits)
+        assert (y.tolist(), t.tolist()) == ref.requantize_dynamic(acc.tolist(), [2**30] * 3, [1] * 3, bits)
+
+
 # =============================================================================================
 # round_shift1, msb, isqrt_newton
 # =============================================================================================

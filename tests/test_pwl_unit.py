@@ -162,6 +162,24 @@ def test_pwl_output_refuses_left_shifts_past_61_bits(e, refused):
         assert ints(pwl_output(np.array([0, 1, -1]), e, dp)) == [0, 127, -128]
 
 
+@pytest.mark.parametrize("icpt_frac", [31, 32])
+def test_pwl_accumulator_up_to_63_bits(icpt_frac):
+    """A datapath whose worst-case accumulator width is 63 bits (int64 holds it) is computed
+    exactly at its extremes; a 64-bit one is refused, naming the scale."""
+    dp = PWLDatapath(in_bits=16, slope_bits=16, slope_frac=0, icpt_bits=16, icpt_frac=icpt_frac)
+    assert dp.acc_bits(0) == icpt_frac + 32
+    q = np.array([-(2**15), 2**15 - 1, 0, -1, 1, 2**15 - 1])
+    starts, k, b = [0], [-(2**15), 2**15 - 1], [-(2**15), 2**15 - 1]
+    if icpt_frac == 32:
+        with pytest.raises(GQAError) as ei:
+            pwl_accumulate(q, 0, starts, k, b, dp)
+        assert ei.value.field == "scale"
+        return
+    A = ints(pwl_accumulate(q, 0, starts, k, b, dp))
+    assert A == [ref.accumulate(int(v), 0, starts, k, b, dp) for v in q]
+    assert max(abs(a) for a in A) == 2**61 - 2**15   # (-2**15)(-2**15) 2**31 - 2**15: the width bound is conservative
+
+
 # --- populations and scale batches ---------------------------------------------------------
 
 @st.composite
