@@ -81,8 +81,8 @@ def test_round_shift_huge_shifts_match_reference(xs, mode):
     """Shifts of 63 bits or more (numpy would wrap them) take the exact Python-integer path."""
     x, s = xs
     assert int(intsim.round_shift(x, s, mode)) == ref.round_shift(x, s, mode)
-    assert as_ints(intsim.round_shift(np.array([x, 2**62 + 1, -(2**62) + 1]), s, mode)) == \
-        [ref.round_shift(v, s, mode) for v in (x, 2**62 + 1, -(2**62) + 1)]
+    near = (x, 2**62 + 1, -(2**62) + 1, 2**62, -(2**62), 2**62 - 1)   # at 63 bits: around +-1/2, and the ties
+    assert as_ints(intsim.round_shift(np.array(near), s, mode)) == [ref.round_shift(v, s, mode) for v in near]
 
 
 @FAST

@@ -193,6 +193,19 @@ def test_requantize_channels_counts_left_shift_saturation():
     assert (sat, ovf) == (0, 2)
 
 
+@pytest.mark.parametrize("t", [31, 32, 33, 62])
+def test_requantize_channels_left_shifts_of_31_bits_and_more(t):
+    """A row shift beyond the column's ``n`` shifts left by ``t - n`` bits. ``-1 << 31`` is
+    exactly INT32_MIN (no overflow); past 31 bits every non-zero value overflows and is counted,
+    -1 included (a shift capped at 31 bits would let it through uncounted)."""
+    acc = np.array([[-1, 1, 0, -5, 2**30]] * 2, np.int32)
+    rs = [0, t]
+    y, sat, ovf, peak = requantize_channels(acc, None, 2**30, 0, 32, row_shift=rs)
+    ey, esat, eovf, epeak = ref.requantize_channels(acc.tolist(), [0] * 5, [2**30] * 5, [0] * 5, 32, row_shifts=rs)
+    assert (y.tolist(), sat, ovf, peak) == (ey, esat, eovf, epeak)
+    assert ovf == (3 if t == 31 else 4)              # the second row's non-zero values
+
+
 @FAST
 @given(st.integers(1, 3), st.integers(1, 5), st.integers(2, 16), st.data())
 def test_requantize_dynamic_matches_reference(rows, cols, bits, data):

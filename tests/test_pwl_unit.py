@@ -410,6 +410,10 @@ def test_scale_batch_errors():
     with pytest.raises(GQAError) as ei:
         batch.accumulate(np.array([[1, 3]]), np.array([[1, 2, 3]]), np.array([[1, 2, 3]]))
     assert_field(ei, "breakpoints")
+    # every start above the first but not non-decreasing (5 then 3): refused too
+    with pytest.raises(GQAError) as ei:
+        batch.accumulate(np.array([[[0, 5, 3]]]), np.array([[1, 2, 3, 4]]), np.array([[1, 2, 3, 4]]))
+    assert_field(ei, "breakpoints")
 
 
 # --- error report ---------------------------------------------------------------------------
