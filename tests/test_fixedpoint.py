@@ -161,6 +161,12 @@ def test_round_real_refuses_values_beyond_int64(big):
         intsim.round_real([big])
 
 
+def test_round_real_keeps_values_up_to_int64():
+    """Just inside the int64 range (2**62 and the largest double below 2**63) is rounded, not refused."""
+    top = float(np.nextafter(2.0**63, 0))
+    assert as_ints(intsim.round_real([2.0**62, -(2.0**62), top, -top])) == [2**62, -(2**62), int(top), -int(top)]
+
+
 # --- saturate -----------------------------------------------------------------------------
 
 @FAST

@@ -219,6 +219,19 @@ def test_requantize_dynamic_matches_reference(rows, cols, bits, data):
     assert y.tolist() == ey and t.tolist() == et
 
 
+@FAST
+@given(st.lists(biased_int32(), min_size=1, max_size=8), st.integers(2**30, 2**31 - 1), st.integers(-40, 62))
+@example([-1, 1, 0, ref.INT32_MIN, ref.INT32_MAX], 2**30, -31)
+@example([-1, 1, 0, ref.INT32_MIN, ref.INT32_MAX], 2**30, -40)
+def test_requantize1_matches_reference(accs, m0, n):
+    """The scalar requantizer every kernel inlines, on its own: ``n < 0`` shifts left first (by
+    up to 40 bits here, int32-saturated), then SRDHM and RDBPOT."""
+    from intsim.fixedpoint import requantize1
+
+    got = [int(requantize1(np.int64(a), np.int64(m0), np.int64(n))) for a in accs]
+    assert got == [ref.requantize(a, m0, n)[0] for a in accs]
+
+
 def test_requantize_dynamic_refuses_bad_widths_and_operands():
     """Widths outside [2, 16] (the int8/int16 codes it returns), shifts above 62 and multipliers
     outside int32 are refused naming the field; 2 and 16 bits work (against the reference)."""
@@ -372,6 +385,15 @@ def test_pwl_map_refuses_float_codes():
     with pytest.raises(GQAError) as ei:
         pwl_map(np.zeros(3, np.float32), table("gelu8"), 0)
     assert ei.value.field == "codes"
+
+
+def test_pwl_map_refuses_codes_outside_the_input_format():
+    t = table("gelu8")
+    for bad in ([0, 128], [-129, 5], [[1], [200]]):
+        with pytest.raises(GQAError) as ei:
+            pwl_map(np.array(bad, np.int32), t, 0)
+        assert ei.value.field == "codes"
+    assert pwl_map(np.array([-128, 127], np.int32), t, 0).shape == (2,)
 
 
 def test_pwl_map_int32_output_never_wraps():
