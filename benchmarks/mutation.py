@@ -761,6 +761,7 @@ def recheck(module: str, workdir: Path) -> dict:
                           cwd=tree, env=env, capture_output=True, text=True)     # the new tests' map
     if cmap.returncode != 0:
         raise SystemExit(f"{module}: the current tests fail unmutated:\n{cmap.stdout[-3000:]}")
+    prune_template(tree / ".numba-template", stale_dependents(module, tree))    # the map's run cached them again
     rows = rerun(module, tree, [x for x in _finished(tree) if x[1]["test_outcome"] == "survived"], "recheck",
                  fast=True)
     return {"survivors": len(rows), "killed_now": sum(r["full"] == "killed" for r in rows), "rows": rows}
@@ -769,6 +770,8 @@ def recheck(module: str, workdir: Path) -> dict:
 def write_report(out: Path, reports: dict) -> None:
     # imported here: the fork server runs this file and must not preload the project (its
     # children import it from the mutated tree)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     from intsim.fileio import atomic_write_json
 
     atomic_write_json(out, reports)

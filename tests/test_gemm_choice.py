@@ -114,6 +114,21 @@ def test_operand_classes_are_measured_separately(fresh):
     assert "int_mm" not in gemm.candidates(au, bu)
 
 
+@pytest.mark.parametrize("m,k,n,size", [(1, 256, 4095, "small"), (1, 256, 4096, "medium"),
+                                         (2, 512, 65535, "medium"), (2, 512, 65536, "large"),
+                                         (1024, 1, 1024, "medium"), (64, 1, 16, "small")])
+def test_operand_size_classes(m, k, n, size):
+    """The size class counts ``M K N`` multiply-accumulates (SMALL_MACS = 2**20, LARGE_MACS = 2**26),
+    M and K distinct (``M = 1`` rows of a long K are small, a K = 1 outer product of 1024 x 1024
+    is medium); a batch multiplies it."""
+    a, b = np.zeros((m, k), np.int8), np.zeros((k, n), np.int8)
+    assert operand_class(a, b).endswith(" " + size)
+    assert operand_class(a, b).startswith("2d int8xint8 ")
+    batched = operand_class(np.zeros((4, m, k), np.int8), np.zeros((k, n), np.int8))
+    assert batched.startswith("batched ") and batched.endswith(" " + ("small" if 4 * m * k * n < 2**20 else
+                                                                      "large" if 4 * m * k * n >= 2**26 else "medium"))
+
+
 def test_the_probe_is_bounded(fresh, monkeypatch):
     """The probe multiplies a slice of about PROBE_MACS pairs, not the whole (large) product."""
     seen = []

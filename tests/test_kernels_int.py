@@ -222,6 +222,7 @@ def test_requantize_dynamic_matches_reference(rows, cols, bits, data):
 @FAST
 @given(st.lists(biased_int32(), min_size=1, max_size=8), st.integers(2**30, 2**31 - 1), st.integers(-40, 62))
 @example([-1, 1, 0, ref.INT32_MIN, ref.INT32_MAX], 2**30, -31)
+@example([-2, 2, -6, -1], 2**30, 1)                # SRDHM gives -1: RDBPOT's negative tie at n = 1
 @example([-1, 1, 0, ref.INT32_MIN, ref.INT32_MAX], 2**30, -40)
 def test_requantize1_matches_reference(accs, m0, n):
     """The scalar requantizer every kernel inlines, on its own: ``n < 0`` shifts left first (by
@@ -1003,11 +1004,32 @@ def test_layernorm_wide_d_bits_never_wraps_the_variance():
     spec = [(o.G.tolist(), o.H.tolist(), o.T, o.bits)]
     expect = ref.layernorm_row(x[0].tolist(), 31, Z_FRAC, None, spec)[0][0]
     assert expect == [20] * 8 + [-20] * 8
-    with pytest.raises(GQAError) as exc:
+    with pytest.raises(GQAError, match=r"use d_bits <= 30") as exc:      # (64 - log2 16) // 2: the widest that fits
         IntLayerNorm("newton", d_bits=31)(x, o)
     assert exc.value.field == "layernorm.d_bits"
     expect30 = ref.layernorm_row(x[0].tolist(), 30, Z_FRAC, None, spec)[0][0]
     assert IntLayerNorm("newton", d_bits=30)(x, o)[0].tolist() == expect30
+
+
+@pytest.mark.parametrize("rsqrt", ["pwl", "newton", "bitwise"])
+def test_layernorm_op_widths(rsqrt):
+    """The widths the op statistics give hw_models: the squares and the normalizing divider
+    (``2 d_bits + 9`` bits: V and its fraction), a per-token output's 32-bit row maximum."""
+    C, d_bits = 8, 12
+    ln = IntLayerNorm(rsqrt, table("rsqrt_mantissa16") if rsqrt == "pwl" else None, d_bits=d_bits)
+    x = np.array([[3, -7, 100, 0, 5, -300, 2, 9]] * 3, np.int32)
+    stats = OpStats()
+    ln(x, LNOutput(np.ones(C), np.zeros(C), 0.05, 8, dynamic=True), stats=stats)
+    d = stats.to_dict()
+    widths = {(kind, e["op"]): e.get("bits", (e.get("a_bits"), e.get("b_bits"))) for kind in ("add", "mul", "div", "compare")
+              for e in d[kind]}
+    assert widths[("mul", "layernorm.square")] == (d_bits, d_bits)
+    assert widths[("add", "layernorm.var")] == 2 * d_bits + 3
+    assert widths[("compare", "layernorm.token_max")] == 32
+    if rsqrt == "pwl":
+        assert widths[("compare", "layernorm.leading_one")] == 2 * d_bits + 9
+    else:
+        assert widths[("div", "layernorm.normalize")] == 2 * d_bits + 9
 
 
 def test_layernorm_refuses_a_second_output_of_the_wrong_width():
