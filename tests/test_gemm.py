@@ -393,3 +393,17 @@ def test_constant_is_a_frozen_copy():
     with pytest.raises(GQAError) as ei:
         Constant(np.zeros((2, 2), np.float32))
     assert ei.value.field == "constant"
+
+
+@pytest.mark.parametrize("backend", ["f32", "f64"])
+def test_float_out_hands_over_the_float_result(backend):
+    """``float_out=True``: a float backend returns its float array (the same integers, exactly),
+    skipping the int32 conversion; without it the result is int32."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (5, 40)).astype(np.int8)
+    b = rng.integers(-128, 128, (40, 6)).astype(np.int8)
+    exact = a.astype(np.int64) @ b.astype(np.int64)
+    f = int_gemm(a, b, backend, float_out=True)
+    i = int_gemm(a, b, backend)
+    assert f.dtype == (np.float32 if backend == "f32" else np.float64) and i.dtype == np.int32
+    assert np.array_equal(f.astype(np.int64), exact) and np.array_equal(i.astype(np.int64), exact)

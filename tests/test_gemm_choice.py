@@ -129,14 +129,52 @@ def test_operand_size_classes(m, k, n, size):
                                                                       "large" if 4 * m * k * n >= 2**26 else "medium"))
 
 
-def test_the_probe_is_bounded(fresh, monkeypatch):
-    """The probe multiplies a slice of about PROBE_MACS pairs, not the whole (large) product."""
+def pair_saturating(a, b, float_out=False):
+    """A plausible non-exact kernel: pairs of products summed in saturating int16 before the
+    int32 accumulation (what vpmaddubsw does; ``torch._int_mm`` behaves so on AVX2 oneDNN)."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(getattr(b, "array", b), np.int64)
+    p = a[..., :, :, None] * b[..., None, :, :]                       # (..., M, K, N)
+    k = p.shape[-2] // 2 * 2
+    pairs = np.clip(p[..., 0:k:2, :] + p[..., 1:k:2, :], -(2**15), 2**15 - 1)
+    return (pairs.sum(axis=-2) + p[..., k:, :].sum(axis=-2)).astype(np.int32)
+
+
+def test_an_inexact_backend_fails_the_self_test_and_is_never_picked(fresh, monkeypatch):
+    """The known-answer self-test refuses a kernel that is right on ordinary operands but
+    saturates on extreme ones; a measurement that sees a wrong product drops the backend and
+    remembers it as inexact."""
+    monkeypatch.setitem(REGISTRY, "pairsat", dataclasses.replace(REGISTRY["f64"], name="pairsat", run=pair_saturating))
+    a, b = operands((8, 32), (32, 5))
+    a, b = np.clip(a, -100, 100), np.clip(b, -100, 100)              # pairs of products never reach 2**15 here
+    assert np.array_equal(pair_saturating(a, b), a.astype(np.int64) @ b.astype(np.int64))
+    assert not gemm.is_exact("pairsat")
+    assert "pairsat" not in gemm.candidates(a, b)
+    gemm.clear_choices()
+    x = np.full((4, 16), -128, np.int8)                              # -128 * -128 twice: 2**15 saturates
+    seconds = gemm.measure(x, x.T.copy(), names=["pairsat", "f64"])
+    assert list(seconds) == ["f64"] and gemm._EXACT["pairsat"] is False
+    assert not gemm.is_exact("pairsat")
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((20000, 64), (64, 64)), ((64, 2, 32), (64, 32, 16)),
+                                             ((2, 3, 40, 64), (2, 3, 64, 40)), ((3, 40, 64), (64, 40))])
+def test_the_probe_is_bounded(fresh, monkeypatch, shape_a, shape_b):
+    """The probe multiplies a slice of about PROBE_MACS pairs (at most twice that, at least half
+    of it or the whole product if smaller): not the whole of a large product, not a sliver of a
+    batched one; broadcast batch dimensions (attention's (B, H, ...)) included."""
     seen = []
     f32 = REGISTRY["f32"]
-    monkeypatch.setitem(REGISTRY, "f32", dataclasses.replace(f32, run=lambda a, b: seen.append(a.shape) or f32.run(a, b)))
-    a, b = operands((20000, 64), (64, 64))
+    monkeypatch.setitem(REGISTRY, "f32", dataclasses.replace(
+        f32, run=lambda a, b: seen.append(int(np.prod(np.broadcast_shapes(a.shape[:-1] + (1,), b.shape[:-2] + (1, 1))))
+                                          * a.shape[-1] * b.shape[-1]) or f32.run(a, b)))
+    a, b = operands(shape_a, shape_b)
+    total = int(np.prod(np.broadcast_shapes(a.shape[:-1] + (1,), b.shape[:-2] + (1, 1)))) * a.shape[-1] * b.shape[-1]
+    for name in REGISTRY:          # the known-answer self-tests run first, on their own operands
+        gemm.is_exact(name)
+    seen.clear()
     pick_backend(a, b)
-    assert seen and all(s[0] * 64 * 64 <= 2 * gemm.PROBE_MACS for s in seen)
+    assert seen and all(min(total, gemm.PROBE_MACS // 2) <= macs <= 2 * gemm.PROBE_MACS for macs in seen), (seen, total)
 
 
 def test_choices_persist_on_disk_and_are_reloaded_without_measuring(fresh, monkeypatch):

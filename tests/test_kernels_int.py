@@ -1030,6 +1030,11 @@ def test_layernorm_op_widths(rsqrt):
         assert widths[("compare", "layernorm.leading_one")] == 2 * d_bits + 9
     else:
         assert widths[("div", "layernorm.normalize")] == 2 * d_bits + 9
+    if rsqrt == "newton":
+        assert widths[("div", "layernorm.isqrt")] == 2 * d_bits + 9
+    if rsqrt == "bitwise":        # a square and a compare per result bit
+        assert widths[("mul", "layernorm.isqrt")] == (d_bits + 5, d_bits + 5)
+        assert widths[("compare", "layernorm.isqrt")] == 2 * d_bits + 9
 
 
 def test_layernorm_refuses_a_second_output_of_the_wrong_width():
@@ -1244,6 +1249,19 @@ def test_layernorm_dynamic_output_matches_reference(rows, C, seed, mag):
         assert y2[r].tolist() == ys[1]
         assert t[r] >= 0
         assert np.abs(y1[r]).max() <= 127
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_layernorm_dynamic_output_of_a_zero_row_needs_no_shift(bits):
+    """A constant row normalizes to z = 0; with beta = 0 every output is 0, which fits any width
+    without an extra shift: t = 0 (the row maximum starts at 0)."""
+    C = 6
+    x = np.array([[7] * C, [-3] * C, [5, -5, 5, -5, 5, -5]], np.int32)
+    for rsqrt in ("pwl", "newton"):
+        ln = IntLayerNorm(rsqrt, table("rsqrt_mantissa16") if rsqrt == "pwl" else None)
+        y, t = ln(x, LNOutput(np.ones(C), np.zeros(C), 0.01, bits, dynamic=True))
+        assert y[:2].tolist() == [[0] * C] * 2 and t[:2].tolist() == [0, 0]
+        assert t[2] > 0 or bits == 8                  # a unit-variance row at scale 0.01 needs a shift in 2 or 3 bits
 
 
 def test_softmax_empty_rows_with_stats():
