@@ -203,7 +203,7 @@ class IntLayerNorm:
         _layernorm(x2, self.center, np.int64(eps_code), self.d_bits, Z_FRAC, RSQRTS.index(self.rsqrt), t.unit if t else dummy, t.e if t else 0,
                    t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
                    o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks)
-        if stats is not None:
+        if stats is not None and x2.size:
             self._count(stats, name, rows, C, peaks, x2, 1 + (out2 is not None))
             if out1.dynamic:
                 stats.count("compare", f"{name}.token_max", rows * C, bits=32)
@@ -214,7 +214,7 @@ class IntLayerNorm:
 
     def _count(self, stats, name, rows, C, peaks, x2, n_out):
         n = rows * C
-        x_bits = int(np.abs(x2).max()).bit_length() + 1 if x2.size else 1
+        x_bits = int(np.abs(x2).max()).bit_length() + 1            # signed width of the inputs
         if self.center:
             stats.count("add", f"{name}.sum", n, bits=x_bits + math.ceil(math.log2(C)))
             stats.count("mul", f"{name}.center", n, a_bits=x_bits, b_bits=math.ceil(math.log2(C)) + 1)

@@ -1023,6 +1023,11 @@ def test_layernorm_op_widths(rsqrt):
     d = stats.to_dict()
     widths = {(kind, e["op"]): e.get("bits", (e.get("a_bits"), e.get("b_bits"))) for kind in ("add", "mul", "div", "compare")
               for e in d[kind]}
+    x_bits = 10                                                  # |x| <= 300: 9 bits and a sign
+    assert widths[("add", "layernorm.sum")] == x_bits + 3        # 8 channels
+    assert widths[("mul", "layernorm.center")] == (x_bits, 4)   # C x - S
+    assert widths[("compare", "layernorm.dmax")] == x_bits + 10
+    assert widths[("add", "layernorm.beta")] == 32
     assert widths[("mul", "layernorm.square")] == (d_bits, d_bits)
     assert widths[("add", "layernorm.var")] == 2 * d_bits + 3
     assert widths[("compare", "layernorm.token_max")] == 32
@@ -1035,6 +1040,16 @@ def test_layernorm_op_widths(rsqrt):
     if rsqrt == "bitwise":        # a square and a compare per result bit
         assert widths[("mul", "layernorm.isqrt")] == (d_bits + 5, d_bits + 5)
         assert widths[("compare", "layernorm.isqrt")] == 2 * d_bits + 9
+
+
+@pytest.mark.parametrize("top,T", [(32767, 10), (32768, 9)])
+def test_layernorm_output_gamma_takes_the_largest_shift_that_fits(top, T):
+    """G = round(g_real 2**T) with the largest T whose G fits g_bits (16 here): g_real = 32767 / 2**10
+    fits exactly at T = 10 (G = 32767 = 2**15 - 1); 32768 / 2**10 needs T = 9."""
+    C = 4
+    gamma = np.full(C, top / 2.0**11)                          # g_real = gamma sqrt(C) / scale 2**-Z_FRAC
+    o = LNOutput(gamma, np.zeros(C), 2.0**-Z_FRAC, 8)
+    assert o.T == T and int(o.G.max()) == top >> (10 - T) and int(o.G.max()) < 2**15
 
 
 def test_layernorm_refuses_a_second_output_of_the_wrong_width():
