@@ -407,3 +407,21 @@ def test_float_out_hands_over_the_float_result(backend):
     i = int_gemm(a, b, backend)
     assert f.dtype == (np.float32 if backend == "f32" else np.float64) and i.dtype == np.int32
     assert np.array_equal(f.astype(np.int64), exact) and np.array_equal(i.astype(np.int64), exact)
+
+
+def test_the_self_test_operands_are_adversarial():
+    """What the known-answer self-test promises (``_adversarial_operands``' docstring): every pair
+    of int8 extremes and the uint8 extremes against int8 ones, at a K where saturating int16 pair
+    sums overflow; random operands over each dtype's full range, both ends included."""
+    from intsim.gemm import _adversarial_operands
+
+    cases = _adversarial_operands()
+    const = {(a.dtype.name, int(a.flat[0]), int(b.flat[0])) for a, b in cases
+             if a.min() == a.max() and b.min() == b.max()}
+    assert {("int8", v, w) for v in (-128, 127) for w in (-128, 127)} <= const
+    assert {("uint8", 255, 127), ("uint8", 255, -128), ("uint8", 0, -128)} <= const
+    assert all(a.shape[-1] >= 256 for a, _ in cases)         # 128 pairs of 127 * 127 exceed 2**15 by far
+    rand = [(a, b) for a, b in cases if len(np.unique(a)) > 2]
+    for dt, lo, hi in (("int8", -128, 127), ("uint8", 0, 255)):
+        got = [(a, b) for a, b in rand if a.dtype.name == dt]
+        assert got and all(a.min() == lo and a.max() == hi and b.min() == -128 and b.max() == 127 for a, b in got)
