@@ -1267,16 +1267,20 @@ def test_layernorm_dynamic_output_matches_reference(rows, C, seed, mag):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 8])
-def test_layernorm_dynamic_output_of_a_zero_row_needs_no_shift(bits):
+@pytest.mark.parametrize("scale", [0.01, math.sqrt(6) * 2.0**-Z_FRAC / 20000])
+def test_layernorm_dynamic_output_of_a_zero_row_needs_no_shift(bits, scale):
     """A constant row normalizes to z = 0; with beta = 0 every output is 0, which fits any width
-    without an extra shift: t = 0 (the row maximum starts at 0)."""
+    without an extra shift: t = 0 (the row maximum starts at 0). The second scale makes the
+    output's own shift T = 0 (G = 20000), where a 2-bit row maximum of even 1 would need t = 1."""
     C = 6
     x = np.array([[7] * C, [-3] * C, [5, -5, 5, -5, 5, -5]], np.int32)
+    o = LNOutput(np.ones(C), np.zeros(C), scale, bits, dynamic=True)
+    assert o.T > 0 if scale == 0.01 else (o.T, int(o.G.max())) == (0, 20000)
     for rsqrt in ("pwl", "newton"):
         ln = IntLayerNorm(rsqrt, table("rsqrt_mantissa16") if rsqrt == "pwl" else None)
-        y, t = ln(x, LNOutput(np.ones(C), np.zeros(C), 0.01, bits, dynamic=True))
+        y, t = ln(x, o)
         assert y[:2].tolist() == [[0] * C] * 2 and t[:2].tolist() == [0, 0]
-        assert t[2] > 0 or bits == 8                  # a unit-variance row at scale 0.01 needs a shift in 2 or 3 bits
+        assert t[2] > 0 or bits == 8                  # a unit-variance row needs a shift in 2 or 3 bits
 
 
 def test_softmax_empty_rows_with_stats():
