@@ -159,8 +159,9 @@ def test_rmsnorm_folded_epsilon():
     dropped = np.abs(k(x, out) * s_out - f).max() / s_out
     assert folded <= 0.55 and dropped > 10, (folded, dropped)
     assert eps_code(eps, C, s_in, center=True) == round(eps * C**3 / s_in**2)
-    with pytest.raises(GQAError, match="eps_code"):
+    with pytest.raises(GQAError, match=r"eps_code: 1073741824 is outside \[0, 2\*\*30\)"):   # d_bits 16: one full square
         k(x, out, eps_code=2**30)
+    assert k(x, out, eps_code=2**30 - 1).shape == x.shape
 
 
 def test_norm_registry_builds_rms_variants():
