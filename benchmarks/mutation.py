@@ -189,6 +189,18 @@ class _Source:
         return best
 
 
+def measured_sources(root: Path) -> dict[str, _Source]:
+    """Every parsable .py file of the measured packages under ``root``, by resolved path."""
+    sources = {}
+    for top in MEASURED:
+        for f in sorted((root / top).rglob("*.py")) if (root / top).is_dir() else []:
+            try:
+                sources[str(f.resolve())] = _Source(f)
+            except SyntaxError:
+                continue
+    return sources
+
+
 def _as_list(x):
     return x if isinstance(x, list) else [x]
 
@@ -203,15 +215,13 @@ def build_selection(module: str, root: Path, contexts: dict, order: list[str], a
     coverage cannot see, selects the tests that executed a statement referring to the function
     by name, in any measured file, following references from other jitted functions
     transitively (a reference at module level: ALL). Tests that start a process (not traced)
-    are always selected.
+    are always selected. A line of a function's header (default arguments, a jit decorator's
+    options) selects the tests that called the function. Each selection is ordered by the tests'
+    ``durations`` (CPU seconds in the map's run), cheapest first; ``every`` is the whole list so
+    ordered, the tests that reach the module first (for the lines that select ALL).
     """
-    sources = {}
-    for top in MEASURED:
-        for f in sorted((root / top).rglob("*.py")) if (root / top).is_dir() else []:
-            try:
-                sources[str(f.resolve())] = _Source(f)
-            except SyntaxError:
-                continue
+    durations = durations or {}
+    sources = measured_sources(root)
 
     def ctx_of(path, first, last):
         lines = contexts.get(path, {})
@@ -301,14 +311,8 @@ def stale_dependents(module: str, root: Path) -> set[tuple[str, str]]:
     ``inline="always"`` callees and freezes globals at compile time), directly or through
     another such function. numba's cache is keyed by each function's own file, so their cached
     code would hide a mutant of ``module``: :func:`prune_template` removes it."""
-    sources = {}
-    for top in MEASURED:
-        for f in sorted((root / top).rglob("*.py")) if (root / top).is_dir() else []:
-            try:
-                sources[f.resolve()] = _Source(f)
-            except SyntaxError:
-                continue
-    target = (root / module).resolve()
+    sources = measured_sources(root)
+    target = str((root / module).resolve())
     names = set()
     for node in sources[target].tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -326,7 +330,7 @@ def stale_dependents(module: str, root: Path) -> set[tuple[str, str]]:
                 for _, _, funcs in src.refs.get(name, ()):
                     jit = [f for f in funcs if _is_jit(f)]
                     if jit:
-                        new.add((path.stem, jit[0].name))
+                        new.add((Path(path).stem, jit[0].name))
         if new <= found:
             return found
         found |= new
