@@ -95,7 +95,7 @@ MODULES = {
     "gqa_lut/ga.py": ["tests/test_ga.py"],
     "gqa_lut/dp.py": ["tests/test_dp.py"],
     "gqa_lut/objective.py": ["tests/test_objective.py", "tests/test_segment_rule.py"],
-    "gqa_lut/exact.py": ["tests/test_exact.py"],
+    "gqa_lut/exact.py": ["tests/test_exact.py", "tests/test_segexp.py"],
     "intsim/fixedpoint.py": ["tests/test_fixedpoint.py", "tests/test_kernels_int.py", "tests/test_rounding_ties.py",
                              "tests/test_segment_rule.py"],
     "intsim/pwl.py": ["tests/test_pwl_unit.py", "tests/test_segment_rule.py", "tests/test_kernels_int.py"],

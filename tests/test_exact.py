@@ -11,9 +11,11 @@ its ``(K, B)`` is the joint minimum over every coefficient of the table.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -21,8 +23,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import gqa_lut
 from gqa_lut.dp import dp_optimum
-from gqa_lut.exact import (ExactTooLarge, ExactUnavailable, candidate_bound, candidates, exact_optimum, exact_table,
-                           lower_bound, objective_value, segment_starts)
+from gqa_lut.exact import (MAX_POSITIONS, ExactTooLarge, ExactUnavailable, _no_saturation, candidate_bound, candidates,
+                           exact_optimum, exact_table, lower_bound, objective_value, segment_starts)
 from gqa_lut.objective import Objective
 from intsim import GQAError, PWLDatapath, get_function, scale_points
 from intsim.pwl import pwl_output
@@ -226,6 +228,8 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     with pytest.raises(ExactTooLarge) as exc:
         exact_optimum(obj, max_candidates=100)
     assert exc.value.field == "max_candidates"
+    m, pairs = map(int, re.search(r"needs (\d+) breakpoint candidates \((\d+) segment costs\)", str(exc.value)).groups())
+    assert m == candidates(obj).reals.size and pairs == m * (m - 1) // 2  # segments [a, b) over m candidates
     opt = exact_optimum(obj).value
     lb = lower_bound(obj, max_candidates=100)
     assert 0 < lb["value"] <= opt * (1 + 1e-9)
@@ -247,6 +251,63 @@ def test_wide_inputs_say_so():
     with pytest.raises(ExactTooLarge) as exc:
         exact_optimum(obj)
     assert "candidates" in str(exc.value)
+
+
+def test_a_grid_past_the_position_limit_says_so():
+    # at e = 18 the breakpoint grid 2**-19 over gelu's [-4, 4] (plus one input step each side) has
+    # just over 2**23 positions: refused before anything that large is allocated
+    fn = get_function("gelu")
+    with pytest.raises(ExactTooLarge) as exc:
+        candidates(Objective(fn, 4, PWLDatapath(), [18]))
+    assert exc.value.field == "scales"
+    n = int(re.search(r"has (\d+) positions", str(exc.value)).group(1))
+    assert MAX_POSITIONS == 2**23 < n < 2**24
+
+
+def saturating_codes(fn, dp, scales) -> bool:
+    """Whether some slope, intercept and input code of the domain saturate the unit's output: every
+    combination through intsim's output stage, against the same stage 16 bits wider."""
+    wide = dataclasses.replace(dp, out_bits=dp.out_bits + 16)
+    kf, bf = dp.slope_format, dp.icpt_format
+    K = np.arange(kf.min_int, kf.max_int + 1)[:, None, None]
+    B = np.arange(bf.min_int, bf.max_int + 1)[None, :, None]
+    for e in scales:
+        q = scale_points(fn.domain, e, dp)
+        acc = ((K * q) << dp.slope_shift(e)) + (B << dp.icpt_shift(e))
+        if np.any(pwl_output(acc, e, dp) != pwl_output(acc, e, wide)):
+            return True
+    return False
+
+
+# each saturates through one code the check must count: the slope format's most negative code
+# ((-8)(-8) + 1 = 65 > 63), or the intercept's (-2*3 - 8*8 = -70 < -64: intercept LSB 8 output LSBs)
+@pytest.mark.parametrize("domain, fields", [
+    ((-8.0, 7.0), dict(in_bits=4, slope_bits=4, slope_frac=0, icpt_bits=2, icpt_frac=0, out_bits=7, out_frac=0)),
+    ((-3.0, 3.0), dict(in_bits=4, slope_bits=2, slope_frac=3, icpt_bits=4, icpt_frac=0, out_bits=7, out_frac=3)),
+])
+def test_saturation_through_the_most_negative_code_is_refused(domain, fields):
+    fn, dp = small("gelu", *domain, **fields)
+    assert saturating_codes(fn, dp, [0])
+    with pytest.raises(ExactUnavailable) as exc:
+        exact_optimum(Objective(fn, 2, dp, [0]))
+    assert exc.value.field == "out_bits"
+    fn, dp = small("gelu", *domain, **{**fields, "out_bits": 8})  # one bit wider: no code saturates
+    assert not saturating_codes(fn, dp, [0]) and _no_saturation(Objective(fn, 2, dp, [0]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(3, 5), st.integers(2, 5), st.integers(0, 3), st.integers(2, 5), st.integers(0, 3),
+       st.integers(2, 9), st.integers(-1, 4), st.sampled_from(["half_even", "half_away", "half_up", "floor"]),
+       st.lists(st.integers(-1, 2), min_size=1, max_size=2, unique=True))
+def test_an_accepted_output_never_saturates(in_bits, slope_bits, slope_frac, icpt_bits, icpt_frac, out_bits,
+                                             out_frac, rounding, scales):
+    """The saturation check is sound: when it lets the exact search run, no code combination saturates."""
+    fn, dp = small("tanh", -2.0, 2.0, in_bits=in_bits, slope_bits=slope_bits, slope_frac=slope_frac,
+                   icpt_bits=icpt_bits, icpt_frac=icpt_frac, out_bits=out_bits, out_frac=out_frac,
+                   out_rounding=rounding)
+    obj = Objective(fn, 2, dp, scales)
+    if _no_saturation(obj):
+        assert not saturating_codes(fn, dp, obj.scales)
 
 
 def test_a_saturating_output_is_refused():
