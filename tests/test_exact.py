@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import gqa_lut
 from gqa_lut.dp import dp_optimum
-from gqa_lut.exact import (MAX_POSITIONS, ExactTooLarge, ExactUnavailable, _no_saturation, candidate_bound, candidates,
-                           exact_optimum, exact_table, lower_bound, objective_value, segment_starts)
+from gqa_lut.exact import (MAX_POSITIONS, ExactTooLarge, ExactUnavailable, _no_saturation, _two_adic, candidate_bound,
+                           candidates, exact_optimum, exact_table, gap, lower_bound, objective_value, segment_starts)
 from gqa_lut.objective import Objective
 from intsim import GQAError, PWLDatapath, get_function, scale_points
 from intsim.pwl import pwl_output
@@ -293,6 +293,28 @@ def test_saturation_through_the_most_negative_code_is_refused(domain, fields):
     assert exc.value.field == "out_bits"
     fn, dp = small("gelu", *domain, **{**fields, "out_bits": 8})  # one bit wider: no code saturates
     assert not saturating_codes(fn, dp, [0]) and _no_saturation(Objective(fn, 2, dp, [0]))
+
+
+def test_the_saturation_bound_is_tight_on_the_larger_end_of_the_inputs():
+    # codes -3..7: the largest |q| is the top code, 7, so no product passes 8 * 7 = 56, and 56 + 2 + 1
+    # rounding LSB fits a 7-bit output (63): accepted (counting one code more, 8 * 8 + 3 > 63, is not)
+    fn, dp = small("gelu", -3.0, 7.0, in_bits=4, slope_bits=4, slope_frac=0, icpt_bits=2, icpt_frac=0, out_bits=7,
+                   out_frac=0)
+    assert _no_saturation(Objective(fn, 2, dp, [0])) and not saturating_codes(fn, dp, [0])
+    assert exact_optimum(Objective(fn, 2, dp, [0])).value >= 0
+
+
+def test_two_adic_valuation():
+    t = np.array([0, 1, -1, 2, -4, 12, -12, 1 << 40, 3])
+    with np.errstate(all="raise"):  # no log2(0) behind the mask
+        v = _two_adic(t)
+    assert v.tolist() == [64, 0, 0, 1, 2, 2, 2, 40, 0]
+
+
+def test_gap():
+    assert gap(3.0, 2.0) == 0.5 and gap(2.0, 2.0) == 0.0
+    assert gap(0.0, 0.0) == 0.0  # both zero: no gap
+    assert gap(1e-9, 0.0) is None  # a nonzero value over a zero optimum: no finite ratio
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
