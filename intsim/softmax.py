@@ -290,9 +290,9 @@ class IntSoftmax:
             rt = self.recip_table.table
             stats.count("compare", f"{name}.leading_one", rows, bits=32)
             stats.lut(f"{name}.reciprocal", rows, table="reciprocal", entries=rt.entries, in_bits=rt.datapath.in_bits)
-            stats.count("mul", f"{name}.normalize", n, a_bits=self.exp_table.datapath.acc_bits(self.e_x),
-                        b_bits=rt.datapath.acc_bits(self.recip_table.e))
-            stats.count("shift", f"{name}.normalize", n, bits=32)
+            e_bits, r_bits = self.exp_table.datapath.acc_bits(self.e_x), rt.datapath.acc_bits(self.recip_table.e)
+            stats.count("mul", f"{name}.normalize", n, a_bits=e_bits, b_bits=r_bits)
+            stats.count("shift", f"{name}.normalize", n, bits=e_bits + r_bits)  # shifts the product E * R
         z_bits = 32
         stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), z_bits)
         stats.saturated(f"{name}.exp_input_low", int(peaks[:, 1].sum()))

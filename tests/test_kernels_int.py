@@ -749,6 +749,39 @@ def test_softmax_single_key_and_all_masked_rows():
         assert stats.saturations["softmax.prob_255"] == 1
 
 
+def test_softmax_a_probability_of_exactly_255_is_not_counted_as_saturated():
+    """Two keys 156/32 apart (found by searching): the larger rounds to exactly 255 on the PWL
+    reciprocal's right-shift path, a code in range, so no saturation is counted."""
+    et, rt = table("exp16"), table("recip_mantissa16")
+    sm = IntSoftmax(1 / 32, et, "pwl", rt)
+    m0, n = ref.quantize_multiplier(Fraction(1, 32) * 2**4)
+    stats = OpStats()
+    p = sm(np.array([[[[0, -156]]]], np.int32), np.ones((1, 2), bool), stats=stats)
+    probs, _, sat, Z = ref.softmax_row([0, -156], [1, 1], m0, n, lambda u: ref.table_output(u, 4, et), -128,
+                                       lambda z: ref.reciprocal(z, rt, 10))
+    assert ref.reciprocal(Z, rt, 10)[1] > 8  # sh - 8 > 0: the rounding-shift path
+    assert p[0, 0, 0].tolist() == probs and probs[0] == 255 and sat == 0
+    assert stats.saturations.get("softmax.prob_255", 0) == 0
+
+
+def test_softmax_op_widths():
+    """The widths the op statistics give hw_models: 32-bit scores (max, subtraction, the exp-input
+    multiplier), and the normalizing multiply E x R' with the shift of its product."""
+    et, rt = table("exp16"), table("recip_mantissa16")
+    sm = IntSoftmax(1 / 32, et, "pwl", rt)
+    stats = OpStats()
+    sm(np.array([[[[0, -156, 7, -40]]]], np.int32), np.ones((1, 4), bool), stats=stats)
+    d = stats.to_dict()
+    widths = {(kind, e["op"]): e.get("bits", (e.get("a_bits"), e.get("b_bits")))
+              for kind in ("add", "mul", "shift", "compare") for e in d[kind]}
+    e_bits, r_bits = et.datapath.acc_bits(sm.e_x), rt.datapath.acc_bits(sm.recip_table.e)
+    assert widths[("compare", "softmax.max")] == widths[("add", "softmax.sub_max")] == 32
+    assert widths[("mul", "softmax.requant")] == (32, 32)
+    assert widths[("compare", "softmax.leading_one")] == 32
+    assert widths[("mul", "softmax.normalize")] == (e_bits, r_bits)
+    assert widths[("shift", "softmax.normalize")] == e_bits + r_bits
+
+
 def test_softmax_rounding_boundaries():
     """Rows whose probabilities sit exactly on a rounding boundary (found by searching the
     reference): ``E * R`` an odd multiple of ``2**(sh - 9)`` (a half_up tie of the PWL
