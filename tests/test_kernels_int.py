@@ -780,6 +780,8 @@ def test_softmax_op_widths():
     assert widths[("compare", "softmax.leading_one")] == 32
     assert widths[("mul", "softmax.normalize")] == (e_bits, r_bits)
     assert widths[("shift", "softmax.normalize")] == e_bits + r_bits
+    z = d["accumulators"]["softmax.sum"]                 # Z's register: the reciprocal's int32 input
+    assert z["declared_bits"] == 32 and z["headroom_bits"] == 32 - z["used_bits"]
 
 
 def test_softmax_rounding_boundaries():
