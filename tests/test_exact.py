@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import gqa_lut
 from gqa_lut.dp import dp_optimum
-from gqa_lut.exact import (MAX_POSITIONS, ExactTooLarge, ExactUnavailable, _no_saturation, _two_adic, candidate_bound,
+from gqa_lut.exact import (MAX_POSITIONS, ExactProblem, ExactTooLarge, ExactUnavailable, _no_saturation, _two_adic, candidate_bound,
                            candidates, exact_optimum, exact_table, gap, lower_bound, objective_value, segment_starts)
 from gqa_lut.objective import Objective
 from intsim import GQAError, PWLDatapath, get_function, scale_points
@@ -96,6 +96,13 @@ CASES = [
                                          out_bits=8, out_frac=2, out_rounding="floor"), "mse"),
     ("tanh", (-1.0, 1.0), [0, 1, 2], 3, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3,
                                              out_bits=8, out_frac=3, out_rounding="half_away"), "max_abs"),
+    # coarse outputs (out_frac below the accumulator's): where the output rounding's allowance
+    # (dmax, half an output LSB) decides which slopes and intercepts the bounds may skip (found by
+    # searching random datapaths for ones where half that allowance loses the optimum)
+    ("silu", (-1.5, 2.0), [0, 1], 3, dict(in_bits=4, slope_bits=3, slope_frac=2, icpt_bits=3, icpt_frac=1,
+                                          out_bits=9, out_frac=1, out_rounding="half_away"), "max_abs"),
+    ("exp", (-1.5, 1.0), [1, 2], 4, dict(in_bits=4, slope_bits=5, slope_frac=1, icpt_bits=3, icpt_frac=3,
+                                         out_bits=7, out_frac=2, out_rounding="half_up"), "mse"),
 ]
 
 
@@ -302,6 +309,15 @@ def test_the_saturation_bound_is_tight_on_the_larger_end_of_the_inputs():
                    out_frac=0)
     assert _no_saturation(Objective(fn, 2, dp, [0])) and not saturating_codes(fn, dp, [0])
     assert exact_optimum(Objective(fn, 2, dp, [0])).value >= 0
+
+
+def test_segment_costs_of_an_exact_line_are_zero_not_negative():
+    # hswish is the identity on [3, 7]: every segment fits exactly, and the closed-form SSE's float
+    # cancellation (about -9e-16 here) is clipped, so no cost and no optimum is below zero
+    obj = Objective(get_function("hswish").with_domain((3.0, 7.0)), 2, PWLDatapath(), [0])
+    c = ExactProblem(obj).costs(relaxed=True)
+    assert c[np.triu_indices_from(c, 1)].min() == 0.0
+    assert exact_optimum(obj).value == 0.0
 
 
 def test_two_adic_valuation():
