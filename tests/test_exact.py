@@ -103,6 +103,11 @@ CASES = [
                                           out_bits=9, out_frac=1, out_rounding="half_away"), "max_abs"),
     ("exp", (-1.5, 1.0), [1, 2], 4, dict(in_bits=4, slope_bits=5, slope_frac=1, icpt_bits=3, icpt_frac=3,
                                          out_bits=7, out_frac=2, out_rounding="half_up"), "mse"),
+    # outputs one bit coarser than the accumulator (a one-bit rounding shift also rounds)
+    ("exp", (-1.0, 1.5), [1], 4, dict(in_bits=4, slope_bits=5, slope_frac=3, icpt_bits=5, icpt_frac=0,
+                                      out_bits=10, out_frac=3, out_rounding="half_up"), "max_abs"),
+    ("hswish", (-1.5, 1.5), [0, 1], 2, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=5, icpt_frac=0,
+                                            out_bits=10, out_frac=3, out_rounding="half_up"), "mse"),
 ]
 
 
@@ -209,6 +214,21 @@ def test_candidates_are_complete_and_represented(func, domain, scales):
     p = np.arange(math.floor((domain[0] - 3) / step), math.ceil((domain[1] + 3) / step)) * step
     seen = {r.tobytes() for r in cand.starts}
     assert all(r.tobytes() in seen for r in clipped(p))
+    # the representative: a breakpoint in the domain when its behaviour has one there, then the
+    # coarsest dyadic (fewest fraction bits), then the smallest magnitude (on that grid)
+    def coarseness(x):  # 2-adic valuation of x / step
+        t = int(round(x / step))
+        return math.inf if t == 0 else (t & -t).bit_length() - 1
+
+    behaviour = clipped(p)
+    for rep, row in zip(cand.reals, cand.starts):
+        same = p[np.all(behaviour == row, axis=1)]
+        inside = same[(same >= domain[0]) & (same <= domain[1])]
+        if inside.size:
+            assert domain[0] <= rep <= domain[1]
+            best = max(coarseness(x) for x in inside)
+            assert coarseness(rep) == best
+            assert abs(rep) == min(abs(x) for x in inside if coarseness(x) == best)
 
 
 def test_a_cell_only_a_midpoint_reaches_is_a_candidate():

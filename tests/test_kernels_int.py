@@ -219,6 +219,20 @@ def test_requantize_dynamic_matches_reference(rows, cols, bits, data):
     assert y.tolist() == ey and t.tolist() == et
 
 
+def test_requantize_dynamic_kernel_source_without_the_compiler():
+    """The kernel's Python source (``py_func``: numpy scalars, no LLVM) gives the reference's codes
+    and shifts too: its arithmetic does not lean on what the compiler makes of an undefined shift
+    (a negative count is poison in LLVM; numpy gives 0)."""
+    from intsim.fixedpoint import _requantize_dynamic
+
+    acc = np.array([[0, 1, -1], [300, -7, 2], [ref.INT32_MAX, ref.INT32_MIN, 5]], np.int64)
+    m0, n = np.full(3, 2**30, np.int32), np.array([0, 1, 2], np.int64)
+    out, shifts = np.zeros((3, 3), np.int64), np.zeros(3, np.int64)
+    _requantize_dynamic.py_func(acc, m0, n, 8, out, shifts)
+    ey, et = ref.requantize_dynamic(acc.tolist(), m0.tolist(), n.tolist(), 8)
+    assert out.tolist() == ey and shifts.tolist() == et
+
+
 @FAST
 @given(st.lists(biased_int32(), min_size=1, max_size=8), st.integers(2**30, 2**31 - 1), st.integers(-40, 62))
 @example([-1, 1, 0, ref.INT32_MIN, ref.INT32_MAX], 2**30, -31)

@@ -206,11 +206,13 @@ def test_dyadic_multiplier_is_the_rounded_mantissa(m):
         assert (m0, n) == ref.quantize_multiplier(m)
 
 
-@pytest.mark.parametrize("m", [2.0**31, 2.0**40, 0.0, -1.0, float("inf"), float("nan")])
+@pytest.mark.parametrize("m", [2.0**31, 2.0**40, 0.0, -0.5, -1.0, float("inf"), float("nan")])
 def test_dyadic_multiplier_refuses(m):
     with pytest.raises(GQAError) as exc:
         dyadic_multiplier(m)
     assert exc.value.field == "multiplier"
+    # the message says what is wrong: not positive (0, -0.5: not "outside (0, 1)"), or too large
+    assert ("left shift beyond 31 bits" if 2**31 <= m < float("inf") else "is not a positive real") in str(exc.value)
 
 
 @FAST
