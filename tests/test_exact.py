@@ -257,6 +257,11 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     assert exc.value.field == "max_candidates"
     m, pairs = map(int, re.search(r"needs (\d+) breakpoint candidates \((\d+) segment costs\)", str(exc.value)).groups())
     assert m == candidates(obj).reals.size and pairs == m * (m - 1) // 2  # segments [a, b) over m candidates
+    # past 4x the limit the (nearly tight) bound decides, without enumerating the candidates
+    bound = candidate_bound(obj)
+    with pytest.raises(ExactTooLarge) as exc:
+        exact_optimum(obj, max_candidates=(bound - 1) // 4)
+    assert f"needs up to {bound} breakpoint candidates" in str(exc.value)
     opt = exact_optimum(obj).value
     lb = lower_bound(obj, max_candidates=100)
     assert 0 < lb["value"] <= opt * (1 + 1e-9)
