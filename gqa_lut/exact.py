@@ -220,7 +220,8 @@ def _segment(a, b, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode
     """``(K, B, cost)``: the exact best integer line of segment ``(a, b)`` (module docstring, step 3).
 
     ``fmts``: one row per coefficient format the segment may use (per-segment exponents:
-    several); the best over every row, its codes on the datapath's (widest) grid.
+    several); the best over every row, its codes on the datapath's (widest) grid. A segment no
+    weighted point reaches (MSE, zero weight) gets the zero line, as :mod:`gqa_lut.fitting` gives it.
     """
     s1 = G[b, 0] - G[a, 0]
     sx = G[b, 1] - G[a, 1]

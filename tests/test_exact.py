@@ -345,6 +345,19 @@ def test_segment_costs_of_an_exact_line_are_zero_not_negative():
     assert exact_optimum(obj).value == 0.0
 
 
+def test_a_weightless_segment_gets_the_zero_line():
+    # histogram weights zero on every code of gelu at e = 0 above 1.0: a segment there costs 0 and
+    # gets K = B = 0, the convention of gqa_lut.fitting (any line is optimal there)
+    fn, dp = small("gelu", -2.0, 4.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2)
+    q = np.arange(dp.code_min, dp.code_max + 1)
+    obj = Objective(fn, 3, dp, [0], weights={0: (q <= 1).astype(float)})
+    prob = ExactProblem(obj)
+    starts = prob.cand.starts[:, 0]
+    a, b = int(np.searchsorted(starts, 2)), prob.size - 1     # the segment from code 2 up
+    assert starts[a] == 2 and starts[b] > starts[a]
+    assert prob.segment(a, b) == (0, 0, 0.0)
+
+
 def test_two_adic_valuation():
     t = np.array([0, 1, -1, 2, -4, 12, -12, 1 << 40, 3])
     with np.errstate(all="raise"):  # no log2(0) behind the mask
