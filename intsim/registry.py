@@ -252,6 +252,10 @@ OUTLIERS.register("split", "channel splitting (QLLM): outlier channels into sub-
 OUTLIERS.register("act_offset", "an ungated activation's output offset by its unit's minimum into an unsigned (uint8) "
                   "operand, the offset folded into the next bias", "act_offset")
 
+OUTLIERS.register("token_mantissa", "per_token's row scale of a requantized operand (the activation output, the "
+                  "context) as mu * 2**k, mu with token_mantissa_bits fraction bits: the row fills the range; the next "
+                  "requantizer multiplies by mu", "token_mantissa")
+
 CLIPS.register("percentile", "the calib_percentile of |x| (a transformed norm copy: its max)", "percentile")
 CLIPS.register("mse", "the clip minimising the tensor's quantization MSE (fine histogram)", "mse")
 CLIPS.register("token", "Outlier Suppression's token-wise clipping: quantiles of the token maxima, refined", "token")
