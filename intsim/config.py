@@ -108,8 +108,9 @@ class SimConfig:
     rsqrt_table: object = "rsqrt_mantissa16"
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction
     rope_bits: int = 16             # RoPE's cos/sin constants, signed (rope_bits - 1 fraction bits)
-    outliers: str = "smooth+per_token+act_offset"  # smooth: LayerNorm-output outliers migrate into the weights;
-    #                                 per_token: dynamic power-of-two scale per token for the GELU output and context;
+    outliers: str = "smooth+per_token+act_offset+token_mantissa"  # smooth: LayerNorm-output outliers migrate
+    #                                 into the weights; per_token: dynamic scale per token for the GELU output and
+    #                                 context (token_mantissa: mu * 2**k, not only a power of two);
     #                                 act_offset: the GELU output an unsigned (uint8) operand, its offset in the bias
     token_mantissa_bits: int = 3    # outliers token_mantissa: the per-token scale mu * 2**k, mu = 1.m with m bits
     smooth_alpha: float = 0.7
@@ -202,7 +203,8 @@ class SimConfig:
         g = f"{self.gelu}" + (f"({self.gelu_table.entries})" if self.gelu == "pwl" else "")
         s = f"{self.softmax}" + (f"(exp {self.exp_table.entries}, {self.reciprocal})" if self.softmax == "pwl" else "")
         return (f"W{self.weight_bits}A{self.act_bits} {self.weight_scales}, residual {self.residual_bits}b, "
-                f"gelu {g}, softmax {s}, layernorm {self.layernorm}, outliers {self.outliers}")
+                f"gelu {g}, softmax {s}, layernorm {self.layernorm}, outliers {self.outliers}"
+                + (f" (m={self.token_mantissa_bits})" if "token_mantissa" in OUTLIERS.parse(self.outliers) else ""))
 
 
 def load_table(spec, field_name: str) -> PWLTable:

@@ -553,6 +553,7 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
 
 ROW_GUARD = 8                 # G: fractional bits of a row's peak below the nominal code (the peak's register)
 ROW_K_MIN, ROW_K_MAX = -ROW_GUARD, 31 - ROW_GUARD   # the row exponent k's range
+ROW_FRAC = 8                  # the producer's final shift is at least this (a left shift first otherwise)
 ROW_MANTISSA_MAX = 8          # m <= 8: the consumer's extra multiply is 32 x 9 bits at most
 
 
@@ -638,7 +639,10 @@ def _requantize_rows(acc, m0, n, bits, m, recip, out, mant, shifts, sats):
             st = np.int64(0)
             for c in range(cols):
                 a = min(max(np.int64(acc[r, c]), INT32_MIN), INT32_MAX)
-                y = _requantize_bf(a, _srdhm_bf(np.int64(m0[c]), rr), n[c] + k - 1)
+                nr = n[c] + k - 1
+                pre = max(ROW_FRAC - nr, 0)          # SRDHM's rounding 2**-ROW_FRAC of a code below the output's
+                a = min(max(a << min(pre, 32), INT32_MIN), INT32_MAX)
+                y = _requantize_bf(a, _srdhm_bf(np.int64(m0[c]), rr), nr + pre)
                 yc = min(max(y, -hi - 1), hi)
                 st += yc != y
                 out[r, c] = yc
@@ -662,8 +666,11 @@ def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int 
        from a table of ``2**m`` int32 constants (:func:`row_reciprocals`; ``2**m / mu ~= R 2**-30``),
        ``M0_rc = SRDHM(M0_c, R)`` (in ``(2**28, 2**30]``: a 32 x 32 multiply per row for a scalar
        nominal multiplier), ``n_rc = n_c + k - 1`` (real: ``M0_c 2**-31-n_c / g``);
-    4. ``y = saturate(RDBPOT(SRDHM(a, M0_rc), n_rc), s{bits})`` (negative ``n_rc``: a left shift first,
-       int32-saturated) -- ONE rounding per element, as a static requantizer.
+    4. ``p = max(ROW_FRAC - n_rc, 0)`` (``ROW_FRAC = 8``), ``a' = sat32(a * 2**p)``,
+       ``y = saturate(RDBPOT(SRDHM(a', M0_rc), n_rc + p), s{bits})``: one requantization per element,
+       whose SRDHM rounds at ``2**-8`` of an output code or finer (gemmlowp's double rounding made
+       negligible; the left shift is exact for every element within the row's peak, which maps to
+       at most ``hi`` codes, so ``|a'| < 2**20``).
 
     Row ``r``'s real scale is ``s * g_r``. Returns ``(y, RowScale(mu, k, m), saturated)``, ``y`` int8
     (bits <= 8) or int16. ``mantissa_bits = 0`` is a power-of-two row scale (then ``k`` may be
@@ -724,7 +731,7 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
                     y = rdbpot_bf(z, e)
                 else:                      # an output finer than the register: left shift, int32-saturated
                     zc = min(max(z, INT32_MIN), INT32_MAX)
-                    z2 = zc << min(-e, 31)
+                    z2 = zc << min(-e, 32)      # |zc| <= 2**31: fits int64; past 32 bits any non-zero saturates
                     y = min(max(z2, INT32_MIN), INT32_MAX)
                     ov += (y != z2) | (zc != z)
                 if has_res:

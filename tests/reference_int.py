@@ -438,7 +438,7 @@ def requantize_dynamic(acc_rows, m0s, shifts, bits: int):
     return ys, ts
 
 
-ROW_GUARD, ROW_K_MIN, ROW_K_MAX = 8, -8, 23
+ROW_GUARD, ROW_K_MIN, ROW_K_MAX, ROW_FRAC = 8, -8, 23, 8
 
 
 def row_pick(peak: int, hi: int, m: int) -> tuple[int, int]:
@@ -454,8 +454,8 @@ def row_pick(peak: int, hi: int, m: int) -> tuple[int, int]:
 def requantize_rows(acc_rows, m0s, shifts, bits: int, m: int):
     """Per-row mantissa scaling (intsim.fixedpoint.requantize_rows' docstring): the row's peak
     ``P = max |requantize(a, M0_c, n_c - G)|`` (a saturated to int32 first), ``(mu, k)`` by
-    :func:`row_pick`, ``R = round_half_up(2**(30+m) / mu)``, ``y = saturate(requantize(a,
-    SRDHM(M0_c, R), n_c + k - 1), s{bits})``. Returns ``(rows of y, mantissas, exponents, saturations)``."""
+    :func:`row_pick`, ``R = round_half_up(2**(30+m) / mu)``, ``n_r = n_c + k - 1``,
+    ``p = max(8 - n_r, 0)``, ``y = saturate(requantize(sat32(a 2**p), SRDHM(M0_c, R), n_r + p), s{bits})``. Returns ``(rows of y, mantissas, exponents, saturations)``."""
     hi = 2 ** (bits - 1) - 1
     ys, mus, ks, sats = [], [], [], 0
     for row in acc_rows:
@@ -465,7 +465,10 @@ def requantize_rows(acc_rows, m0s, shifts, bits: int, m: int):
         r = round_fraction(Fraction(2 ** (30 + m), mu), "half_up")
         out = []
         for c, x in enumerate(a):
-            y, _ = requantize(x, srdhm(int(m0s[c]), r), int(shifts[c]) + k - 1)
+            nr = int(shifts[c]) + k - 1
+            pre = max(ROW_FRAC - nr, 0)
+            x = saturate(x * 2**pre, 32)[0]
+            y, _ = requantize(x, srdhm(int(m0s[c]), r), nr + pre)
             y, hit = saturate(y, bits)
             sats += hit
             out.append(y)
