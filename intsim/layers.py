@@ -20,7 +20,10 @@ Formats and scales (the conventions every layer keeps):
 - outliers (:data:`intsim.registry.OUTLIERS`): ``smooth`` divides a norm's GEMM copy by per-channel
   factors ``f_c = cmax_c**a / wmax_c**(1-a)`` (SmoothQuant) folded into its integer gamma/beta and
   multiplies the consuming weights' input columns by ``f_c``; ``per_token`` gives GEMM operands a
-  dynamic power-of-two scale per token (row shifts ``t``) that the next requantizer subtracts.
+  dynamic power-of-two scale per token (row shifts ``t``) that the next requantizer subtracts;
+  ``token_mantissa`` makes that scale ``mu * 2**(k - m)`` for the requantizer-made operands (the
+  activation output and the context; :func:`intsim.fixedpoint.requantize_rows`, a
+  :class:`~intsim.fixedpoint.RowScale` the next requantizer multiplies by).
   The other methods (gamma migration, OS+ shifting and scaling, channel splitting) and the searched
   clipping ranges (``act_clip``) are :mod:`intsim.outliers`: a norm's GEMM copy carries one
   :class:`~intsim.outliers.OperandTransform` (its ``factor``) that its consumers' :class:`IntLinear`
@@ -141,8 +144,15 @@ def token_mantissa(cfg: SimConfig) -> int | None:
 
 
 def _record(trace, prefix: str, **arrays) -> None:
+    """Integer arrays into ``trace`` under ``prefix``; a :class:`~intsim.fixedpoint.RowScale` under
+    ``..._shift`` as its exponents there and its mantissas under ``..._mantissa``."""
     if trace is not None:
-        trace.update({prefix + k: v for k, v in arrays.items() if v is not None})
+        for k, v in arrays.items():
+            if isinstance(v, RowScale):
+                trace[prefix + k.removesuffix("_shift") + "_mantissa"] = v.mantissa
+                v = v.shift
+            if v is not None:
+                trace[prefix + k] = v
 
 
 # --- calibration sites ---------------------------------------------------------------------------------
