@@ -133,10 +133,6 @@ class SimConfig:
         for k, allowed in choices().items():   # from intsim.registry: a registration adds a choice
             if getattr(self, k) not in allowed:
                 raise GQAError(k, f"{getattr(self, k)!r} is not an option", f"use one of {', '.join(allowed)}")
-        methods = OUTLIERS.parse(self.outliers)
-        if "token_mantissa" in methods and "per_token" not in methods:
-            raise GQAError("outliers", f"{self.outliers!r}: token_mantissa refines per_token's row scale",
-                           f"give {OUTLIERS.canonical(self.outliers + '+per_token')}")
         if not isinstance(self.pwl_input_exp, dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in self.pwl_input_exp.values()):
             raise GQAError("pwl_input_exp", "must map module names to integer exponents",

@@ -499,7 +499,7 @@ def test_token_mantissa_config_and_gated_site():
     from intsim.layers import ActivationSite
     from intsim.registry import ACTIVATIONS
 
-    with pytest.raises(GQAError, match=r"give per_token\+token_mantissa") as ei:
+    with pytest.raises(GQAError, match=r"refines per_token.*give per_token\+token_mantissa") as ei:
         SimConfig(outliers="token_mantissa")
     assert ei.value.field == "outliers"
     for bad in (-1, 9, 2.5):
