@@ -38,7 +38,8 @@ ffn_in          the FFN in-projection's operand: the first norm's int8 copy
 gelu_in         the GELU unit's input codes (``in_bits`` at ``2**-e``, saturating)
 gelu_table      the GELU PWL table instead of erf GELU
 ffn_mid         the GELU output requantized to the out-projection's int8 operand (``act_offset``:
-                ``a + c`` to its uint8 operand, the consumer's bias folding ``-W c``)
+                ``a + c`` to its uint8 operand, the consumer's bias folding ``-W c``; ``token_mantissa``:
+                per row at ``s mu 2**(k-m)``, one rounding, as ctx)
 rsqrt_in        LayerNorm's integer normalisation: ``d = C x - S`` reduced to ``d_bits``, the
                 variance's base-4 mantissa truncated to the rsqrt table's codes, ``z = d / sqrt(V)``
                 held with ``Z_FRAC`` fractional bits
@@ -115,12 +116,13 @@ SITE_CLASSES = {c.name: c for c in (
     SiteClass("recip_in", ("block",), (r"{p}softmax\.(sum|leading_one)$",), "reciprocal mantissa codes"),
     SiteClass("recip_table", ("block",), (r"{p}softmax\.reciprocal$",), "reciprocal PWL table"),
     SiteClass("probs", ("block",), (r"{p}softmax\.normalize$", r"{p}context$"), "UINT8 probabilities"),
-    SiteClass("ctx", ("block",), (r"{p}context\.(requant|token_max|token_shift)$", r"{p}attn_out$"),
+    SiteClass("ctx", ("block",), (r"{p}context\.(requant|token_max|token_shift|row_\w+)$", r"{p}attn_out(\.row_scale)?$"),
               "context operand int8"),
     SiteClass("ffn_in", ("block",), (r"{p}ffn_in$", r"{p}ln1_out\.token_max$"), "FFN operand (norm copy)"),
     SiteClass("gelu_in", ("block",), (r"{p}ffn_in\.requant$",), "GELU input codes"),
     SiteClass("gelu_table", ("block",), (r"{p}gelu$",), "GELU PWL table"),
-    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift|offset)$", r"{p}ffn_out$"),
+    SiteClass("ffn_mid", ("block",), (r"{p}gelu\.(requant|token_max|token_shift|row_\w+|offset)$",
+                                      r"{p}ffn_out(\.row_scale)?$"),
               "FFN out-projection operand int8"),
     SiteClass("rsqrt_in", ("emb", "block"), (r"{ln}\." + _LN_IN + "$",), "rsqrt mantissa codes"),
     SiteClass("rsqrt_table", ("emb", "block"), (r"{ln}\.(rsqrt|normalize)$",), "rsqrt PWL table"),
@@ -186,6 +188,30 @@ def fake_quant_requant_per_token(x, scale, bits: int):
     return torch.clamp(round_half_away(v / 2.0**t), -top, top - 1) * scale * 2.0**t
 
 
+def fake_quant_requant_row_mantissa(x, scale, bits: int, m: int):
+    """:func:`intsim.fixedpoint.requantize_rows`: ``P`` the row's peak in nominal codes rounded to
+    ``2**-G`` (``G = ROW_GUARD``), per row the smallest ``g = mu * 2**(k - m)`` (``mu`` in
+    ``[2**m, 2**(m+1))``, ``k`` in ``[-8, 23]``) with ``mu * hi * 2**(k - m + G) >= P`` (in integers,
+    as the kernel picks it), then ``sat(round(x / (s g)))``: one rounding, as the kernel."""
+    from .fixedpoint import ROW_GUARD, ROW_K_MAX, ROW_K_MIN
+
+    hi = 2 ** (bits - 1) - 1
+    peak = round_half_away(torch.amax(torch.abs(x / scale), dim=-1, keepdim=True) * 2.0**ROW_GUARD)
+    P = peak.to(torch.int64)
+    ks = torch.arange(ROW_K_MIN, ROW_K_MAX + 1, dtype=torch.int64)
+    e = ks - m + ROW_GUARD                                                 # (K,)
+    d = hi * torch.pow(2, torch.clamp(e, min=0))
+    up = P * torch.pow(2, torch.clamp(-e, min=0))                          # (..., K)
+    need = (up + d - 1) // d                                              # ceil(P 2**(m-k-G) / hi)
+    fits = need <= 2 ** (m + 1) - 1
+    j = torch.where(fits.any(-1, keepdim=True), torch.argmax(fits.to(torch.int8), -1, keepdim=True),
+                    torch.full_like(P, len(ks) - 1))
+    k = ks[j]
+    mu = torch.clamp(torch.gather(need, -1, j), 2**m, 2 ** (m + 1) - 1)
+    g = scale * mu.to(x.dtype) * torch.pow(2.0, (k - m).to(x.dtype))
+    return torch.clamp(round_half_away(x / g), -hi - 1, hi) * g
+
+
 def pwl_real(table, x):
     """The table's piecewise-linear function of REAL ``x``: ``K_i x + B_i``, ``i = #{j : x >= p_j}``."""
     bp = torch.as_tensor(np.asarray(table.breakpoints, np.float64))
@@ -227,7 +253,7 @@ class Mirror:
     """
 
     KERNELS = {"gelu": "pwl", "softmax": "pwl", "reciprocal": "pwl", "layernorm": "pwl"}   # what it mirrors
-    OUTLIERS = frozenset({"smooth", "per_token", "act_offset"})
+    OUTLIERS = frozenset({"smooth", "per_token", "act_offset", "token_mantissa"})
 
     def __init__(self, encoder, model):
         from .layers import outlier_methods
@@ -269,6 +295,7 @@ class Mirror:
                 add1=prev.res_scale, add2=ib.ln1.res_scale,
                 in_op=self._operand(prev), ffn_op=self._operand(ib.ln1),
                 s_q=a.s_q, s_k=a.s_k, s_v=a.s_v, s_ctx=a.s_ctx, ctx_dynamic=a.ctx.per_token,
+                ctx_mantissa=a.ctx.mantissa_bits, mid_mantissa=ib.ffn.requant.mantissa_bits,
                 softmax=a.softmax, gelu=ib.ffn.kernel, s_mid=ib.ffn.out_scale, mid_dynamic=ib.ffn.requant.per_token))
             prev = ib.ln2
 
@@ -370,10 +397,13 @@ class Mirror:
                 x = fake_quant_norm_per_token(x, scale, ab) if dynamic else fake_quant(x, scale, ab)
             return rec(p + site, x)
 
-        def requant_operand(x, scale, dynamic, site, unsigned=False):
+        def requant_operand(x, scale, dynamic, site, unsigned=False, mantissa=None):
             if p + site in on:      # unsigned: the kernels at ab + 1 signed bits, the codes >= 0 (OperandRequant)
                 bits = ab + unsigned
-                x = fake_quant_requant_per_token(x, scale, bits) if dynamic else fake_quant(x, scale, bits)
+                if mantissa is not None:
+                    x = fake_quant_requant_row_mantissa(x, scale, bits, mantissa)
+                else:
+                    x = fake_quant_requant_per_token(x, scale, bits) if dynamic else fake_quant(x, scale, bits)
                 x = torch.clamp(x, min=0.0) if unsigned else x
             return rec(p + site, x)
 
@@ -391,13 +421,14 @@ class Mirror:
         scores = q @ k.transpose(-2, -1) / math.sqrt(dh)
         probs = self._softmax(scores, mask, b["softmax"], p, on, rec)
         ctx = (probs @ v).transpose(1, 2).reshape(B, T, C)
-        ctx = requant_operand(ctx, b["s_ctx"], b["ctx_dynamic"], "ctx")
+        ctx = requant_operand(ctx, b["s_ctx"], b["ctx_dynamic"], "ctx", mantissa=b["ctx_mantissa"])
         s1 = residual(lin(ctx, "out") + x_res, b["add1"], "sum1")
         r1, h = self._layernorm(s1, b["ln1"], b["add1"], p.rstrip("."), on, rec)
         r1 = residual(r1, b["ln1"]["res_scale"], "ln1_res")
         h8 = operand(h, b["ffn_op"], "ffn_in")
         a = self._gelu(lin(h8, "ffn_in"), b["gelu"], p, on, rec)
-        g8 = requant_operand(a - b["mid_shift"], b["s_mid"], b["mid_dynamic"], "ffn_mid", b["mid_unsigned"])
+        g8 = requant_operand(a - b["mid_shift"], b["s_mid"], b["mid_dynamic"], "ffn_mid", b["mid_unsigned"],
+                             b["mid_mantissa"])
         s2 = residual(lin(g8, "ffn_out") + r1, b["add2"], "sum2")
         r2, x_next = self._layernorm(s2, b["ln2"], b["add2"], p.rstrip("."), on, rec)
         return residual(r2, b["ln2"]["res_scale"], "residual"), x_next          # the residual copy, and the real output the next block's operand quantizes

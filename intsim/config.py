@@ -33,11 +33,12 @@ ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the o
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
           "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0),
           "ffn_smooth_alpha": (0.0, 1.0),
-          "calib_percentile": (90.0, 100.0), "split_ratio": (1.0, 1e6)}
+          "calib_percentile": (90.0, 100.0), "split_ratio": (1.0, 1e6), "token_mantissa_bits": (0, 8)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5",
          "ffn_smooth_alpha": "0 turns it off; the decoder uses 0.7",
+         "token_mantissa_bits": "a per-token scale's fraction bits (3: the consumer multiplies by a 4-bit mantissa)",
          "split_ratio": "channels above split_ratio x the median channel range are split (8 is the default)"}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
 
@@ -107,9 +108,11 @@ class SimConfig:
     rsqrt_table: object = "rsqrt_mantissa16"
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction
     rope_bits: int = 16             # RoPE's cos/sin constants, signed (rope_bits - 1 fraction bits)
-    outliers: str = "smooth+per_token+act_offset"  # smooth: LayerNorm-output outliers migrate into the weights;
-    #                                 per_token: dynamic power-of-two scale per token for the GELU output and context;
+    outliers: str = "smooth+per_token+act_offset+token_mantissa"  # smooth: LayerNorm-output outliers migrate
+    #                                 into the weights; per_token: dynamic scale per token for the GELU output and
+    #                                 context (token_mantissa: mu * 2**k, not only a power of two);
     #                                 act_offset: the GELU output an unsigned (uint8) operand, its offset in the bias
+    token_mantissa_bits: int = 3    # outliers token_mantissa: the per-token scale mu * 2**k, mu = 1.m with m bits
     smooth_alpha: float = 0.7
     ffn_smooth_alpha: float = 0.0   # gated FFN: SmoothQuant on the down operand (factors in its requantizer); 0: off
     calib_percentile: float = 99.99  # static GEMM-operand ranges: this percentile of |x| (residual: always max)
@@ -196,7 +199,8 @@ class SimConfig:
         g = f"{self.gelu}" + (f"({self.gelu_table.entries})" if self.gelu == "pwl" else "")
         s = f"{self.softmax}" + (f"(exp {self.exp_table.entries}, {self.reciprocal})" if self.softmax == "pwl" else "")
         return (f"W{self.weight_bits}A{self.act_bits} {self.weight_scales}, residual {self.residual_bits}b, "
-                f"gelu {g}, softmax {s}, layernorm {self.layernorm}, outliers {self.outliers}")
+                f"gelu {g}, softmax {s}, layernorm {self.layernorm}, outliers {self.outliers}"
+                + (f" (m={self.token_mantissa_bits})" if "token_mantissa" in OUTLIERS.parse(self.outliers) else ""))
 
 
 def load_table(spec, field_name: str) -> PWLTable:

@@ -410,6 +410,25 @@ def _accumulator(acc) -> np.ndarray:
     return acc
 
 
+def _requantize_channels_scaled(a2, shape, bias, m0, n, rs, lo, hi, res, has_res, out):
+    """:func:`requantize_channels` with a :class:`RowScale` (its docstring)."""
+    mant = np.asarray(rs.mantissa, np.int64).reshape(-1)
+    k = np.asarray(rs.shift, np.int64).reshape(-1)
+    m = int(rs.bits)
+    if mant.shape[0] != a2.shape[0] or k.shape[0] != a2.shape[0]:
+        raise GQAError("row_shift", f"has {k.shape[0]} row scales for {a2.shape[0]} rows")
+    if not 0 <= m <= ROW_MANTISSA_MAX or np.any(mant < (1 << m)) or np.any(mant >= (1 << (m + 1))):
+        raise GQAError("row_shift", f"mantissas must lie in [2**m, 2**(m+1)) with m = {m} in [0, {ROW_MANTISSA_MAX}]")
+    if k.size and (int(n.max()) + m - int(k.min()) > 62 or m - int(k.max()) < -62):
+        raise GQAError("row_shift", "a row's exponent leaves the final shift outside [-62, 62]",
+                       "row exponents come from requantize_rows (k in [-8, 23])")
+    if np.any(np.abs(bias) > INT32_MAX):
+        raise GQAError("bias", "must fit int32 with per-row scales", "use coarser activation scales")
+    bq = saturating_rounding_doubling_high_mul(bias, m0)
+    sat, ovf, peak = _requantize_channels_rows(a2, bq, m0.astype(np.int32), n, mant, k, m, lo, hi, res, has_res, out)
+    return out.reshape(shape), int(sat), int(ovf), int(peak)
+
+
 def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=None, out_dtype=None,
                         row_shift=None):
     """Per-column requantization of a GEMM accumulator, optionally followed by a residual add.
@@ -427,8 +446,26 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     uses ``n_c - row_shift[r]`` (negative: a left shift before the multiply, int32-saturated and
     counted as overflow) and the bias ``RDBPOT(bias_c, row_shift[r])`` (row shifts are >= 0).
 
+    ``row_shift`` a :class:`RowScale` (``token_mantissa``: row ``r``'s operand at ``g_r = mu_r *
+    2**(k_r - m)`` times the nominal scale): the row's accumulator is multiplied by ``g_r`` after
+    the per-column multiply, and the bias joins it there, at the output's precision::
+
+        x  = SRDHM(acc, M0_c)                      (acc int32; outside: counted overflow, saturated)
+        Bq = SRDHM(bias_c, M0_c)                   (per column, offline; the bias must fit int32)
+        s  = m - k_r
+        z  = x * mu_r + Bq * 2**s                  (int64: 32 x (m+1)-bit product, <= 40 bits; for s < 0
+                                                    the bias term is RDBPOT(Bq, -s))
+        y  = RDBPOT(z, n_c + s) + residual         (n_c + s < 0: z int32-saturated, shifted left,
+                                                    int32-saturated, counted as overflow)
+        y  = saturate(y, s{out_bits})              (counted)
+
+    so ``y = (acc * g_r + bias) * M0_c 2**(-31-n_c)`` with two roundings: SRDHM's, at
+    ``2**-(n_c + s)`` of an output code, and RDBPOT's. The extra hardware per output is the
+    ``x * mu_r`` multiply (32 x (m+1) bits) and the bias add moved after it; per row, ``s``.
+    ``n_c + m - k_r`` must not exceed 62.
+
     Returns ``(y, saturated, overflowed, peak)``, ``peak`` the largest ``|acc + bias|`` (the
-    accumulator's width report).
+    accumulator's width report; with a :class:`RowScale` the largest ``|acc|``: the bias joins later).
     """
     acc = _accumulator(acc)
     if not 2 <= out_bits <= 32:
@@ -455,6 +492,8 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
     if out_dtype is None:
         out_dtype = np.int8 if out_bits <= 8 else np.int16 if out_bits <= 16 else np.int32
     out = np.empty(a2.shape, out_dtype)
+    if isinstance(row_shift, RowScale):
+        return _requantize_channels_scaled(a2, shape, bias, m0, n, row_shift, lo, hi, res, residual is not None, out)
     rs = np.zeros(a2.shape[0], np.int64) if row_shift is None else np.asarray(row_shift, np.int64).reshape(-1)
     if rs.shape[0] != a2.shape[0]:
         raise GQAError("row_shift", f"has {rs.shape[0]} entries for {a2.shape[0]} rows")
@@ -508,3 +547,199 @@ def requantize_dynamic(acc, multipliers, shifts, bits: int = 8):
     t = np.empty(a2.shape[0], np.int64)
     _requantize_dynamic(a2, m0.astype(np.int32), n, bits, out, t)
     return out.reshape(shape), t.reshape(shape[:-1])
+
+
+# --- per-row scales with a mantissa: ``mu * 2**(k - m)`` per token (outliers ``token_mantissa``) ----
+
+ROW_GUARD = 8                 # G: fractional bits of a row's peak below the nominal code (the peak's register)
+ROW_K_MIN, ROW_K_MAX = -ROW_GUARD, 31 - ROW_GUARD   # the row exponent k's range
+ROW_FRAC = 8                  # the producer's final shift is at least this (a left shift first otherwise)
+ROW_MANTISSA_MAX = 8          # m <= 8: the consumer's extra multiply is 32 x 9 bits at most
+
+
+@dataclass(frozen=True)
+class RowScale:
+    """Per-row scales of a per-token operand: row ``r`` holds codes at ``g_r`` times the nominal
+    scale, ``g_r = mantissa_r * 2**(shift_r - bits)`` with the mantissa an unsigned ``bits + 1``-bit
+    integer in ``[2**bits, 2**(bits+1))`` (``1.m`` with ``m = bits`` fraction bits) and ``shift_r`` a
+    signed exponent (the power-of-two row shift of ``per_token`` is ``bits = 0``, mantissa 1).
+
+    ``RowScale + t`` (``t`` a power-of-two row shift, int per row) adds ``t`` to every exponent: the
+    gated FFN's up operand's row scale multiplies in that way."""
+
+    mantissa: np.ndarray
+    shift: np.ndarray
+    bits: int
+
+    def __add__(self, t):
+        return RowScale(self.mantissa, self.shift + np.asarray(t, np.int64).reshape(self.shift.shape), self.bits)
+
+    __radd__ = __add__
+
+    @property
+    def shape(self):
+        return self.shift.shape
+
+    def reshape(self, *shape):
+        return RowScale(self.mantissa.reshape(*shape), self.shift.reshape(*shape), self.bits)
+
+    def factor(self) -> np.ndarray:
+        """``g_r`` as float64 (exact: a small integer times a power of two)."""
+        return self.mantissa.astype(np.float64) * np.exp2(self.shift.astype(np.float64) - self.bits)
+
+
+def row_reciprocals(m: int) -> np.ndarray:
+    """``R[mu - 2**m] = floor((2**(31+m) + mu) / (2 mu)) = round_half_up(2**(30+m) / mu)`` for every
+    mantissa ``mu`` in ``[2**m, 2**(m+1))``: ``2**m / mu ~= R * 2**-30``, in ``(2**29, 2**30]`` (the
+    producer's table of ``2**m`` int32 constants)."""
+    mu = np.arange(1 << m, 1 << (m + 1), dtype=np.int64)
+    return ((np.int64(1) << (31 + m)) + mu) // (2 * mu)
+
+
+@numba.njit(cache=True, inline="always")
+def _srdhm_bf(a, b):
+    """SRDHM of two int32 values (held in int64), branch-free (the :func:`_requantize_bf` arithmetic)."""
+    s = a * b
+    s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
+    return min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
+
+
+@numba.njit(cache=True, inline="always")
+def _row_pick(peak, hi, m, guard, k_min, k_max):
+    """The smallest ``g = mu * 2**(k - m)`` (``mu`` in ``[2**m, 2**(m+1))``, ``k`` in ``[k_min, k_max]``)
+    with ``mu * hi * 2**(k - m + guard) >= peak``; none: ``k_max`` and the largest mantissa."""
+    top = (1 << (m + 1)) - 1
+    k = k_min
+    while True:
+        e = k - m + guard
+        if e >= 0:
+            d = hi << e
+            need = (peak + d - 1) // d
+        else:
+            need = ((peak << -e) + hi - 1) // hi
+        if need <= top or k == k_max:
+            return min(max(need, 1 << m), top), k
+        k += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_rows(acc, m0, n, bits, m, recip, out, mant, shifts, sats):
+    rows, cols = acc.shape
+    hi = (1 << (bits - 1)) - 1
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            peak = np.int64(0)
+            for c in range(cols):
+                a = min(max(np.int64(acc[r, c]), INT32_MIN), INT32_MAX)
+                peak = max(peak, abs(_requantize_bf(a, m0[c], n[c] - ROW_GUARD)))
+            mu, k = _row_pick(peak, hi, m, ROW_GUARD, ROW_K_MIN, ROW_K_MAX)
+            mant[r] = mu
+            shifts[r] = k
+            rr = recip[mu - (1 << m)]
+            st = np.int64(0)
+            for c in range(cols):
+                a = min(max(np.int64(acc[r, c]), INT32_MIN), INT32_MAX)
+                nr = n[c] + k - 1
+                pre = max(ROW_FRAC - nr, 0)          # SRDHM's rounding 2**-ROW_FRAC of a code below the output's
+                a = min(max(a << min(pre, 32), INT32_MIN), INT32_MAX)
+                y = _requantize_bf(a, _srdhm_bf(np.int64(m0[c]), rr), nr + pre)
+                yc = min(max(y, -hi - 1), hi)
+                st += yc != y
+                out[r, c] = yc
+            sats[r] = st
+
+
+def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int = 3):
+    """Per-token (per-row) scaling by a mantissa and an exponent: the row fills the operand's range.
+
+    The nominal requantization ``(M0_c, n_c)`` maps the register ``a`` (int32 values; wider ones
+    saturate to int32 first, as in :func:`requantize1`) to codes at the nominal scale ``s``. Per row:
+
+    1. the row's peak at ``G = ROW_GUARD`` (8) fractional bits below the nominal code (a 32-bit register):
+       ``P = max_c |RDBPOT(SRDHM(a_c, M0_c), n_c - G)|`` (negative shift: left first, int32-saturated);
+    2. the row scale ``g = mu * 2**(k - m)`` (``m = mantissa_bits``, ``mu`` an unsigned ``m + 1``-bit
+       mantissa in ``[2**m, 2**(m+1))``, ``k`` in ``[ROW_K_MIN, ROW_K_MAX] = [-8, 23]``): the smallest
+       with ``mu * hi * 2**(k - m + G) >= P``, ``hi = 2**(bits-1) - 1`` (a leading-one detector on ``P``
+       and ``2**m`` comparisons against ``hi * mu``); ``P = 0``: ``k = -8``, ``mu = 2**m``; a peak
+       beyond the largest ``g`` keeps it (its codes saturate, counted);
+    3. the row's multiplier, the nominal one divided by ``g``: ``R = round_half_up(2**(30+m) / mu)``
+       from a table of ``2**m`` int32 constants (:func:`row_reciprocals`; ``2**m / mu ~= R 2**-30``),
+       ``M0_rc = SRDHM(M0_c, R)`` (in ``(2**28, 2**30]``: a 32 x 32 multiply per row for a scalar
+       nominal multiplier), ``n_rc = n_c + k - 1`` (real: ``M0_c 2**-31-n_c / g``);
+    4. ``p = max(ROW_FRAC - n_rc, 0)`` (``ROW_FRAC = 8``), ``a' = sat32(a * 2**p)``,
+       ``y = saturate(RDBPOT(SRDHM(a', M0_rc), n_rc + p), s{bits})``: one requantization per element,
+       whose SRDHM rounds at ``2**-8`` of an output code or finer (gemmlowp's double rounding made
+       negligible; the left shift is exact for every element within the row's peak, which maps to
+       at most ``hi`` codes, so ``|a'| < 2**20``).
+
+    Row ``r``'s real scale is ``s * g_r``. Returns ``(y, RowScale(mu, k, m), saturated)``, ``y`` int8
+    (bits <= 8) or int16. ``mantissa_bits = 0`` is a power-of-two row scale (then ``k`` may be
+    negative too: a token smaller than the nominal one gains resolution, unlike
+    :func:`requantize_dynamic`). The consumer applies ``g_r``: :func:`requantize_channels` with
+    ``row_shift=RowScale``.
+    """
+    acc = _accumulator(acc)
+    if not 2 <= bits <= 16:
+        raise GQAError("bits", f"{bits} is outside [2, 16]", "dynamic per-token operands are int8 or int16")
+    if not isinstance(mantissa_bits, (int, np.integer)) or not 0 <= mantissa_bits <= ROW_MANTISSA_MAX:
+        raise GQAError("token_mantissa_bits", f"{mantissa_bits!r} is outside [0, {ROW_MANTISSA_MAX}]",
+                       "a row scale's mantissa has a few fraction bits (3 or 4)")
+    shape = acc.shape
+    a2 = np.ascontiguousarray(acc.reshape(-1, shape[-1]))
+    cols = shape[-1]
+    m0 = _per_column(multipliers, cols, "multipliers")
+    n = _per_column(shifts, cols, "shifts")
+    if np.any(n > 62 - ROW_K_MAX) or np.any(n < -31) or np.any(m0 < 1) or np.any(m0 > INT32_MAX):
+        raise GQAError("multipliers", f"need positive int32 M0 and shifts in [-31, {62 - ROW_K_MAX}]",
+                       "use dyadic_multiplier")
+    out = np.empty(a2.shape, np.int8 if bits <= 8 else np.int16)
+    rows = a2.shape[0]
+    mant, k, sats = np.empty(rows, np.int64), np.empty(rows, np.int64), np.zeros(rows, np.int64)
+    _requantize_rows(a2, m0, n, bits, int(mantissa_bits), row_reciprocals(int(mantissa_bits)), out, mant, k, sats)
+    return out.reshape(shape), RowScale(mant.reshape(shape[:-1]), k.reshape(shape[:-1]), int(mantissa_bits)), \
+        int(sats.sum())
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_res, out):
+    """The per-element arithmetic of :func:`requantize_channels` with a :class:`RowScale`."""
+    rows, cols = acc.shape
+    sat = np.zeros(rows, np.int64)
+    ovf = np.zeros(rows, np.int64)
+    peak = np.zeros(rows, np.int64)
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        bt = np.empty(cols, np.int64)      # Bq_c * 2**s for the current row's s
+        s_now = np.int64(1 << 40)
+        for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
+            s = m - k[r]
+            mu = mant[r]
+            if s != s_now:
+                for c in range(cols):
+                    bt[c] = bq[c] << s if s >= 0 else rdbpot_bf(bq[c], -s)
+                s_now = s
+            pk = np.int64(0)
+            st = np.int64(0)
+            ov = np.int64(0)
+            for c in range(cols):
+                a = np.int64(acc[r, c])
+                pk = max(pk, abs(a))
+                ac = min(max(a, INT32_MIN), INT32_MAX)
+                ov += ac != a
+                z = _srdhm_bf(ac, np.int64(m0[c])) * mu + bt[c]
+                e = n[c] + s
+                if e >= 0:
+                    y = rdbpot_bf(z, e)
+                else:                      # an output finer than the register: left shift, int32-saturated
+                    zc = min(max(z, INT32_MIN), INT32_MAX)
+                    z2 = zc << min(-e, 32)      # |zc| <= 2**31: fits int64; past 32 bits any non-zero saturates
+                    y = min(max(z2, INT32_MIN), INT32_MAX)
+                    ov += (y != z2) | (zc != z)
+                if has_res:
+                    y += residual[r, c]
+                yc = min(max(y, lo), hi)
+                st += yc != y
+                out[r, c] = yc
+            sat[r] = st
+            ovf[r] = ov
+            peak[r] = pk
+    return sat.sum(), ovf.sum(), peak.max() if rows else 0

@@ -20,7 +20,10 @@ Formats and scales (the conventions every layer keeps):
 - outliers (:data:`intsim.registry.OUTLIERS`): ``smooth`` divides a norm's GEMM copy by per-channel
   factors ``f_c = cmax_c**a / wmax_c**(1-a)`` (SmoothQuant) folded into its integer gamma/beta and
   multiplies the consuming weights' input columns by ``f_c``; ``per_token`` gives GEMM operands a
-  dynamic power-of-two scale per token (row shifts ``t``) that the next requantizer subtracts.
+  dynamic power-of-two scale per token (row shifts ``t``) that the next requantizer subtracts;
+  ``token_mantissa`` makes that scale ``mu * 2**(k - m)`` for the requantizer-made operands (the
+  activation output and the context; :func:`intsim.fixedpoint.requantize_rows`, a
+  :class:`~intsim.fixedpoint.RowScale` the next requantizer multiplies by).
   The other methods (gamma migration, OS+ shifting and scaling, channel splitting) and the searched
   clipping ranges (``act_clip``) are :mod:`intsim.outliers`: a norm's GEMM copy carries one
   :class:`~intsim.outliers.OperandTransform` (its ``factor``) that its consumers' :class:`IntLinear`
@@ -40,7 +43,8 @@ import numpy as np
 from .calibration import Calibration
 from .config import SimConfig
 from .errors import GQAError
-from .fixedpoint import dyadic_multiplier, requantize_channels, requantize_dynamic, rounding_divide_by_pot
+from .fixedpoint import (RowScale, dyadic_multiplier, requantize_channels, requantize_dynamic, requantize_rows,
+                         rounding_divide_by_pot)
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
 from .outliers import OperandTransform, activation_offset, norm_transform, static_range
@@ -133,9 +137,22 @@ def requantized_operand_scale(calib: Calibration, name: str, consumers, cfg: Sim
     return operand_scale(calib, name, consumers, cfg, smooth=False)
 
 
+def token_mantissa(cfg: SimConfig) -> int | None:
+    """The per-token row scale's mantissa bits of a requantized operand (``outliers`` ``token_mantissa``:
+    ``cfg.token_mantissa_bits``), or None (``per_token``'s power-of-two row shift)."""
+    return cfg.token_mantissa_bits if "token_mantissa" in outlier_methods(cfg) else None
+
+
 def _record(trace, prefix: str, **arrays) -> None:
+    """Integer arrays into ``trace`` under ``prefix``; a :class:`~intsim.fixedpoint.RowScale` under
+    ``..._shift`` as its exponents there and its mantissas under ``..._mantissa``."""
     if trace is not None:
-        trace.update({prefix + k: v for k, v in arrays.items() if v is not None})
+        for k, v in arrays.items():
+            if isinstance(v, RowScale):
+                trace[prefix + k.removesuffix("_shift") + "_mantissa"] = v.mantissa
+                v = v.shift
+            if v is not None:
+                trace[prefix + k] = v
 
 
 # --- calibration sites ---------------------------------------------------------------------------------
@@ -285,6 +302,7 @@ class IntLinear:
         if stats is not None:
             stats.mac(name, acc.size * self.wt.shape[0], a_bits=self.in_bits)
             stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
+            count_row_scale(stats, name, row_shift, acc.size)
             stats.count("add", f"{name}.bias", acc.size, bits=32)
             if residual is not None:
                 stats.count("add", f"{name}.residual", acc.size, bits=self.out_bits)
@@ -293,24 +311,47 @@ class IntLinear:
         return y.reshape(*x8.shape[:-1], -1), acc    # (M, out) -> (..., out); acc: the int32 values (maybe their exact float copy)
 
 
+def count_row_scale(stats, name: str, row_shift, n: int) -> None:
+    """The consumer's extra multiply per output of a :class:`~intsim.fixedpoint.RowScale` operand
+    (``x * mu_r``, 32 x (m+1) bits; :func:`intsim.fixedpoint.requantize_channels`)."""
+    if stats is not None and isinstance(row_shift, RowScale):
+        stats.count("mul", f"{name}.row_scale", n, a_bits=32, b_bits=row_shift.bits + 1)
+
+
 class OperandRequant:
     """An int32 (or int64) register -> the int8 operand of the next GEMM: static per-tensor
     requantization by ``real_multiplier``, or (``per_token``) that followed by a per-token
     power-of-two shift (:func:`intsim.fixedpoint.requantize_dynamic`), whose shifts ``t`` the next
-    GEMM's requantizer takes as ``row_shift``.
+    GEMM's requantizer takes as ``row_shift``; or (``per_token`` with ``mantissa_bits``, outliers
+    ``token_mantissa``) one requantization per element by the row's own multiplier, the row scale
+    ``mu * 2**(k - m)`` (:func:`intsim.fixedpoint.requantize_rows`; a
+    :class:`~intsim.fixedpoint.RowScale` as ``row_shift``).
 
     ``unsigned`` (``act_offset``): the register is never negative (the caller added its offset) and
     the codes are uint8, ``[0, 2**bits - 1]``: the same kernels at ``bits + 1`` signed bits, whose
     negative half a non-negative register never reaches (both roundings keep ``v >= 0``), so the
     row shift is the smallest with ``max v >> t <= 2**bits - 1``."""
 
-    def __init__(self, real_multiplier: float, bits: int, per_token: bool, unsigned: bool = False):
+    def __init__(self, real_multiplier: float, bits: int, per_token: bool, unsigned: bool = False,
+                 mantissa_bits: int | None = None):
         self.m0, self.n = multipliers(real_multiplier)
         self.bits, self.per_token, self.unsigned = bits, per_token, unsigned
+        self.mantissa_bits = mantissa_bits if per_token else None
 
     def __call__(self, acc, stats=None, name="operand"):
-        """-> ``(codes, row shifts or None, saturations)``."""
+        """-> ``(codes, row shifts (or a RowScale) or None, saturations)``."""
         bits = self.bits + self.unsigned
+        if self.mantissa_bits is not None:
+            y, g, sat = requantize_rows(acc, self.m0, self.n, bits, self.mantissa_bits)
+            if stats is not None:
+                rows = acc.size // max(acc.shape[-1], 1)
+                m = self.mantissa_bits
+                stats.count("compare", name + ".token_max", acc.size, bits=32)
+                stats.count("mul", name + ".row_peak", rows, a_bits=32, b_bits=32)        # the peak's requantization
+                stats.count("shift", name + ".row_lod", rows, bits=32)                   # leading one of the peak
+                stats.count("compare", name + ".row_pick", rows << m, bits=bits + m + 1)  # P against hi * mu
+                stats.count("mul", name + ".row_mult", rows * self.m0.size, a_bits=32, b_bits=32)  # SRDHM(M0, R)
+            return self._codes(y), g, sat
         if self.per_token:
             y, t = requantize_dynamic(acc, self.m0, self.n, bits)
             if stats is not None:
@@ -466,7 +507,7 @@ class IntAttention:
         self.softmax = SOFTMAXES.make(softmax, cfg, self.s_q * self.s_k / math.sqrt(self.head_dim))
         self.s_ctx, f_ctx = requantized_operand_scale(calib, names.ctx, [wo], cfg)
         self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
-                                  "per_token" in outlier_methods(cfg))
+                                  "per_token" in outlier_methods(cfg), mantissa_bits=token_mantissa(cfg))
         self.out = linear("out", wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
 
     def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None, positions=None, cache=None):
@@ -617,14 +658,16 @@ class ActivationSite:
             channels = np.asarray(w_in).shape[0]
             self.factor = OperandTransform(np.ones(channels), np.full(channels, -c), np.ones(channels, np.int64),
                                            cfg.act_bits, quantized_fold=True)
-            self.requant = OperandRequant(scale / self.out_scale, cfg.act_bits, per_token, unsigned=True)
+            self.requant = OperandRequant(scale / self.out_scale, cfg.act_bits, per_token, unsigned=True,
+                                          mantissa_bits=token_mantissa(cfg))
             return
         if cfg.ffn_smooth_alpha > 0 and w_up is not None:      # gated FFN: the down operand smoothed
             self.out_scale, f = smoothed_requantized_scale(calib, out_site, consumers, cfg, cfg.ffn_smooth_alpha)
         else:
             self.out_scale, f = requantized_operand_scale(calib, out_site, consumers, cfg)
         self.factor = f
-        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token)
+        self.requant = OperandRequant(scale / (self.out_scale * f), cfg.act_bits, per_token,
+                                      mantissa_bits=token_mantissa(cfg))
 
     def _up_per_token(self, x8, t8, stats, name):
         """u int8 per token: the up projection's int32 accumulator requantized dynamically (the same

@@ -64,7 +64,7 @@ import numpy as np
 
 from .config import SimConfig
 from .errors import GQAError
-from .fixedpoint import INT32_MAX, rdbpot_bf, requantize_channels, round_shift
+from .fixedpoint import INT32_MAX, RowScale, rdbpot_bf, requantize_channels, round_shift
 from .gemm import Constant, int_gemm
 from .layers import multipliers
 from .outliers import OperandTransform
@@ -301,6 +301,8 @@ class IntQ4Linear:
         if stats is not None:
             self._count_gemm(stats, name, x2.shape[0], peak_g, peak_a)
             stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
+            if isinstance(row_shift, RowScale):     # token_mantissa: the row's mantissa multiply per output
+                stats.count("mul", f"{name}.row_scale", acc.size, a_bits=32, b_bits=row_shift.bits + 1)
             stats.count("add", f"{name}.bias", acc.size, bits=32)
             if residual is not None:
                 stats.count("add", f"{name}.residual", acc.size, bits=self.out_bits)

@@ -128,13 +128,37 @@ class ActivationRegistry(Registry):
 
 
 class Composable(Registry):
-    """A registry whose choices are ``none`` or any of its entries joined by ``+`` (registration order)."""
+    """A registry whose choices are ``none`` or any of its entries joined by ``+`` (registration order);
+    an entry registered with ``requires=`` (names) refines those and is a choice only with them."""
 
     NONE = "none"
 
+    def __init__(self, kind: str, field: str):
+        super().__init__(kind, field)
+        self._requires: dict[str, tuple[str, ...]] = {}
+
+    def register(self, name: str, doc: str, impl=None, requires=()):
+        if impl is None:
+            return lambda f: self.register(name, doc, f, requires)
+        unknown = [r for r in requires if r not in self._entries]
+        if unknown:
+            raise ValueError(f"{self.kind} {name!r} requires {unknown[0]!r}, which is not registered (before it)")
+        super().register(name, doc, impl)
+        self._requires[name] = tuple(requires)
+        return impl
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        del self._requires[name]
+
+    def requires(self, name: str) -> tuple[str, ...]:
+        self.get(name)
+        return self._requires[name]
+
     def choices(self) -> tuple[str, ...]:
         names = self.names()
-        combos = [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+        combos = [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)
+                  if all(q in c for n in c for q in self._requires[n])]
         return (self.NONE, *("+".join(c) for c in sorted(combos, key=len)))
 
     def canonical(self, choice) -> str:
@@ -147,6 +171,11 @@ class Composable(Registry):
         if any(p not in names for p in parts) or len(set(parts)) != len(parts):
             raise GQAError(self.field, f"{choice!r} is not an option",
                            f"give {self.NONE} or methods joined by '+', each once, from: {', '.join(names)}")
+        missing = [(p, q) for p in parts for q in self._requires[p] if q not in parts]
+        if missing:
+            p, q = missing[0]
+            fixed = "+".join(n for n in names if n in parts or n in {m for _, m in missing})
+            raise GQAError(self.field, f"{choice!r}: {p} refines {q}, which it lacks", f"give {fixed}")
         return "+".join(n for n in names if n in parts)
 
     def parse(self, choice: str) -> frozenset[str]:
@@ -251,6 +280,10 @@ OUTLIERS.register("split", "channel splitting (QLLM): outlier channels into sub-
                   "split")
 OUTLIERS.register("act_offset", "an ungated activation's output offset by its unit's minimum into an unsigned (uint8) "
                   "operand, the offset folded into the next bias", "act_offset")
+
+OUTLIERS.register("token_mantissa", "per_token's row scale of a requantized operand (the activation output, the "
+                  "context) as mu * 2**k, mu with token_mantissa_bits fraction bits: the row fills the range; the next "
+                  "requantizer multiplies by mu", "token_mantissa", requires=("per_token",))
 
 CLIPS.register("percentile", "the calib_percentile of |x| (a transformed norm copy: its max)", "percentile")
 CLIPS.register("mse", "the clip minimising the tensor's quantization MSE (fine histogram)", "mse")

@@ -438,6 +438,78 @@ def requantize_dynamic(acc_rows, m0s, shifts, bits: int):
     return ys, ts
 
 
+ROW_GUARD, ROW_K_MIN, ROW_K_MAX, ROW_FRAC = 8, -8, 23, 8
+
+
+def row_pick(peak: int, hi: int, m: int) -> tuple[int, int]:
+    """The smallest ``g = mu * 2**(k - m)`` (``mu`` in [2**m, 2**(m+1)), ``k`` in [-8, 23]) with
+    ``g * hi * 2**G >= peak``, by enumeration in exact fractions; none: the largest ``g``."""
+    for k in range(ROW_K_MIN, ROW_K_MAX + 1):
+        for mu in range(2**m, 2 ** (m + 1)):
+            if Fraction(mu * hi) * Fraction(2) ** (k - m + ROW_GUARD) >= peak:
+                return mu, k
+    return 2 ** (m + 1) - 1, ROW_K_MAX
+
+
+def requantize_rows(acc_rows, m0s, shifts, bits: int, m: int):
+    """Per-row mantissa scaling (intsim.fixedpoint.requantize_rows' docstring): the row's peak
+    ``P = max |requantize(a, M0_c, n_c - G)|`` (a saturated to int32 first), ``(mu, k)`` by
+    :func:`row_pick`, ``R = round_half_up(2**(30+m) / mu)``, ``n_r = n_c + k - 1``,
+    ``p = max(8 - n_r, 0)``, ``y = saturate(requantize(sat32(a 2**p), SRDHM(M0_c, R), n_r + p), s{bits})``. Returns ``(rows of y, mantissas, exponents, saturations)``."""
+    hi = 2 ** (bits - 1) - 1
+    ys, mus, ks, sats = [], [], [], 0
+    for row in acc_rows:
+        a = [saturate(int(v), 32)[0] for v in row]
+        peak = max((abs(requantize(x, int(m0s[c]), int(shifts[c]) - ROW_GUARD)[0]) for c, x in enumerate(a)), default=0)
+        mu, k = row_pick(peak, hi, m)
+        r = round_fraction(Fraction(2 ** (30 + m), mu), "half_up")
+        out = []
+        for c, x in enumerate(a):
+            nr = int(shifts[c]) + k - 1
+            pre = max(ROW_FRAC - nr, 0)
+            x = saturate(x * 2**pre, 32)[0]
+            y, _ = requantize(x, srdhm(int(m0s[c]), r), nr + pre)
+            y, hit = saturate(y, bits)
+            sats += hit
+            out.append(y)
+        ys.append(out)
+        mus.append(mu)
+        ks.append(k)
+    return ys, mus, ks, sats
+
+
+def requantize_channels_rows(acc_rows, bias, m0s, shifts, out_bits: int, mus, ks, m: int, residual_rows=None):
+    """Per-column requantization with per-row scales ``mu * 2**(k - m)``
+    (intsim.fixedpoint.requantize_channels' docstring): ``x = SRDHM(sat32(acc), M0_c)``,
+    ``Bq = SRDHM(bias_c, M0_c)``, ``s = m - k``, ``z = x mu + (Bq 2**s or RDBPOT(Bq, -s))``,
+    ``y = RDBPOT(z, n_c + s)`` (negative: ``sat32(sat32(z) * 2**-(n_c+s))``, each clip one overflow)
+    ``+ residual``, saturated. Returns ``(rows of y, saturated, overflowed, peak |acc|)``."""
+    out, sat, ovf, peak = [], 0, 0, 0
+    for r, row in enumerate(acc_rows):
+        mu, s = int(mus[r]), m - int(ks[r])
+        orow = []
+        for c, v in enumerate(row):
+            peak = max(peak, abs(int(v)))
+            a, hit = saturate(int(v), 32)
+            ovf += hit
+            bq = srdhm(int(bias[c]), int(m0s[c]))
+            z = srdhm(a, int(m0s[c])) * mu + (bq * 2**s if s >= 0 else rdbpot(bq, -s))
+            e = int(shifts[c]) + s
+            if e >= 0:
+                y = rdbpot(z, e)
+            else:
+                zc, hit1 = saturate(z, 32)
+                y, hit2 = saturate(zc * 2 ** (-e), 32)
+                ovf += hit1 or hit2
+            if residual_rows is not None:
+                y += int(residual_rows[r][c])
+            y, hit = saturate(y, out_bits)
+            sat += hit
+            orow.append(y)
+        out.append(orow)
+    return out, sat, ovf, peak
+
+
 def mantissa_scale(table, kind: str):
     """``e_r``: the largest table scale whose codes hold the whole mantissa range ``[1, hi)``
     (``hi * 2**e - 1 <= code_max``), None if there is none."""

@@ -113,6 +113,25 @@ def test_per_token_quantizers_follow_the_kernels():
     assert np.mean(np.abs(fq - expect) > 1e-9) < 0.01                      # ties of the first rounding only
 
 
+def test_row_mantissa_quantizer_follows_the_kernel():
+    """token_mantissa's mirror: the same row scales (mantissa, exponent) as requantize_rows, and the
+    same codes but for ties of the kernel's SRDHM (one rounding, 2**-8 of a code below)."""
+    from intsim.fixedpoint import requantize_rows
+    from intsim.layers import multipliers
+
+    rng = np.random.default_rng(0)
+    acc = (rng.gamma(0.6, 1, (40, 96)) * 2.0 ** rng.integers(6, 18, (40, 1))).astype(np.int64)
+    acc[0] = 0                                                            # a zero row: the finest scale
+    s = 0.013
+    m0, n = multipliers(s)
+    for m in (0, 3):
+        y, g, _ = requantize_rows(acc, m0, n, 9, m)
+        fq = A.fake_quant_requant_row_mantissa(torch.from_numpy(acc.astype(np.float64)), 1 / s, 9, m).numpy()
+        expect = y.astype(np.float64) * g.factor()[:, None] / s
+        # measured: 0 (m = 0) and 0.16% (m = 3) of the codes, each a tie within the SRDHM's 2**-8
+        assert np.mean(np.abs(fq - expect) > 1e-9 * np.abs(expect).max()) < 0.01
+
+
 def test_weight_only_model_rounds_only_linear_weights(model):
     from intsim.layers import quantize_weight
 

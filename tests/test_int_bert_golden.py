@@ -66,9 +66,10 @@ def test_pooled_sums_are_the_recorded_integers(name, data, model, tok, calib):
 
 
 def test_the_default_is_a_recorded_configuration():
-    """SimConfig's default is pinned: the recorded entry ``default_act_offset`` (issue 15), while
-    ``default`` keeps the defaults the file was first recorded under."""
-    assert SimConfig().to_dict() == gold.config("default_act_offset").to_dict()
+    """SimConfig's default is pinned: the recorded entry ``default_token_mantissa`` (issue 15's per-token
+    mantissa scales; ``default_act_offset`` the one before), while ``default`` keeps the defaults the
+    file was first recorded under."""
+    assert SimConfig().to_dict() == gold.config("default_token_mantissa").to_dict()
     assert gold.config("default").outliers == "smooth+per_token"
 
 

@@ -24,6 +24,7 @@ from intsim import GQAError, PWLDatapath, PWLTable
 from intsim.fixedpoint import requantize, requantize_channels, requantize_dynamic
 from intsim.gelu import PWLGelu
 from intsim.layernorm import Z_FRAC, IntLayerNorm, LNOutput
+from intsim.layers import multipliers
 from intsim.opstats import OpStats
 from intsim.pwl import ROUNDING_IDS, pwl_map, round_shift1
 from intsim.rangereduce import MantissaTable, isqrt_newton, msb
@@ -262,6 +263,138 @@ def test_requantize_dynamic_refuses_bad_widths_and_operands():
     for bits in (2, 16):
         y, t = requantize_dynamic(acc, 2**30, 1, bits)
         assert (y.tolist(), t.tolist()) == ref.requantize_dynamic(acc.tolist(), [2**30] * 3, [1] * 3, bits)
+
+
+# =============================================================================================
+# requantize_rows and requantize_channels with a RowScale (outliers token_mantissa)
+# =============================================================================================
+
+def row_registers():
+    """Register values biased to the edges: int32 extremes, zero rows, and values a few codes wide."""
+    return st.one_of(biased_int32(), st.integers(-(2**20), 2**20), st.sampled_from([0, 1, -1, 255, 256, -256]))
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 5), st.sampled_from([2, 8, 9, 16]), st.integers(0, 8), st.data())
+@example(1, 1, 9, 3, None)
+def test_requantize_rows_matches_reference(rows, cols, bits, m, data):
+    """Codes, row mantissas and exponents, saturations; the row's peak and pick (an exact enumeration
+    in the reference); tie-biased: registers at a boundary of the row-scale grid (``mu * hi * 2**E``)."""
+    from intsim.fixedpoint import requantize_rows
+
+    if data is None:                                   # a peak exactly on a grid point, and one past it
+        acc = np.array([[255 * 9 * 2**10], [255 * 9 * 2**10 + 1], [0]], np.int64)
+        m0, n = [2**30], [11]
+    else:
+        acc = np.array(data.draw(st.lists(st.lists(row_registers(), min_size=cols, max_size=cols),
+                                          min_size=rows, max_size=rows)), np.int64)
+        if data.draw(st.booleans()):                   # a row at an exact row-scale boundary
+            hi = 2 ** (bits - 1) - 1
+            mu = data.draw(st.integers(2**m, 2 ** (m + 1) - 1))
+            acc[0, 0] = mu * hi * 2 ** data.draw(st.integers(0, 12)) + data.draw(st.sampled_from([-1, 0, 1]))
+        m0 = data.draw(st.lists(st.one_of(st.integers(2**30, 2**31 - 1), st.sampled_from([2**30, 2**31 - 1])),
+                                min_size=cols, max_size=cols))
+        n = data.draw(st.lists(st.integers(-31, 39), min_size=cols, max_size=cols))
+    y, g, sat = requantize_rows(acc, np.array(m0), np.array(n), bits, m)
+    ey, emu, ek, esat = ref.requantize_rows(acc.tolist(), m0, n, bits, m)
+    assert y.dtype == (np.int8 if bits <= 8 else np.int16)
+    assert y.tolist() == ey and g.mantissa.tolist() == emu and g.shift.tolist() == ek and sat == esat
+    assert g.bits == m
+
+
+@st.composite
+def row_scale_cases(draw):
+    rows, cols = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    acc = np.array(draw(st.lists(biased_int32(), min_size=rows * cols, max_size=rows * cols)), np.int64)
+    acc = acc.reshape(rows, cols) >> draw(st.integers(0, 31))
+    m = draw(st.integers(0, 8))
+    mus = draw(st.lists(st.integers(2**m, 2 ** (m + 1) - 1), min_size=rows, max_size=rows))
+    ks = draw(st.lists(st.one_of(st.integers(-8, 23), st.sampled_from([-8, 0, 23])), min_size=rows, max_size=rows))
+    bias = draw(st.lists(st.one_of(st.integers(-(2**31) + 1, 2**31 - 1), st.integers(-300, 300)),
+                         min_size=cols, max_size=cols))
+    m0 = draw(st.lists(st.one_of(st.integers(2**30, 2**31 - 1), st.sampled_from([2**30, ref.INT32_MIN, 2**31 - 1])),
+                       min_size=cols, max_size=cols))
+    n = draw(st.lists(st.integers(-31, 62 - 16), min_size=cols, max_size=cols))
+    out_bits = draw(st.sampled_from([8, 16, 32]))
+    residual = None
+    if draw(st.booleans()):
+        residual = np.array(draw(st.lists(st.integers(-(2**15), 2**15 - 1), min_size=rows * cols,
+                                          max_size=rows * cols)), np.int32).reshape(rows, cols)
+    return acc.astype(np.int32), bias, m0, n, out_bits, mus, ks, m, residual
+
+
+@FAST
+@given(row_scale_cases())
+def test_requantize_channels_with_row_scales_matches_reference(case):
+    """The consumer's row scale: values, saturations, overflows (left shifts) and the peak, bit for bit."""
+    from intsim.fixedpoint import RowScale
+
+    acc, bias, m0, n, out_bits, mus, ks, m, residual = case
+    rs = RowScale(np.array(mus, np.int64), np.array(ks, np.int64), m)
+    got = requantize_channels(acc, np.array(bias), np.array(m0), np.array(n), out_bits, residual,
+                              out_dtype=np.int32, row_shift=rs)
+    exp = ref.requantize_channels_rows(acc.tolist(), bias, m0, n, out_bits, mus, ks, m,
+                                       None if residual is None else residual.tolist())
+    assert (got[0].tolist(), *got[1:]) == exp
+
+
+def test_row_scales_reproduce_the_real_operand():
+    """Producer then consumer: ``acc_nominal = codes @ W`` times each row's scale is the real value;
+    each code is within half a step (plus SRDHM's 2**-8) of the real value, the output within the
+    operand's rounding through W plus one code, at every mantissa width,
+    and the row uses at least half of its range (more with more mantissa bits)."""
+    from intsim.fixedpoint import requantize_rows
+
+    rng = np.random.default_rng(1)
+    reg = (rng.gamma(0.6, 1, (40, 64)) * 2.0 ** rng.integers(4, 16, (40, 1))).astype(np.int64)   # >= 0, rows differ
+    s_reg, s_nom = 2.0**-12, 0.01                     # register scale, nominal operand scale
+    real = reg * s_reg
+    w = rng.integers(-127, 128, (64, 8))
+    s_w, s_out = 0.004, 0.02
+    bias = rng.integers(-5000, 5000, 8)
+    m0, n = multipliers(s_reg / s_nom)
+    c0, cn = multipliers(np.full(8, s_nom * s_w / s_out))
+    exact = (real @ w * s_w + bias * s_nom * s_w) / s_out
+    fill = {}
+    for m in (0, 2, 3, 4, 8):
+        y, g, sat = requantize_rows(reg, m0, n, 9, m)
+        assert sat == 0 and y.min() >= 0
+        fill[m] = (np.abs(y).max(1) / 255).min()
+        out, _, ovf, _ = requantize_channels(y.astype(np.int64) @ w, bias, c0, cn, 32, row_shift=g)
+        assert ovf == 0
+        code_err = np.abs(y * (s_nom * g.factor()[:, None]) - real).max(1) / (s_nom * g.factor())
+        assert code_err.max() <= 0.5 + 2**-8 + 255 * 2**-27   # one rounding (SRDHM's at 2**-8; M0_rc's 28 bits)
+        # the output's error is the operand's rounding through W (bounded by sum |w| / 2 codes) plus one rounding
+        bound = (np.abs(w).sum(0) * s_w * s_nom * g.factor()[:, None] / 2) / s_out + 1
+        assert np.all(np.abs(out - exact) <= bound)
+    assert fill[0] >= 0.5 and fill[3] >= 1 / (1 + 2**-3) - 0.01 and fill[8] > 0.99
+
+
+def test_row_scales_refuse_bad_input():
+    from intsim.fixedpoint import RowScale, requantize_rows
+
+    acc = np.array([[5, -300], [0, 1]], np.int32)
+    for m in (-1, 9):
+        with pytest.raises(GQAError) as ei:
+            requantize_rows(acc, 2**30, 0, 8, m)
+        assert ei.value.field == "token_mantissa_bits"
+    with pytest.raises(GQAError) as ei:
+        requantize_rows(acc, 2**30, 0, 17, 3)
+    assert ei.value.field == "bits"
+    with pytest.raises(GQAError) as ei:
+        requantize_rows(acc, 2**30, 40, 8, 3)
+    assert ei.value.field == "multipliers"
+    bad = [RowScale(np.array([8]), np.array([0]), 3),                    # one row scale for two rows
+           RowScale(np.array([7, 8]), np.array([0, 0]), 3),              # a mantissa below 2**m
+           RowScale(np.array([8, 16]), np.array([0, 0]), 3),             # ... and one of m + 2 bits
+           RowScale(np.array([8, 8]), np.array([-30, 0]), 3)]            # a final shift beyond 62
+    for rs in bad:
+        with pytest.raises(GQAError) as ei:
+            requantize_channels(acc, None, 2**30, 40, 8, row_shift=rs)
+        assert ei.value.field == "row_shift"
+    with pytest.raises(GQAError) as ei:
+        requantize_channels(acc, [2**31, 0], 2**30, 0, 8, row_shift=RowScale(np.array([8, 8]), np.array([0, 0]), 3))
+    assert ei.value.field == "bias"
 
 
 # =============================================================================================

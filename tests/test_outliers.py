@@ -452,6 +452,84 @@ def test_act_offset_integer_ffn_equals_reference(model, tok, calib, sentences):
     assert np.abs(t.operand(x) @ wdq.T + t.bias_quantized(wdq, b) - (x @ wdq.T + b)).max() < 1e-5
 
 
+def test_token_mantissa_integer_ffn_and_context_equal_reference(model, tok, calib, sentences):
+    """The default (``token_mantissa``) on real activations, bit for bit against the Python-integer
+    references: the GELU output ``a + C`` requantized per row at ``mu * 2**(k - 3)`` times the nominal
+    scale (uint8 codes, the rows' mantissas and exponents), then the out-projection with the row
+    scales, bias and residual; the context operand likewise (int8) and its out-projection."""
+    from intsim.fixedpoint import RowScale
+    from intsim.int_bert import IntBert
+
+    enc = IntBert(model, calib, SimConfig())
+    assert "token_mantissa" in enc.cfg.outliers and enc.cfg.token_mantissa_bits == 3
+    blk = enc.blocks[1]
+    ffn, lin = blk.ffn, blk.ffn_out
+    ids, mask = tok(sentences[:3])
+    trace = {}
+    enc.hidden(ids, mask, trace=trace)
+    p = "blocks.1."
+    for reg, codes, g, req, out, res, sum_, bits in (
+            ((trace[p + "gelu_out"].astype(np.int64) + ffn.offset), trace[p + "gelu_q"],
+             RowScale(trace[p + "gelu_q_mantissa"], trace[p + "gelu_q_shift"], 3), ffn.requant, lin,
+             trace[p + "ln1_res"], trace[p + "sum2"], 9),
+            (trace[p + "ctx_acc"], trace[p + "ctx"], RowScale(trace[p + "ctx_mantissa"], trace[p + "ctx_shift"], 3),
+             blk.attn.ctx, blk.attn.out, None, trace[p + "sum1"], 8)):
+        assert req.mantissa_bits == 3
+        cols = reg.shape[-1]
+        rows = reg.reshape(-1, cols)[:6].tolist()                                        # the first six tokens
+        want_y, want_mu, want_k, want_sat = ref.requantize_rows(rows, [int(req.m0[0])] * cols, [int(req.n[0])] * cols,
+                                                               bits, 3)
+        assert codes.reshape(-1, cols)[:6].astype(np.int64).tolist() == want_y and want_sat == 0
+        assert g.mantissa.reshape(-1)[:6].tolist() == want_mu and g.shift.reshape(-1)[:6].tolist() == want_k
+        assert len(set(want_k)) > 1 and len(set(want_mu)) > 1                            # the rows' scales differ
+        if res is None:                                                                  # attention: the residual is the block input
+            continue
+        acc = ref.matmul(want_y, out.wt.array.astype(np.int64).tolist())
+        r = res.reshape(-1, out.wt.shape[1])[:6].tolist()
+        want, _, _, _ = ref.requantize_channels_rows(acc, out.bias.tolist(), out.m0.tolist(), out.n.tolist(), 16,
+                                                     want_mu, want_k, 3, residual_rows=r)
+        assert sum_.reshape(-1, out.wt.shape[1])[:6].tolist() == want
+
+
+def test_token_mantissa_config_and_gated_site():
+    """token_mantissa refines per_token (alone: refused, the fix named), its width is checked; on a
+    gated site (SwiGLU) the up operand's power-of-two row shifts add to the row exponents."""
+    from intsim.errors import GQAError
+    from intsim.fixedpoint import RowScale
+    from intsim.layers import ActivationSite
+    from intsim.registry import ACTIVATIONS
+
+    with pytest.raises(GQAError, match=r"refines per_token.*give per_token\+token_mantissa") as ei:
+        SimConfig(outliers="token_mantissa")
+    assert ei.value.field == "outliers"
+    for bad in (-1, 9, 2.5):
+        with pytest.raises(GQAError) as ei:
+            SimConfig(token_mantissa_bits=bad)
+        assert ei.value.field == "token_mantissa_bits"
+    assert "(m=3)" in SimConfig().describe() and "(m=" not in SimConfig(outliers="per_token").describe()
+
+    class Calib:
+        def absmax(self, name, pc=100.0):
+            return 2.0
+
+        def token_max(self, name):
+            return 1.0
+
+    cfg = SimConfig(outliers="per_token+token_mantissa", silu_table="silu16", token_mantissa_bits=2)
+    kernel = ACTIVATIONS.make("pwl", cfg, 4.0, "blocks.0.silu", function="silu")
+    rng = np.random.default_rng(0)
+    site = ActivationSite(rng.normal(size=(6, 4)), None, 0.05, None, kernel, Calib(), "out", [rng.normal(size=(4, 6))],
+                          cfg, name="silu", w_up=rng.normal(size=(6, 4)), up_site="up", token_input=True)
+    x8 = rng.integers(-127, 128, (2, 5, 4)).astype(np.int8)
+    trace = {}
+    a8, g = site(x8, None, trace=trace)
+    assert isinstance(g, RowScale) and g.bits == 2 and g.shape == (2, 5)
+    t_u = trace["silu_up_shift"]
+    # the row scale without the up operand's shift is the requantizer's own (a + u: a RowScale + shifts)
+    own = site.requant(trace["silu_out"], None)[1]                       # silu_out: the gated product
+    assert np.array_equal(g.shift, own.shift + t_u) and np.array_equal(g.mantissa, own.mantissa)
+
+
 def test_act_offset_leaves_a_gated_site_signed():
     """A gated activation (SwiGLU: silu(gate) * up, signed and unbounded) keeps its int8 operand under
     act_offset: no offset, no transform."""

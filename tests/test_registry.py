@@ -52,7 +52,14 @@ def test_registry_errors():
 
 def test_outlier_methods_compose():
     assert OUTLIERS.choices()[:4] == ("none", "smooth", "per_token", "gamma_migration")
-    assert "smooth+per_token" in OUTLIERS.choices() and len(OUTLIERS.choices()) == 2 ** len(OUTLIERS.names())
+    n = len(OUTLIERS.names())
+    assert OUTLIERS.requires("token_mantissa") == ("per_token",)
+    # every combination, but token_mantissa (which refines per_token) only with per_token
+    assert "smooth+per_token" in OUTLIERS.choices() and len(OUTLIERS.choices()) == 2**n - 2 ** (n - 2)
+    assert "token_mantissa" not in OUTLIERS.choices() and "per_token+token_mantissa" in OUTLIERS.choices()
+    with pytest.raises(GQAError, match="token_mantissa refines per_token") as ei:
+        OUTLIERS.canonical("smooth+token_mantissa")
+    assert ei.value.field == "outliers" and "give smooth+per_token+token_mantissa" in str(ei.value)
     assert OUTLIERS.parse("none") == frozenset()
     assert OUTLIERS.parse("smooth+per_token") == {"smooth", "per_token"}
     assert OUTLIERS.parse("per_token+smooth") == {"smooth", "per_token"}      # any order
@@ -64,6 +71,12 @@ def test_outlier_methods_compose():
     for n in "abc":
         reg.register(n, n, n)
     assert reg.choices() == ("none", "a", "b", "c", "a+b", "a+c", "b+c", "a+b+c")
+    reg.register("d", "d refines b", "d", requires=("b",))
+    assert [c for c in reg.choices() if "d" in c] == ["b+d", "a+b+d", "b+c+d", "a+b+c+d"]
+    with pytest.raises(ValueError, match="requires 'e'"):
+        reg.register("f", "f", "f", requires=("e",))
+    reg.unregister("d")
+    assert len(reg.choices()) == 8
 
 
 def test_slot_names_are_aliases_of_the_gelu_fields(tmp_path):
