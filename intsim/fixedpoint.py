@@ -306,6 +306,15 @@ def requantize1(acc, m0, n):
 
 
 @numba.njit(cache=True, inline="always")
+def _srdhm_bf(a, b):
+    """SRDHM of two int32 values (held in int64), branch-free: C's truncating division by a mask
+    of the product's sign; the one overflow (``a == b == -2**31``) clamped."""
+    s = a * b
+    s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
+    return min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
+
+
+@numba.njit(cache=True, inline="always")
 def _left_shift_bf(ac, n):
     """Step 1 of :func:`_requantize_bf`: ``ac << min(-n, 32)`` for ``n < 0`` (else ``ac``), unsaturated."""
     return ac << min(max(-n, 0), 32)
@@ -324,11 +333,18 @@ def _requantize_bf(ac, m0, n):
     """
     a3 = min(max(_left_shift_bf(ac, n), INT32_MIN), INT32_MAX)
     nn = max(n, 0)
-    s = np.int64(np.int32(a3)) * np.int64(m0)
-    s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
-    q = min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
+    q = _srdhm_bf(np.int64(np.int32(a3)), np.int64(m0))
     mask = (np.int64(1) << nn) - 1
     return (q >> nn) + ((q & mask) > ((mask >> 1) + ((q >> 63) & 1)))
+
+
+@numba.njit(cache=True, inline="always")
+def _add_residual_saturate(y, residual, r, c, has_res, lo, hi):
+    """``y`` plus the residual (if any), saturated to ``[lo, hi]``: ``(code, 1 if it saturated)``."""
+    if has_res:
+        y += residual[r, c]
+    yc = min(max(y, lo), hi)
+    return yc, np.int64(yc != y)
 
 
 @numba.njit(cache=True, inline="always")
@@ -382,11 +398,8 @@ def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res,
                 if left:                   # loop-invariant: the compiler unswitches the loop on it
                     a2 = _left_shift_bf(ac, nc)
                     ov += min(max(a2, INT32_MIN), INT32_MAX) != a2
-                y = _requantize_bf(ac, m0[c], nc)
-                if has_res:
-                    y += residual[r, c]
-                yc = min(max(y, lo), hi)
-                st += yc != y
+                yc, hit = _add_residual_saturate(_requantize_bf(ac, m0[c], nc), residual, r, c, has_res, lo, hi)
+                st += hit
                 out[r, c] = yc
             sat[r] = st
             ovf[r] = ov
@@ -597,14 +610,6 @@ def row_reciprocals(m: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, inline="always")
-def _srdhm_bf(a, b):
-    """SRDHM of two int32 values (held in int64), branch-free (the :func:`_requantize_bf` arithmetic)."""
-    s = a * b
-    s = s + (1 << 30) - ((s >> 63) & INT32_MAX)
-    return min((s + ((s >> 63) & INT32_MAX)) >> 31, INT32_MAX)
-
-
-@numba.njit(cache=True, inline="always")
 def _row_pick(peak, hi, m, guard, k_min, k_max):
     """The smallest ``g = mu * 2**(k - m)`` (``mu`` in ``[2**m, 2**(m+1))``, ``k`` in ``[k_min, k_max]``)
     with ``mu * hi * 2**(k - m + guard) >= peak``; none: ``k_max`` and the largest mantissa."""
@@ -734,10 +739,8 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
                     z2 = zc << min(-e, 32)      # |zc| <= 2**31: fits int64; past 32 bits any non-zero saturates
                     y = min(max(z2, INT32_MIN), INT32_MAX)
                     ov += (y != z2) | (zc != z)
-                if has_res:
-                    y += residual[r, c]
-                yc = min(max(y, lo), hi)
-                st += yc != y
+                yc, hit = _add_residual_saturate(y, residual, r, c, has_res, lo, hi)
+                st += hit
                 out[r, c] = yc
             sat[r] = st
             ovf[r] = ov

@@ -91,6 +91,14 @@ def saturate(x: int, bits: int, signed: bool = True) -> tuple[int, bool]:
 
 # --- gemmlowp dyadic requantization -------------------------------------------------------
 
+
+def _add_residual_saturate(y: int, residual_rows, r: int, c: int, bits: int) -> tuple[int, bool]:
+    """``y`` plus the residual's ``[r][c]`` (if any), saturated to ``s{bits}``."""
+    if residual_rows is not None:
+        y += int(residual_rows[r][c])
+    return saturate(y, bits)
+
+
 def srdhm(a: int, b: int) -> int:
     """SaturatingRoundingDoublingHighMul on int32 values."""
     a, b = int(a), int(b)
@@ -411,9 +419,7 @@ def requantize_channels(acc_rows, bias, m0s, shifts, out_bits: int, residual_row
             n = int(shifts[c]) - t
             y, hit = requantize(a, int(m0s[c]), n)
             ovf += hit
-            if residual_rows is not None:
-                y += int(residual_rows[r][c])
-            y, hit = saturate(y, out_bits)
+            y, hit = _add_residual_saturate(y, residual_rows, r, c, out_bits)
             sat += hit
             orow.append(y)
         out.append(orow)
@@ -501,9 +507,7 @@ def requantize_channels_rows(acc_rows, bias, m0s, shifts, out_bits: int, mus, ks
                 zc, hit1 = saturate(z, 32)
                 y, hit2 = saturate(zc * 2 ** (-e), 32)
                 ovf += hit1 or hit2
-            if residual_rows is not None:
-                y += int(residual_rows[r][c])
-            y, hit = saturate(y, out_bits)
+            y, hit = _add_residual_saturate(y, residual_rows, r, c, out_bits)
             sat += hit
             orow.append(y)
         out.append(orow)
