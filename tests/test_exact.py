@@ -193,7 +193,8 @@ def test_the_tables_error_is_the_reported_optimum(func, entries, metric, fields)
 
 
 @pytest.mark.parametrize("func, domain, scales", [("gelu", (-1.0, 1.0), [-1, 0]), ("gelu", (-4.0, 4.0), range(7)),
-                                                   ("exp", (-3.0, 0.0), [0, 2, 3]), ("tanh", (-2.0, 1.5), [1, 3])])
+                                                   ("exp", (-3.0, 0.0), [0, 2, 3]), ("tanh", (-2.0, 1.5), [1, 3]),
+                                                   ("gelu", (-4.0, 4.0), [-2, 0])])
 def test_candidates_are_complete_and_represented(func, domain, scales):
     fn = get_function(func).with_domain(domain)
     dp = PWLDatapath(in_bits=6)
@@ -211,7 +212,8 @@ def test_candidates_are_complete_and_represented(func, domain, scales):
     assert np.all(np.any(np.diff(cand.starts, axis=0) > 0, axis=1)) and np.all(np.diff(cand.starts, axis=0) >= 0)
     # every breakpoint on a grid 8 times finer, and far outside, behaves like some candidate
     step = 2.0 ** -(max(obj.scales) + 4)
-    p = np.arange(math.floor((domain[0] - 3) / step), math.ceil((domain[1] + 3) / step)) * step
+    far = 2.0 ** -min(obj.scales) + 3  # past the coarsest input step beyond each end
+    p = np.arange(math.floor((domain[0] - far) / step), math.ceil((domain[1] + far) / step)) * step
     seen = {r.tobytes() for r in cand.starts}
     assert all(r.tobytes() in seen for r in clipped(p))
     # the representative: a breakpoint in the domain when its behaviour has one there, then the
@@ -276,6 +278,17 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     with pytest.raises(GQAError) as exc:
         gqa_lut.search("gelu", 6, "exact", scales=range(5), max_candidates=100)
     assert exc.value.field == "max_candidates"
+
+
+def test_lower_bound_without_any_exact_subset():
+    # no scale alone fits 2 candidates: the bound is the mean of the per-scale optima (the DP's)
+    fn, dp = get_function("gelu"), PWLDatapath()
+    obj = Objective(fn, 6, dp, range(5))
+    lb = lower_bound(obj, max_candidates=2)
+    assert lb["exact_scales"] == [] and lb["subset_optimum"] == 0.0
+    per = [dp_optimum(fn, 6, dp, e)[1] for e in range(5)]
+    assert lb["value"] == pytest.approx(np.mean(per), rel=1e-12)
+    assert lb["per_scale"] == {str(e): pytest.approx(v, rel=1e-12) for e, v in zip(range(5), per)}
 
 
 def test_wide_inputs_say_so():

@@ -162,6 +162,27 @@ def test_pwl_output_refuses_left_shifts_past_61_bits(e, refused):
         assert ints(pwl_output(np.array([0, 1, -1]), e, dp)) == [0, 127, -128]
 
 
+@pytest.mark.parametrize("e,refused", [(0, False), (1, True)])
+def test_fused_unit_takes_right_output_shifts_up_to_62_bits(e, refused):
+    """The fused kernels' constants (``unit_constants``) shift the output right by 0..62 bits:
+    ``F = 14`` and ``out_frac = -48`` is 62 (taken, equal to :func:`pwl_output`), ``F = 15`` is 63."""
+    from intsim.pwl import pwl_map, unit_constants
+
+    dp = PWLDatapath(in_bits=8, slope_frac=14, icpt_frac=14, out_bits=8, out_frac=-48)
+    t = PWLTable("gelu", (-4.0, 4.0), dp, [0, 1], [0.0], [1, 2], [3, -4])
+    assert dp.acc_frac(e) - dp.out_frac == (63 if refused else 62)
+    if refused:
+        with pytest.raises(GQAError) as ei:
+            unit_constants(t, e)
+        assert ei.value.field == "out_frac"
+    else:
+        assert unit_constants(t, e)[3][3] == 62
+        q = np.arange(-128, 128)
+        P = [int(v) for v in t.segment_starts(e)]
+        want = [ref.output(ref.accumulate(int(v), e, P, [1, 2], [3, -4], dp), e, dp)[0] for v in q]
+        assert ints(pwl_map(q, t, e, np.int64)) == want  # (0 this far right)
+
+
 @pytest.mark.parametrize("icpt_frac", [31, 32])
 def test_pwl_accumulator_up_to_63_bits(icpt_frac):
     """A datapath whose worst-case accumulator width is 63 bits (int64 holds it) is computed
@@ -399,6 +420,9 @@ def test_scale_batch_errors():
     assert_field(ei, "bounds")
     with pytest.raises(GQAError) as ei:
         ScaleBatch([0, 1, 2], [0, 3, 2], [0, 1], dp)
+    assert_field(ei, "bounds")
+    with pytest.raises(GQAError) as ei:  # a split that goes back by one code
+        ScaleBatch([0, 1, 2], [0, 2, 1, 3], [0, 1, 2], dp)
     assert_field(ei, "bounds")
     with pytest.raises(GQAError) as ei:
         ScaleBatch([0, 128], [0, 2], [0], dp)
