@@ -108,6 +108,11 @@ CASES = [
                                       out_bits=10, out_frac=3, out_rounding="half_up"), "max_abs"),
     ("hswish", (-1.5, 1.5), [0, 1], 2, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=5, icpt_frac=0,
                                             out_bits=10, out_frac=3, out_rounding="half_up"), "mse"),
+    # floor: the allowance is a whole output LSB (without it these lose their optimum)
+    ("tanh", (-1.5, 2.0), [0, 1], 4, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=4, icpt_frac=3,
+                                          out_bits=10, out_frac=2, out_rounding="floor"), "max_abs"),
+    ("tanh", (-2.0, 1.0), [0, 1], 2, dict(in_bits=4, slope_bits=4, slope_frac=1, icpt_bits=4, icpt_frac=2,
+                                          out_bits=6, out_frac=0, out_rounding="floor"), "mse"),
 ]
 
 
