@@ -421,6 +421,10 @@ def test_the_self_test_operands_are_adversarial():
     assert {("int8", v, w) for v in (-128, 127) for w in (-128, 127)} <= const
     assert {("uint8", 255, 127), ("uint8", 255, -128), ("uint8", 0, -128)} <= const
     assert all(a.shape[-1] >= 256 for a, _ in cases)         # 128 pairs of 127 * 127 exceed 2**15 by far
+    # alternating signs along K (the extremes' products cancel pairwise): 127, -128, 127, ... in a and b
+    alt = [(a, b) for a, b in cases if a.dtype.name == "int8" and len(np.unique(a)) == 2]
+    assert any(np.all(a[:, 0::2] == 127) and np.all(a[:, 1::2] == -128) and np.all(b[0::2] == 127)
+               and np.all(b[1::2] == -128) for a, b in alt)
     rand = [(a, b) for a, b in cases if len(np.unique(a)) > 2]
     for dt, lo, hi in (("int8", -128, 127), ("uint8", 0, 255)):
         got = [(a, b) for a, b in rand if a.dtype.name == dt]

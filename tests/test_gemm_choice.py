@@ -157,7 +157,8 @@ def test_an_inexact_backend_fails_the_self_test_and_is_never_picked(fresh, monke
     assert not gemm.is_exact("pairsat")
 
 
-@pytest.mark.parametrize("shape_a,shape_b", [((20000, 64), (64, 64)), ((64, 2, 32), (64, 32, 16)),
+@pytest.mark.parametrize("shape_a,shape_b", [((20000, 64), (64, 64)), ((20000, 64), (64, 16)), ((64, 2, 32), (64, 32, 16)),
+                                             ((8192, 4, 64), (8192, 64, 64)),
                                              ((2, 3, 40, 64), (2, 3, 64, 40)), ((3, 40, 64), (64, 40))])
 def test_the_probe_is_bounded(fresh, monkeypatch, shape_a, shape_b):
     """The probe multiplies a slice of about PROBE_MACS pairs (at most twice that, at least half
@@ -192,6 +193,14 @@ def test_choices_persist_on_disk_and_are_reloaded_without_measuring(fresh, monke
     monkeypatch.setattr(gemm, "measure", no_measure)
     assert pick_backend(a, b) == first
     assert not list(fresh.glob("*.tmp")) and not list(fresh.glob(".*.tmp"))
+
+
+def test_the_cache_directory_is_created_with_its_parents(fresh, monkeypatch):
+    nested = fresh / "a" / "b"
+    monkeypatch.setenv("GQA_CACHE_DIR", str(nested))
+    a, b = operands()
+    pick_backend(a, b)
+    assert gemm.cache_path().parent == nested and gemm.cache_path().is_file()
 
 
 def test_another_machines_choice_is_never_reused(fresh, monkeypatch):
