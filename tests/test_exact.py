@@ -376,6 +376,48 @@ def test_a_weightless_segment_gets_the_zero_line():
     assert prob.segment(a, b) == (0, 0, 0.0)
 
 
+def test_one_scale_meets_the_candidate_bound():
+    # one scale: the clipped start takes each of its n + 1 values once, so the bound is exact
+    for e in (0, 2):
+        obj = Objective(get_function("gelu"), 4, PWLDatapath(in_bits=6), [e])
+        assert candidates(obj).reals.size == candidate_bound(obj) == 1 + scale_points((-4.0, 4.0), e, obj.dp).size
+
+
+def test_a_time_limit_too_short_says_how_much_was_asked():
+    obj = Objective(get_function("gelu"), 4, PWLDatapath(), range(3))
+    with pytest.raises(ExactTooLarge) as exc:
+        exact_optimum(obj, time_limit=1e-9)   # any machine takes longer than a nanosecond
+    assert exc.value.field == "time_limit"
+    pairs, m = map(int, re.search(r"the (\d+) segment costs of (\d+) candidates", str(exc.value)).groups())
+    assert m == candidates(obj).reals.size and pairs == m * (m - 1) // 2
+
+
+@pytest.mark.parametrize("metric, fields", [("max_abs", {}), ("mse", dict(out_bits=10, out_frac=5))])
+def test_the_fast_optimum_caps_the_exact_costs(monkeypatch, metric, fields):
+    """Rounded outputs or max |err|: the full-precision MSE optimum is a feasible table, so its
+    error caps every segment of an optimal one; costs above the cap are never computed (inf), and
+    the optimum is unchanged (brute force)."""
+    import gqa_lut.exact as ex
+
+    fn, dp = small("gelu", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2, **fields)
+    solved = []
+    solve = ex.ExactProblem.solve
+    monkeypatch.setattr(ex.ExactProblem, "solve", lambda self, cost, *a, **k: solved.append(cost) or
+                        solve(self, cost, *a, **k))
+    res = exact_optimum(Objective(fn, 3, dp, [0, 1, 2], metric=metric))
+    assert len(solved) == 2 and not np.isinf(solved[0]).any()      # the relaxed pass, then the capped one
+    assert np.isinf(solved[1][np.triu_indices_from(solved[1], 1)]).mean() > 0.1   # 14-20% here
+    assert res.value == pytest.approx(brute_force(fn, 3, dp, [0, 1, 2], metric), rel=1e-9, abs=1e-15)
+
+
+def test_an_exact_tables_provenance():
+    obj = Objective(get_function("gelu"), 4, PWLDatapath(), [0, 1])
+    table, res = exact_table(obj, {"search": "kept"})
+    assert table.provenance["search"] == "kept"
+    assert table.provenance["coefficients"] == {"method": "exact", "refine": "exact", "clipped": 0}
+    assert objective_value(obj, table) == pytest.approx(res.value, rel=1e-12)
+
+
 def test_two_adic_valuation():
     t = np.array([0, 1, -1, 2, -4, 12, -12, 1 << 40, 3])
     with np.errstate(all="raise"):  # no log2(0) behind the mask
