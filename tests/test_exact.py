@@ -408,6 +408,9 @@ def test_the_fast_optimum_caps_the_exact_costs(monkeypatch, metric, fields):
     assert len(solved) == 2 and not np.isinf(solved[0]).any()      # the relaxed pass, then the capped one
     assert np.isinf(solved[1][np.triu_indices_from(solved[1], 1)]).mean() > 0.1   # 14-20% here
     assert res.value == pytest.approx(brute_force(fn, 3, dp, [0, 1, 2], metric), rel=1e-9, abs=1e-15)
+    solved.clear()                                                 # MSE at full precision: the fast pass is exact
+    exact_optimum(Objective(fn, 3, dataclasses.replace(dp, out_bits=None, out_frac=None), [0, 1, 2]))
+    assert len(solved) == 1 and not np.isinf(solved[0]).any()
 
 
 def test_an_exact_tables_provenance():
