@@ -768,6 +768,8 @@ def one_row(row):
 @example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300, r=-1), recip="pwl", causal=False)
 # E = 255, 1 and R = -1: Z = 256, sh = 8, p = -1 exactly for the small key (clipped to 0, counted)
 @example(case=one_row([0, -300]), tables=hand_softmax_tables(255, r=-1), recip="pwl", causal=False)
+# 256 keys of E = 2 and R = -1: Z = 512, sh = 9, the rounding shift by 1 gives p = -1 exactly (clipped, counted)
+@example(case=one_row([0] * 256), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False)
 # causal, E = 1: the first query sees one key (p = 256 -> 255); the key after it must stay 0
 @example(case=(np.zeros((1, 1, 2, 2), np.int32), np.ones((1, 2), bool), 2.0**-6), tables=hand_softmax_tables(1),
          recip="pwl", causal=True)
