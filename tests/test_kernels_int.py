@@ -395,6 +395,13 @@ def test_row_scales_refuse_bad_input():
     with pytest.raises(GQAError) as ei:
         requantize_channels(acc, [2**31, 0], 2**30, 0, 8, row_shift=RowScale(np.array([8, 8]), np.array([0, 0]), 3))
     assert ei.value.field == "bias"
+    # power-of-two row shifts: 0..62 taken, 63 refused; int8 codes up to 8 bits, int16 from 9
+    assert requantize_channels(acc, None, 2**30, 0, 8, row_shift=[62, 0])[0].tolist()[0] == [127, -128]  # saturated
+    with pytest.raises(GQAError) as ei:
+        requantize_channels(acc, None, 2**30, 0, 8, row_shift=[63, 0])
+    assert ei.value.field == "row_shift"
+    assert requantize_rows(acc, 2**30, 0, 8, 3)[0].dtype == np.int8
+    assert requantize_rows(acc, 2**30, 0, 9, 3)[0].dtype == np.int16
 
 
 # =============================================================================================
