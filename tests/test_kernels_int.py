@@ -1229,8 +1229,10 @@ def test_layernorm_op_widths(rsqrt):
     assert widths[("mul", "layernorm.square")] == (d_bits, d_bits)
     assert widths[("add", "layernorm.var")] == 2 * d_bits + 3
     assert widths[("compare", "layernorm.token_max")] == 32
+    assert widths[("mul", "layernorm.gamma")] == (Z_FRAC + 2, 16)   # z (|z| <= 1, Z fraction bits) x G (16 bits)
     if rsqrt == "pwl":
         assert widths[("compare", "layernorm.leading_one")] == 2 * d_bits + 9
+        assert widths[("mul", "layernorm.normalize")] == (d_bits, 16)  # d' x the rsqrt's 16-bit mantissa
     else:
         assert widths[("div", "layernorm.normalize")] == 2 * d_bits + 9
     if rsqrt == "newton":
