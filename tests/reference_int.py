@@ -89,14 +89,14 @@ def saturate(x: int, bits: int, signed: bool = True) -> tuple[int, bool]:
     return x, False
 
 
-# --- gemmlowp dyadic requantization -------------------------------------------------------
-
-
 def _add_residual_saturate(y: int, residual_rows, r: int, c: int, bits: int) -> tuple[int, bool]:
     """``y`` plus the residual's ``[r][c]`` (if any), saturated to ``s{bits}``."""
     if residual_rows is not None:
         y += int(residual_rows[r][c])
     return saturate(y, bits)
+
+
+# --- gemmlowp dyadic requantization -------------------------------------------------------
 
 
 def srdhm(a: int, b: int) -> int:
