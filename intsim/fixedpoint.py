@@ -493,18 +493,19 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
         raise GQAError("shifts", "exceed 62", "the multiplier is too small for this accumulator")
     if np.any(m0 < INT32_MIN) or np.any(m0 > INT32_MAX):
         raise GQAError("multipliers", "must fit int32", "use dyadic_multiplier / quantize_multiplier")
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
+    if out_dtype is None:
+        out_dtype = np.int8 if out_bits <= 8 else np.int16 if out_bits <= 16 else np.int32
+    out = np.empty(a2.shape, out_dtype)
     if residual is None:
-        res = np.zeros((1, 1), np.int64)
+        # the placeholder has the output's dtype, the usual residual's: one compiled kernel for both
+        res = np.zeros((1, 1), out.dtype)
     else:
         residual = np.asarray(residual)
         if residual.size != a2.size or residual.dtype.kind not in "iu":
             raise GQAError("residual", f"is {residual.dtype} of shape {residual.shape}, the accumulator {shape}",
                            "give integer codes of the accumulator's shape at the output scale")
         res = np.ascontiguousarray(residual.reshape(a2.shape))
-    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
-    if out_dtype is None:
-        out_dtype = np.int8 if out_bits <= 8 else np.int16 if out_bits <= 16 else np.int32
-    out = np.empty(a2.shape, out_dtype)
     if isinstance(row_shift, RowScale):
         return _requantize_channels_scaled(a2, shape, bias, m0, n, row_shift, lo, hi, res, residual is not None, out)
     rs = np.zeros(a2.shape[0], np.int64) if row_shift is None else np.asarray(row_shift, np.int64).reshape(-1)

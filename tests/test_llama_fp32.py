@@ -214,9 +214,12 @@ def test_kv_cache_equals_full_recomputation(llama, llama_tok):
         parts = [llama(x[:, :5], cache), llama(x[:, 5:8], cache)] + [llama(x[:, j:j + 1], cache) for j in range(8, len(ids))]
     inc = torch.cat(parts, dim=1)
     assert cache.length == len(ids) and inc.shape == full.shape
-    diff = float((inc - full).abs().max())
-    print(f"KV cache against full recomputation: max |logit diff| {diff:.3g}")
-    assert diff < 1e-4
+    diff, peak = float((inc - full).abs().max()), float(full.abs().max())
+    print(f"KV cache against full recomputation: max |logit diff| {diff:.3g} (largest |logit| {peak:.3g})")
+    # float32 over 30 layers with other GEMM shapes (BLAS blocks differently): a few 1e-6 of the
+    # logits' scale, by CPU (1.02e-4 absolute on an AVX-512 Zen 5); a stale cache or a shifted
+    # RoPE position moves logits by whole units
+    assert diff < 1e-5 * peak
     assert torch.equal(inc.argmax(-1), full.argmax(-1))
 
 
