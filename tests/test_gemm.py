@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import reference_int as ref
 from intsim import GQAError
-from intsim.gemm import BACKENDS, Constant, f32_chunk, int_gemm, is_exact
+from intsim.gemm import BACKENDS, Constant, check_gemm, f32_chunk, int_gemm, is_exact
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -214,6 +214,20 @@ def test_f32_exact_at_its_bound_with_mixed_signs():
     assert np.array_equal(int_gemm(a, b, "f32").astype(np.int64), expect)
 
 
+def test_f32_chunks_by_k_whatever_the_row_count():
+    """Two rows, K = 2049: 1100 products of 2**14 (a partial sum past 2**24) then 949 products of 1,
+    an odd total no float32 holds. The chunking follows K, not the row count."""
+    k, big = 2049, 1100
+    a = np.ones((2, k), np.int8)
+    a[:, :big] = -128
+    b = np.ones((k, 3), np.int8)
+    b[:big] = -128
+    want = big * 2**14 + (k - big)
+    assert want > 2**24 and want % 2 == 1
+    assert int_gemm(a, b, "f32").tolist() == [[want] * 3] * 2
+    assert int_gemm(a[None], b[None], "f32").tolist() == [[[want] * 3] * 2]
+
+
 # --- K at the int32 limit ---------------------------------------------------------------------
 
 def test_k_limit_int8():
@@ -229,6 +243,11 @@ def test_k_limit_int8():
         with pytest.raises(GQAError) as ei:
             int_gemm(a, b, be)
         assert ei.value.field == "K"
+    for be in BACKENDS:       # batched: K is the last axis of a, whatever its other axes
+        with pytest.raises(GQAError) as ei:
+            int_gemm(a[None], b[None], be)
+        assert ei.value.field == "K"
+    assert check_gemm(np.zeros((2, 3, 5), np.int8), np.zeros((2, 5, 4), np.int8)) == 5 * 2**14
 
 
 @pytest.mark.parametrize("da,db", [(np.uint8, np.uint8), (np.uint8, np.int8), (np.int8, np.uint8)])

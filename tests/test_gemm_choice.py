@@ -256,3 +256,43 @@ def test_a_cached_choice_missing_a_current_candidate_is_measured_again(fresh, mo
     pick_backend(a, b)
     backends_timed = set(gemm._CHOICES[cls]["seconds"])    # the names the new measurement covered
     assert measured and backends_timed == set(gemm.candidates(a, b))
+
+
+def test_a_new_process_reads_the_disk_cache(fresh):
+    """A fresh interpreter takes this machine's cached choice without measuring (here a choice
+    written by hand, which a measurement would not have made)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import json, sys
+import numpy as np
+from intsim import gemm
+a, b = np.ones((64, 96), np.int8), np.ones((96, 32), np.int8)
+if sys.argv[1] == "write":
+    names = gemm.candidates(a, b)
+    slow = names[-1]
+    choice = {"backend": slow, "seconds": {n: 1.0 for n in names}}
+    gemm.cache_path().write_text(json.dumps({"machine": gemm.machine_fingerprint(),
+                                             "choices": {gemm.operand_class(a, b): choice}}))
+    print(slow)
+else:
+    gemm.measure = None           # a measurement would fail: the choice must come from the disk
+    print(gemm.pick_backend(a, b))
+"""
+    env = dict(os.environ, GQA_CACHE_DIR=str(fresh))
+    run = [subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                          timeout=120) for mode in ("write", "read")]
+    assert all(r.returncode == 0 for r in run), [r.stderr[-2000:] for r in run]
+    assert run[1].stdout.split() == run[0].stdout.split()
+
+
+def test_the_probe_broadcasts_a_batch_only_the_right_operand_has(fresh):
+    """A 2-D left operand times a batched right one (and a batch of 1 times a batch of 4): the
+    probe slices the broadcast batch, and the product is exact."""
+    for shape_a, shape_b in (((8, 32), (4, 32, 16)), ((1, 8, 32), (4, 32, 16))):
+        a, b = operands(shape_a, shape_b)
+        seconds = gemm.measure(a, b)
+        assert seconds and set(seconds) <= set(gemm.candidates(a, b))
+        assert np.array_equal(int_gemm(a, b).astype(np.int64), np.matmul(a.astype(np.int64), b.astype(np.int64)))

@@ -1332,6 +1332,39 @@ def test_layernorm_output_folding_matches_the_exact_reference(C, data):
             assert abs(int(o.G[c]) - exact) <= 1
 
 
+def test_layernorm_output_largest_gamma_at_no_shift():
+    """A gamma whose folded peak needs between g_bits - 1 and g_bits bits' room (1 <= room < 2)
+    folds at T = 0, exactly as the rational reference; one just past the register is refused."""
+    C, g_bits = 4, 16
+    lim = 2 ** (g_bits - 1) - 1
+    for peak in (0.75 * lim, 0.999 * lim):
+        gamma = [peak * 2.0**Z_FRAC / math.sqrt(C), -0.25, 0.0, 1.0]
+        G, H, T, _ = ref.layernorm_fold(gamma, [0.0] * C, [1.0] * C, g_bits, Z_FRAC, math.sqrt(C))
+        o = LNOutput(gamma, np.zeros(C), 1.0, 8, g_bits=g_bits)
+        assert T == 0 and o.T == 0 and o.G.tolist() == G and o.H.tolist() == H
+    with pytest.raises(GQAError):
+        LNOutput([1.01 * lim * 2.0**Z_FRAC / math.sqrt(C), 0.0, 0.0, 0.0], np.zeros(C), 1.0, 8, g_bits=g_bits)
+
+
+def test_layernorm_per_token_shift_stops_at_62():
+    """A per-token output whose row needs more than the largest shift (a 2-bit output after a
+    50-bit gamma: |z G| >= 2**62) takes shift 62 and saturates, as the reference does."""
+    C = 4
+    x = np.array([[1000, 0, 0, 0], [-1000, 3, 0, 0]], np.int32)
+    o = LNOutput([1.7 * 2**13, 0.5, 0.0, 0.0], np.zeros(C), 1.0, 2, g_bits=50, dynamic=True)
+    assert o.T == 62 - Z_FRAC
+    stats = OpStats()
+    codes, row_shift = IntLayerNorm("newton", None, d_bits=16, center=False)(x, o, stats=stats, name="rms")
+    sat = 0
+    for r, row in enumerate(x.tolist()):
+        ys, _, _, sa, _ = ref.layernorm_row(row, 16, Z_FRAC, None, [(o.G.tolist(), o.H.tolist(), o.T, 2, True)],
+                                            center=False)
+        assert codes[r].tolist() == ys[0]
+        sat += sa
+    assert row_shift.tolist() == [62 - o.T] * 2
+    assert sat == 1 and stats.saturations.get("rms.out", 0) == sat
+
+
 def test_layernorm_output_tiny_gamma():
     """A tiny non-zero gamma (here 1e-300, or a subnormal) gives the largest shift T = 62 - Z and
     G = 0 (``log2((2**15 - 1) / peak)`` is ``inf`` there: it must not reach ``int(floor(inf))``)."""
