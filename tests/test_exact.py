@@ -108,6 +108,10 @@ CASES = [
                                       out_bits=10, out_frac=3, out_rounding="half_up"), "max_abs"),
     ("hswish", (-1.5, 1.5), [0, 1], 2, dict(in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=5, icpt_frac=0,
                                             out_bits=10, out_frac=3, out_rounding="half_up"), "mse"),
+    # a segment whose best slope code lies two below the rounded least-squares slope: the MSE scan
+    # walks down one code at a time (found by searching random datapaths with the scan stepping by 2)
+    ("sigmoid", (-1.5, 1.5), [2], 2, dict(in_bits=4, slope_bits=5, slope_frac=2, icpt_bits=5, icpt_frac=0,
+                                          out_bits=11, out_frac=2, out_rounding="half_away"), "mse"),
     # floor: the allowance is a whole output LSB (without it these lose their optimum)
     ("tanh", (-1.5, 2.0), [0, 1], 4, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=4, icpt_frac=3,
                                           out_bits=10, out_frac=2, out_rounding="floor"), "max_abs"),
@@ -311,7 +315,25 @@ def test_a_grid_past_the_position_limit_says_so():
         candidates(Objective(fn, 4, PWLDatapath(), [18]))
     assert exc.value.field == "scales"
     n = int(re.search(r"has (\d+) positions", str(exc.value)).group(1))
+    # the grid 2**-19 from lo - reach to hi + reach (reach 2**-18, the coarsest scale's input step),
+    # one cell more each side, a grid point and a midpoint per cell
+    u, reach = 2.0**-19, 2.0**-18
+    assert n == 2 * (round((8.0 + 2 * reach) / u) + 2)
     assert MAX_POSITIONS == 2**23 < n < 2**24
+
+
+def test_the_position_limit_is_inclusive(monkeypatch):
+    """A grid of exactly MAX_POSITIONS positions is built; one position fewer allowed refuses it."""
+    import gqa_lut.exact as exact
+
+    obj = Objective(get_function("gelu"), 4, PWLDatapath(), [3])
+    u, reach = 2.0**-4, 2.0**-3                 # as above: the grid 2**-(e+1), one cell more each side
+    n = 2 * (round((8.0 + 2 * reach) / u) + 2)
+    monkeypatch.setattr(exact, "MAX_POSITIONS", n)
+    assert len(candidates(obj).reals) > 0
+    monkeypatch.setattr(exact, "MAX_POSITIONS", n - 1)
+    with pytest.raises(ExactTooLarge):
+        candidates(obj)
 
 
 def saturating_codes(fn, dp, scales) -> bool:
@@ -352,6 +374,20 @@ def test_the_saturation_bound_is_tight_on_the_larger_end_of_the_inputs():
                    out_frac=0)
     assert _no_saturation(Objective(fn, 2, dp, [0])) and not saturating_codes(fn, dp, [0])
     assert exact_optimum(Objective(fn, 2, dp, [0])).value >= 0
+
+
+@pytest.mark.parametrize("domain, scale, fields", [
+    ((-3.5, 0.5), 2, dict(in_bits=5, slope_bits=2, slope_frac=0, icpt_bits=3, icpt_frac=4, out_bits=3, out_frac=-1,
+                          out_rounding="half_up")),
+    ((-3.5, 0.0), 1, dict(in_bits=4, slope_bits=5, slope_frac=4, icpt_bits=4, icpt_frac=1, out_bits=3, out_frac=-1,
+                          out_rounding="half_even")),
+])
+def test_the_saturation_bound_allows_for_the_output_rounding(domain, scale, fields):
+    # the largest accumulator's floor is exactly the output's largest code, and rounding takes some
+    # code one higher (found by searching random datapaths for bounds that are met with equality)
+    fn, dp = small("tanh", *domain, **fields)
+    assert saturating_codes(fn, dp, [scale])
+    assert not _no_saturation(Objective(fn, 2, dp, [scale]))
 
 
 def test_segment_costs_of_an_exact_line_are_zero_not_negative():
