@@ -273,6 +273,11 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     with pytest.raises(ExactTooLarge) as exc:
         exact_optimum(obj, max_candidates=(bound - 1) // 4)
     assert f"needs up to {bound} breakpoint candidates" in str(exc.value)
+    m4 = -(-bound // 4)                    # the bound within 4x the limit: the candidates are counted
+    assert 3 * m4 < bound
+    with pytest.raises(ExactTooLarge) as exc:
+        exact_optimum(obj, max_candidates=m4)
+    assert f"needs {candidates(obj).reals.size} breakpoint candidates" in str(exc.value)
     opt = exact_optimum(obj).value
     lb = lower_bound(obj, max_candidates=100)
     assert 0 < lb["value"] <= opt * (1 + 1e-9)
@@ -499,4 +504,4 @@ def test_a_saturating_output_is_refused():
 def test_bad_limits(kw, field):
     with pytest.raises(GQAError) as exc:
         exact_optimum(Objective(get_function("gelu"), 4, PWLDatapath(), [0]), **kw)
-    assert exc.value.field == field
+    assert exc.value.field == field and "must be" in str(exc.value)     # refused before the search runs
