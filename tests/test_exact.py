@@ -112,6 +112,9 @@ CASES = [
     # walks down one code at a time (found by searching random datapaths with the scan stepping by 2)
     ("sigmoid", (-1.5, 1.5), [2], 2, dict(in_bits=4, slope_bits=5, slope_frac=2, icpt_bits=5, icpt_frac=0,
                                           out_bits=11, out_frac=2, out_rounding="half_away"), "mse"),
+    # the same for the max |err| scan outward from the half-range's minimiser
+    ("tanh", (1.0, 4.0), [-1, 0], 3, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=3, icpt_frac=0),
+     "max_abs"),
     # floor: the allowance is a whole output LSB (without it these lose their optimum)
     ("tanh", (-1.5, 2.0), [0, 1], 4, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=4, icpt_frac=3,
                                           out_bits=10, out_frac=2, out_rounding="floor"), "max_abs"),
