@@ -297,6 +297,14 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     assert exc.value.field == "max_candidates"
 
 
+def test_a_scale_out_of_reach_adds_nothing_to_the_lower_bound():
+    # max |err| (no DP shortcut): with 2 candidates allowed no scale's own problem fits, so each
+    # term is 0 and nothing is certified
+    obj = Objective(get_function("gelu"), 4, PWLDatapath(), [0, 1], metric="max_abs")
+    lb = lower_bound(obj, max_candidates=2)
+    assert lb["exact_scales"] == [] and lb["per_scale"] == {"0": 0.0, "1": 0.0} and lb["value"] == 0.0
+
+
 def test_lower_bound_without_any_exact_subset():
     # no scale alone fits 2 candidates: the bound is the mean of the per-scale optima (the DP's)
     fn, dp = get_function("gelu"), PWLDatapath()
@@ -321,7 +329,7 @@ def test_a_grid_past_the_position_limit_says_so():
     fn = get_function("gelu")
     with pytest.raises(ExactTooLarge) as exc:
         candidates(Objective(fn, 4, PWLDatapath(), [18]))
-    assert exc.value.field == "scales"
+    assert exc.value.field == "scales" and "the breakpoint grid 2**-19 over the domain" in str(exc.value)
     n = int(re.search(r"has (\d+) positions", str(exc.value)).group(1))
     # the grid 2**-19 from lo - reach to hi + reach (reach 2**-18, the coarsest scale's input step),
     # one cell more each side, a grid point and a midpoint per cell
