@@ -115,6 +115,10 @@ CASES = [
     # the same for the max |err| scan outward from the half-range's minimiser
     ("tanh", (1.0, 4.0), [-1, 0], 3, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=3, icpt_frac=0),
      "max_abs"),
+    # an output 16x coarser than the intercept: the best intercept code lies two below the rounded
+    # real one (the intercept scan walks down one code at a time)
+    ("exp", (1.0, 3.5), [1], 3, dict(in_bits=4, slope_bits=5, slope_frac=0, icpt_bits=6, icpt_frac=3,
+                                     out_bits=6, out_frac=-1, out_rounding="half_even"), "mse"),
     # floor: the allowance is a whole output LSB (without it these lose their optimum)
     ("tanh", (-1.5, 2.0), [0, 1], 4, dict(in_bits=4, slope_bits=3, slope_frac=3, icpt_bits=4, icpt_frac=3,
                                           out_bits=10, out_frac=2, out_rounding="floor"), "max_abs"),
@@ -285,6 +289,10 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     lb = lower_bound(obj, max_candidates=100)
     assert 0 < lb["value"] <= opt * (1 + 1e-9)
     assert lb["exact_scales"] and len(lb["exact_scales"]) < 5
+    L = len(lb["exact_scales"])      # the longest prefix of the scales that fits: one more does not
+    assert lb["exact_scales"] == list(range(L))
+    with pytest.raises(ExactTooLarge):
+        exact_optimum(Objective(fn, 6, dp, range(L + 1)), max_candidates=100)
     # the GA falls back honestly: no exact optimum, a bound and a gap against it
     t = gqa_lut.search("gelu", 6, "ga", scales=range(5), population=10, generations=5, max_candidates=100,
                        progress=False)
@@ -415,17 +423,22 @@ def test_segment_costs_of_an_exact_line_are_zero_not_negative():
     assert exact_optimum(obj).value == 0.0
 
 
-def test_a_weightless_segment_gets_the_zero_line():
+@pytest.mark.parametrize("out", [{}, dict(out_bits=8, out_frac=2)])
+def test_a_weightless_segment_gets_the_zero_line(out):
     # histogram weights zero on every code of gelu at e = 0 above 1.0: a segment there costs 0 and
-    # gets K = B = 0, the convention of gqa_lut.fitting (any line is optimal there)
-    fn, dp = small("gelu", -2.0, 4.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2)
+    # gets K = B = 0, the convention of gqa_lut.fitting (any line is optimal there), with or without
+    # an output stage; max |err| takes no weights, so there the segment keeps its error
+    fn, dp = small("gelu", -2.0, 4.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2, **out)
     q = np.arange(dp.code_min, dp.code_max + 1)
-    obj = Objective(fn, 3, dp, [0], weights={0: (q <= 1).astype(float)})
-    prob = ExactProblem(obj)
+    probs = {m: ExactProblem(Objective(fn, 3, dp, [0], weights={0: (q <= 1).astype(float)}, metric=m))
+             for m in ("mse", "max_abs")}
+    prob = probs["mse"]
     starts = prob.cand.starts[:, 0]
     a, b = int(np.searchsorted(starts, 2)), prob.size - 1     # the segment from code 2 up
     assert starts[a] == 2 and starts[b] > starts[a]
     assert prob.segment(a, b) == (0, 0, 0.0)
+    unweighted = ExactProblem(Objective(fn, 3, dp, [0], metric="max_abs"))
+    assert probs["max_abs"].segment(a, b) == unweighted.segment(a, b) and unweighted.segment(a, b)[2] > 0
 
 
 def test_one_scale_meets_the_candidate_bound():
