@@ -293,6 +293,6 @@ def test_the_probe_broadcasts_a_batch_only_the_right_operand_has(fresh):
     probe slices the broadcast batch, and the product is exact."""
     for shape_a, shape_b in (((8, 32), (4, 32, 16)), ((1, 8, 32), (4, 32, 16))):
         a, b = operands(shape_a, shape_b)
-        seconds = gemm.measure(a, b)
-        assert seconds and set(seconds) <= set(gemm.candidates(a, b))
+        timed = set(gemm.measure(a, b))        # the backends measured (their times are not checked)
+        assert timed and timed <= set(gemm.candidates(a, b))
         assert np.array_equal(int_gemm(a, b).astype(np.int64), np.matmul(a.astype(np.int64), b.astype(np.int64)))
