@@ -331,6 +331,14 @@ def test_wide_inputs_say_so():
     assert "candidates" in str(exc.value)
 
 
+def grid_positions(domain, e: int) -> int:
+    """The breakpoint grid of one scale ``e`` (candidates' docstring): steps of 2**-(e+1) from
+    lo - reach to hi + reach (reach 2**-e, the input step), one cell more each side, a grid point
+    and a midpoint per cell."""
+    u, reach = 2.0 ** -(e + 1), 2.0 ** -e
+    return 2 * (round((domain[1] - domain[0] + 2 * reach) / u) + 2)
+
+
 def test_a_grid_past_the_position_limit_says_so():
     # at e = 18 the breakpoint grid 2**-19 over gelu's [-4, 4] (plus one input step each side) has
     # just over 2**23 positions: refused before anything that large is allocated
@@ -339,10 +347,7 @@ def test_a_grid_past_the_position_limit_says_so():
         candidates(Objective(fn, 4, PWLDatapath(), [18]))
     assert exc.value.field == "scales" and "the breakpoint grid 2**-19 over the domain" in str(exc.value)
     n = int(re.search(r"has (\d+) positions", str(exc.value)).group(1))
-    # the grid 2**-19 from lo - reach to hi + reach (reach 2**-18, the coarsest scale's input step),
-    # one cell more each side, a grid point and a midpoint per cell
-    u, reach = 2.0**-19, 2.0**-18
-    assert n == 2 * (round((8.0 + 2 * reach) / u) + 2)
+    assert n == grid_positions(fn.domain, 18)
     assert MAX_POSITIONS == 2**23 < n < 2**24
 
 
@@ -351,8 +356,7 @@ def test_the_position_limit_is_inclusive(monkeypatch):
     import gqa_lut.exact as exact
 
     obj = Objective(get_function("gelu"), 4, PWLDatapath(), [3])
-    u, reach = 2.0**-4, 2.0**-3                 # as above: the grid 2**-(e+1), one cell more each side
-    n = 2 * (round((8.0 + 2 * reach) / u) + 2)
+    n = grid_positions(obj.fn.domain, 3)
     monkeypatch.setattr(exact, "MAX_POSITIONS", n)
     assert len(candidates(obj).reals) > 0
     monkeypatch.setattr(exact, "MAX_POSITIONS", n - 1)
@@ -437,8 +441,8 @@ def test_a_weightless_segment_gets_the_zero_line(out):
     a, b = int(np.searchsorted(starts, 2)), prob.size - 1     # the segment from code 2 up
     assert starts[a] == 2 and starts[b] > starts[a]
     assert prob.segment(a, b) == (0, 0, 0.0)
-    unweighted = ExactProblem(Objective(fn, 3, dp, [0], metric="max_abs"))
-    assert probs["max_abs"].segment(a, b) == unweighted.segment(a, b) and unweighted.segment(a, b)[2] > 0
+    unweighted = ExactProblem(Objective(fn, 3, dp, [0], metric="max_abs")).segment(a, b)
+    assert probs["max_abs"].segment(a, b) == unweighted and unweighted[2] > 0
 
 
 def test_one_scale_meets_the_candidate_bound():
