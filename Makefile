@@ -27,7 +27,7 @@ demo: install
 # one pytest worker per core (at most 4: each loads the models once), whole files per worker so a
 # file's module fixtures load once; on 2 cores the suite takes about half the time of one process
 test: install
-	$(PYTHON) -m pytest tests -n auto --maxprocesses 4 --dist loadfile
+	$(PYTHON) -m pytest tests -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(PYTHON) benchmarks/bench_search_speed.py

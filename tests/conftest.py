@@ -66,10 +66,14 @@ def int_llama2():
     return build(layers=2)
 
 
-# the longest file first: `make test` runs whole files per pytest-xdist worker (--dist loadfile), and
-# a long file collected last (the notebooks: about 2 minutes) left one worker running it alone
-LONGEST_FIRST = ("test_notebooks.py",)
+# the longest files first: `make test` runs whole files per pytest-xdist worker (--dist loadfile,
+# in collection order: --no-loadscope-reorder, pytest-xdist 3.8; xdist's own order, most tests first, put the
+# notebooks' 6 tests last and left one worker running them alone for about 100 s). Measured on
+# 2 workers: the notebooks ~110 s, then the decoder's and the sweeps' files 25-40 s each.
+LONGEST_FIRST = ("test_notebooks.py", "test_llama_fp32.py", "test_sweep.py", "test_cli_llm.py",
+                 "test_int_llama.py", "test_faults.py", "test_llm_kernels.py", "test_kernels_int.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)     # stable: the rest keep their order
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: the rest keep their order
