@@ -66,14 +66,17 @@ def int_llama2():
     return build(layers=2)
 
 
-# the longest files first: `make test` runs whole files per pytest-xdist worker (--dist loadfile,
-# in collection order: --no-loadscope-reorder, pytest-xdist 3.8; xdist's own order, most tests first, put the
-# notebooks' 6 tests last and left one worker running them alone for about 100 s). Measured on
-# 2 workers: the notebooks ~110 s, then the decoder's and the sweeps' files 25-40 s each.
-LONGEST_FIRST = ("test_notebooks.py", "test_llama_fp32.py", "test_sweep.py", "test_cli_llm.py",
-                 "test_int_llama.py", "test_faults.py", "test_llm_kernels.py", "test_kernels_int.py")
+# the file order (`make test` runs whole files per pytest-xdist worker, --dist loadfile, in
+# collection order: --no-loadscope-reorder, pytest-xdist 3.8). First the in-process tests that
+# compile most of numba's kernels (a cold clone spends about half its CPU compiling): the
+# subprocesses of the CLI, sweep and notebook tests then load them from the cache instead of each
+# compiling them again at once (a cold test_sweep.py took 139 s, 34 s warm). Then the longest files,
+# so no worker is left running one alone at the end (xdist's default order, most tests first, put
+# the notebooks' six tests, ~110 s, last).
+FIRST = ("test_kernels_int.py", "test_int_bert.py", "test_int_llama.py", "test_llm_kernels.py",
+         "test_notebooks.py", "test_llama_fp32.py", "test_sweep.py", "test_cli_llm.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: the rest keep their order
