@@ -27,6 +27,16 @@ How it works, per module:
    CPU time in the map's run), with ``-x``; an empty selection (no test executes the line) is a survivor without a run;
 5. the report is written as JSON (outcomes, score, wall and CPU seconds, every survivor's diff).
 
+A whole module takes hours (exact.py: 674 mutants, ~4 CPU-hours), more than one session on a
+machine whose work directory does not survive. ``--ledger FILE`` (a JSON file kept in the
+repository: ``docs/mutation_ledger.json``) carries a run across sessions: every finished mutant's
+outcome is written to it as the run goes (about once a minute, atomically, so a stopped run loses
+at most a minute), keyed by cosmic-ray's ``operator#occurrence`` under the module's SHA-256. A
+later run of the same module source marks its killed mutants done before ``cosmic-ray exec``
+starts, so only the rest run (cosmic-ray takes its pending mutants in random order: which ones a
+stopped run finished is only known from the ledger); survivors are run again, against the tests
+as they are now. A changed module source starts its ledger entry afresh.
+
 The test map, line by line:
 
 - a statement of ordinary Python: the tests whose run executed it (any line of its header, for a
@@ -601,8 +611,88 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return c - h, c + h
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _finished_rows(session: Path) -> list[tuple[str, int, str, str]]:
+    """``(key, line, outcome, diff)`` of every finished mutant of the session, read directly
+    (``cosmic-ray dump`` costs seconds of CPU); ``key`` is ``operator#occurrence``."""
+    import sqlite3
+
+    q = ("select m.operator_name, m.occurrence, m.start_pos_row, r.test_outcome, r.worker_outcome, r.diff "
+         "from work_results r join mutation_specs m on m.job_id = r.job_id")
+    with sqlite3.connect(f"file:{session}?mode=ro", uri=True) as c:
+        rows = c.execute(q).fetchall()
+    out = []
+    for op, occ, line, test_o, worker_o, diff in rows:
+        o = (test_o or worker_o or "").lower().split(".")[-1]
+        out.append((f"{op}#{occ}", int(line), o, diff or ""))
+    return out
+
+
+def read_ledger(path: Path | None, module: str, source: Path) -> dict:
+    """The ledger's finished mutants of ``module`` (``{key: {"line", "outcome", "diff"?}}``), empty
+    when there is no ledger, no entry or the entry is of another source of the module."""
+    if path is None or not path.exists():
+        return {}
+    entry = json.loads(path.read_text()).get(module, {})
+    if entry.get("module_sha256") != _sha256(source):
+        if entry:
+            print(f"{module}: the ledger's results are of another source of the module; starting afresh", flush=True)
+        return {}
+    return dict(entry.get("mutants", {}))
+
+
+def write_ledger(path: Path, module: str, source: Path, mutants: dict) -> None:
+    """Merge ``module``'s finished mutants into the ledger file, atomically (a stopped run leaves
+    the previous complete file)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from intsim.fileio import atomic_write_json
+
+    ledger = json.loads(path.read_text()) if path.exists() else {}
+    counts: dict[str, int] = {}
+    for m in mutants.values():
+        counts[m["outcome"]] = counts.get(m["outcome"], 0) + 1
+    ledger[module] = {"module_sha256": _sha256(source), "outcomes": dict(sorted(counts.items())),
+                      "mutants": dict(sorted(mutants.items(), key=lambda kv: (kv[1]["line"], kv[0])))}
+    atomic_write_json(path, dict(sorted(ledger.items())))
+
+
+def _ledger_rows(session: Path, known: dict) -> dict:
+    """``known`` updated with the session's finished mutants (survivors keep their diff)."""
+    out = dict(known)
+    for key, line, outcome, diff in _finished_rows(session):
+        if outcome == "skipped":
+            continue
+        out[key] = {"line": line, "outcome": outcome, **({"diff": diff} if outcome == "survived" else {})}
+    return out
+
+
+def mark_done(session: Path, known: dict) -> int:
+    """Mark the session's mutants the ledger has killed as done (with that outcome); returns how many."""
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    n = 0
+    with use_db(str(session)) as db:
+        for item in db.pending_work_items:
+            m = item.mutations[0]
+            rec = known.get(f"{m.operator_name}#{m.occurrence}")
+            if rec and rec["outcome"] == "killed":
+                db.set_result(item.job_id, WorkResult(output="killed in an earlier session (ledger)",
+                                                      test_outcome=TestOutcome.KILLED,
+                                                      worker_outcome=WorkerOutcome.NORMAL))
+                n += 1
+    return n
+
+
 def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, select: bool = True,
-                  fork: bool = True, sample: int = 0, seed: int = 0, resume: bool = False) -> dict:
+                  fork: bool = True, sample: int = 0, seed: int = 0, resume: bool = False,
+                  ledger: Path | None = None) -> dict:
     tests = MODULES[module]
     tree = workdir / module.replace("/", "_").removesuffix(".py")
     cfg, session = tree / "cosmic-ray.toml", tree / "session.sqlite"
@@ -621,6 +711,9 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, 
         subprocess.run(["cr-filter-operators", str(session), str(cfg)], **run)
     else:     # an interrupted cosmic-ray exec can leave its last mutant applied
         shutil.copy2(mdir / "original.py", tree / module)
+    known = read_ledger(ledger, module, REPO / module) if not count_only else {}
+    if known:
+        print(f"{module}: {mark_done(session, known)} mutants killed in earlier sessions (ledger {ledger})", flush=True)
     if sample and not count_only:
         population = sample_mutants(session, sample, seed)
     items = dump(session, tree)
@@ -658,14 +751,20 @@ def mutate_module(module: str, workdir: Path, timeout: float, count_only: bool, 
     try:
         proc = subprocess.Popen(["cosmic-ray", "exec", str(cfg), str(session)], cwd=tree, env=env)
         start = results_so_far(session)
+        saved = time.time()
         with tqdm(total=todo, desc=module, unit="mutant") as bar:
             while proc.poll() is None:
                 time.sleep(5)
                 bar.update(results_so_far(session) - start - bar.n)
+                if ledger is not None and time.time() - saved > 60:
+                    write_ledger(ledger, module, REPO / module, _ledger_rows(session, known))
+                    saved = time.time()
     finally:
         if server is not None:
             server.terminate()
             server.wait()
+        if ledger is not None:
+            write_ledger(ledger, module, REPO / module, _ledger_rows(session, known))
     if proc.returncode != 0:
         raise SystemExit(f"{module}: cosmic-ray exec exited with {proc.returncode}")
     wall, cpu = time.time() - t0, _children_cpu() - c0
@@ -796,6 +895,9 @@ def main(argv=None) -> int:
                     help="continue an interrupted run in the work directory (its tree, map and session; "
                          "with --sample, sampled among the mutants still pending)")
     ap.add_argument("--out", type=Path, default=None, help="JSON report (default: <workdir>/report.json)")
+    ap.add_argument("--ledger", type=Path, default=None,
+                    help="JSON file of finished mutants carried across sessions (docs/mutation_ledger.json): "
+                         "written as the run goes; its killed mutants are not run again")
     ap.add_argument("--no-select", action="store_true",
                     help="run each mutant against the module's whole test list (no coverage selection)")
     ap.add_argument("--no-fork", action="store_true",
@@ -844,7 +946,8 @@ def main(argv=None) -> int:
                           f"whole list {r['full']}", flush=True)
             continue
         r = mutate_module(module, args.workdir, args.timeout, args.count, select=not args.no_select,
-                          fork=not args.no_fork, sample=args.sample, seed=args.seed, resume=args.resume)
+                          fork=not args.no_fork, sample=args.sample, seed=args.seed, resume=args.resume,
+                          ledger=args.ledger)
         if args.count:
             print(f"{module}: {r['mutants']} mutants ({r['skipped_operators']} skipped operators)")
             continue

@@ -87,3 +87,48 @@ def test_site_declaration_names():
 def test_a_site_the_calibration_did_not_observe_is_a_clear_error():
     with pytest.raises(GQAError, match="observed no tensor 'a.nope'"):
         fake_calibration({"a.x": 1.0}).absmax("a.nope")
+
+
+# --- weight scales (WEIGHT_SCALES): each row's real range -----------------------------------------
+
+def _row_error(row, rng, top):
+    """A row's squared quantization error at range ``rng`` (Python floats; round half to even as np.rint)."""
+    s = max(rng, 1e-12) / top
+    return sum((x - s * max(-top, min(top, round(x / s)))) ** 2 for x in row)
+
+
+def test_mse_weight_range_is_the_best_clip_of_its_grid():
+    from intsim.layers import quantize_weight
+    from intsim.registry import WEIGHT_MSE_GRID, WEIGHT_SCALES
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(2.5, (12, 96))
+    w[0] = rng.uniform(-1, 1, 96)
+    w[0, 5] = 1.6                      # a lone large weight: at 4 bits clipping it serves the rest better
+    w[1] = rng.integers(-127, 128, 96) * 0.01       # codes exactly on the unclipped grid: error 0, no clip
+    w[1, 0] = 1.27
+    for bits in (8, 4):
+        top = (1 << (bits - 1)) - 1
+        got = WEIGHT_SCALES.impl("mse")(w, bits)
+        for r, row in enumerate(w.tolist()):
+            amax = max(abs(x) for x in row)
+            errs = [_row_error(row, c * amax, top) for c in WEIGHT_MSE_GRID]
+            assert _row_error(row, got[r], top) <= min(errs) * (1 + 1e-9) + 1e-300, (bits, r)
+            assert got[r] in [c * amax for c in WEIGHT_MSE_GRID]
+        assert (got[0] < 1.6) == (bits == 4)      # at 8 bits the clip's error outweighs the resolution gained
+        q, s = quantize_weight(w, bits, WEIGHT_SCALES.impl("mse"))
+        assert np.array_equal(s, got / top) and np.abs(q).max() <= top
+    assert WEIGHT_SCALES.impl("mse")(w, 8)[1] == 1.27
+
+
+def test_weight_scale_flags_are_the_registered_ranges():
+    from intsim.layers import quantize_weight
+    from intsim.registry import WEIGHT_SCALES
+
+    w = np.random.default_rng(0).normal(size=(5, 7))
+    for flag, name in ((True, "per_channel"), (False, "per_tensor")):
+        q, s = quantize_weight(w, 8, flag)
+        q2, s2 = quantize_weight(w, 8, WEIGHT_SCALES.impl(name))
+        assert np.array_equal(q, q2) and np.array_equal(s, s2)
+    assert np.allclose(quantize_weight(w, 8, False)[1], np.abs(w).max() / 127)
+    assert np.allclose(quantize_weight(w, 8, True)[1], np.abs(w).max(axis=1) / 127)
