@@ -62,15 +62,15 @@ def act_scale(absmax: float, bits: int, kind: str = "dyadic") -> float:
     return ACT_SCALES.make(kind, absmax, bits)
 
 
-def quantize_weight(w: np.ndarray, bits: int, per_channel=True):
+def quantize_weight(w: np.ndarray, bits: int, scales=True):
     """Symmetric weights: rows are output channels. -> (int8/int16 codes, scale per row).
 
-    ``per_channel``: a weight scale of the registry (``WEIGHT_SCALES.impl(name)``: each row's real
+    ``scales``: a weight scale of the registry (``WEIGHT_SCALES.impl(name)``: each row's real
     range from ``(w, bits)``), or ``True`` / ``False`` for its ``per_channel`` / ``per_tensor``."""
     top = (1 << (bits - 1)) - 1
-    if not callable(per_channel):
-        per_channel = WEIGHT_SCALES.impl("per_channel" if per_channel else "per_tensor")
-    amax = per_channel(w, bits)
+    if not callable(scales):
+        scales = WEIGHT_SCALES.impl("per_channel" if scales else "per_tensor")
+    amax = scales(w, bits)
     scale = np.maximum(amax, 1e-12) / top
     q = np.clip(np.rint(w / scale[:, None]), -top, top).astype(np.int8 if bits <= 8 else np.int16)
     return q, scale
