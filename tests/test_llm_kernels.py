@@ -97,6 +97,40 @@ def test_rmsnorm_matches_reference(case, rsqrt):
         assert tot["div"] == iters + n
 
 
+@pytest.mark.parametrize("rsqrt", ["pwl", "newton", "bitwise"])
+def test_rmsnorm_of_a_lone_unit_code(rsqrt):
+    """A row whose only non-zero code is +-1: the sum of squares V = 1 (the smallest non-zero one)
+    normalizes to +-1 in that channel, not to the all-zero row of V = 0."""
+    C = 6
+    x = np.zeros((4, C), np.int32)
+    x[0, 2], x[1, 5], x[3, 0] = 1, -1, 1
+    x[3, 1] = -1                                             # V = 2: the next case up
+    o = LNOutput(np.linspace(0.5, 2.0, C), np.zeros(C), 2.0**-4, 8)
+    got = IntLayerNorm(rsqrt, RSQRT, center=False)(x, o)
+    spec = [(o.G.tolist(), o.H.tolist(), o.T, o.bits, False)]
+    sqrt = {"pwl": rsqrt_fn("pwl"), "newton": None, "bitwise": "bitwise"}[rsqrt]
+    for r, row in enumerate(x.tolist()):
+        want = ref.layernorm_row(row, 16, Z_FRAC, sqrt, spec, center=False)[0][0]
+        assert got[r].tolist() == want, r
+    assert got[0, 2] > 0 and got[1, 5] < 0 and not got[2].any()
+
+
+def test_norm_row_shifts_keep_the_leading_shape():
+    """A dynamic output of a (B, T, C) input returns its per-token shifts as (B, T), the same as
+    the flattened call's."""
+    rng = np.random.default_rng(2)
+    C = 8
+    x = rng.integers(-3000, 3000, (2, 3, C)).astype(np.int32)
+    x[1, 2] = 0
+    x[1, 2, 4] = 3000                # one spiked token: its normalized peak sqrt(C) needs a shift
+    o = LNOutput(np.ones(C), np.zeros(C), 2.0**-6, 8, dynamic=True)
+    kernel = IntLayerNorm("pwl", RSQRT, center=False)
+    (y, t), (y2, t2) = kernel(x, o), kernel(x.reshape(-1, C), o)
+    assert y.shape == x.shape and t.shape == (2, 3)
+    assert np.array_equal(y.reshape(-1, C), y2) and np.array_equal(t.reshape(-1), t2)
+    assert t[1, 2] > 0 and t.sum() == t[1, 2]
+
+
 def test_rmsnorm_differs_from_layernorm_only_by_centring():
     """A zero-mean row gives the same codes with and without centring (``d = C x`` is ``x``
     scaled by C, and the norm is scale invariant) -- up to the width reduction's rounding, so
