@@ -305,6 +305,28 @@ def test_too_large_raises_and_the_lower_bound_is_certified():
     assert exc.value.field == "max_candidates"
 
 
+def test_the_lower_bound_takes_one_scale_when_only_it_fits():
+    """The exact prefix may be the first scale alone: a candidate limit between one scale's and
+    two scales' candidate counts certifies scale 0 exactly and bounds the others separately."""
+    fn, dp = get_function("gelu"), PWLDatapath()
+    c0 = candidates(Objective(fn, 6, dp, [0])).reals.size
+    assert candidates(Objective(fn, 6, dp, [0, 1])).reals.size > c0
+    lb = lower_bound(Objective(fn, 6, dp, range(3)), max_candidates=c0)
+    assert lb["exact_scales"] == [0] and sorted(lb["per_scale"]) == ["1", "2"]
+    assert lb["subset_optimum"] == pytest.approx(exact_optimum(Objective(fn, 6, dp, [0])).value, rel=1e-12)
+
+
+@pytest.mark.parametrize("entries", [4, 6])
+def test_more_entries_than_segment_candidates_leave_empty_segments(entries):
+    """A 4-bit input on [-1, 1] at scale 0 reaches 3 codes: 4 breakpoint candidates, at most 3
+    non-empty segments. Six entries (allowed: the input has 16 codes) leave segments empty (from a
+    candidate to itself, anywhere in the table) and the optimum still equals brute force."""
+    fn, dp = small("gelu", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2)
+    r = exact_optimum(Objective(fn, entries, dp, [0]))
+    assert r.candidates == 4 and math.isfinite(r.value)
+    assert r.value == pytest.approx(brute_force(fn, entries, dp, [0]), rel=1e-9, abs=1e-15)
+
+
 def test_a_scale_out_of_reach_adds_nothing_to_the_lower_bound():
     # max |err| (no DP shortcut): with 2 candidates allowed no scale's own problem fits, so each
     # term is 0 and nothing is certified

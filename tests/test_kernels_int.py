@@ -1209,6 +1209,23 @@ def test_layernorm_wide_d_bits_never_wraps_the_variance():
     assert IntLayerNorm("newton", d_bits=30)(x, o)[0].tolist() == expect30
 
 
+@pytest.mark.parametrize("C", [8, 16, 32, 384])
+def test_layernorm_widest_d_bits_per_channel_count(C):
+    """The widest accepted d_bits is floor((64 - ceil(log2 C)) / 2): V's 2D - 2 + ceil(log2 C)
+    bits within 62 (C = 8, D = 31 would sum eight squares of 2**60: 2**63 wraps; C <= 4 reach the
+    constructor's cap of 31 first). The widest runs the specified arithmetic on full-scale rows;
+    one bit more is refused."""
+    widest = (64 - math.ceil(math.log2(C))) // 2
+    x = np.array([[2**31 - 1, -(2**31)] * (C // 2)], np.int32)
+    o = LNOutput(np.ones(C), np.zeros(C), 0.05, 8)
+    spec = [(o.G.tolist(), o.H.tolist(), o.T, o.bits)]
+    got = IntLayerNorm("newton", d_bits=widest, center=False)(x, o)
+    assert got[0].tolist() == ref.layernorm_row(x[0].tolist(), widest, Z_FRAC, None, spec, center=False)[0][0]
+    with pytest.raises(GQAError, match=rf"use d_bits <= {widest}") as exc:
+        IntLayerNorm("newton", d_bits=widest + 1, center=False)(x, o)
+    assert exc.value.field == "layernorm.d_bits"
+
+
 @pytest.mark.parametrize("rsqrt", ["pwl", "newton", "bitwise"])
 def test_layernorm_op_widths(rsqrt):
     """The widths the op statistics give hw_models: the squares and the normalizing divider
