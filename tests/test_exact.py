@@ -424,6 +424,11 @@ def test_the_saturation_bound_is_tight_on_the_larger_end_of_the_inputs():
                    out_frac=0)
     assert _no_saturation(Objective(fn, 2, dp, [0])) and not saturating_codes(fn, dp, [0])
     assert exact_optimum(Objective(fn, 2, dp, [0])).value >= 0
+    # a datapath that saturates and that a bound one code short of the top one would accept (found
+    # by searching random datapaths): the check counts the top code itself
+    fn, dp = small("gelu", -2.0, 8.0, in_bits=4, slope_bits=3, slope_frac=-1, icpt_bits=4, icpt_frac=4, out_bits=8,
+                   out_frac=1, out_rounding="floor")
+    assert saturating_codes(fn, dp, [-1]) and not _no_saturation(Objective(fn, 2, dp, [-1]))
 
 
 @pytest.mark.parametrize("domain, scale, fields", [
