@@ -649,17 +649,13 @@ def read_ledger(path: Path | None, module: str, source: Path) -> dict:
 def write_ledger(path: Path, module: str, source: Path, mutants: dict) -> None:
     """Merge ``module``'s finished mutants into the ledger file, atomically (a stopped run leaves
     the previous complete file)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from intsim.fileio import atomic_write_json
-
     ledger = json.loads(path.read_text()) if path.exists() else {}
     counts: dict[str, int] = {}
     for m in mutants.values():
         counts[m["outcome"]] = counts.get(m["outcome"], 0) + 1
     ledger[module] = {"module_sha256": _sha256(source), "outcomes": dict(sorted(counts.items())),
                       "mutants": dict(sorted(mutants.items(), key=lambda kv: (kv[1]["line"], kv[0])))}
-    atomic_write_json(path, dict(sorted(ledger.items())))
+    write_report(path, dict(sorted(ledger.items())))
 
 
 def _ledger_rows(session: Path, known: dict) -> dict:
@@ -872,6 +868,7 @@ def recheck(module: str, workdir: Path) -> dict:
 
 
 def write_report(out: Path, reports: dict) -> None:
+    """``reports`` as JSON at ``out``, atomically (the report and the ledger)."""
     # imported here: the fork server runs this file and must not preload the project (its
     # children import it from the mutated tree)
     if str(REPO) not in sys.path:
