@@ -253,7 +253,7 @@ class Mirror:
     """
 
     KERNELS = {"gelu": "pwl", "softmax": "pwl", "reciprocal": "pwl", "layernorm": "pwl"}   # what it mirrors
-    OUTLIERS = frozenset({"smooth", "per_token", "act_offset", "token_mantissa"})
+    OUTLIERS = frozenset({"smooth", "per_token", "act_offset", "token_mantissa", "norm_mantissa"})
 
     def __init__(self, encoder, model):
         from .layers import outlier_methods
@@ -323,7 +323,7 @@ class Mirror:
     def _operand(norm):
         """A norm's int8 GEMM copy: per-channel scale ``s * f`` and its per-token mode."""
         f = _smoothing(norm.factor, 1)
-        return torch.from_numpy(norm.gemm_scale * f), bool(norm.gemm.dynamic)
+        return torch.from_numpy(norm.gemm_scale * f), bool(norm.gemm.dynamic), norm.gemm.mantissa_bits
 
     @staticmethod
     def _norm(ln, site):
@@ -393,8 +393,11 @@ class Mirror:
 
         def operand(x, op, site):
             if p + site in on:
-                scale, dynamic = op
-                x = fake_quant_norm_per_token(x, scale, ab) if dynamic else fake_quant(x, scale, ab)
+                scale, dynamic, mantissa = op
+                if mantissa is not None:      # norm_mantissa: the row scale as requantize_rows picks it
+                    x = fake_quant_requant_row_mantissa(x, scale, ab, mantissa)
+                else:
+                    x = fake_quant_norm_per_token(x, scale, ab) if dynamic else fake_quant(x, scale, ab)
             return rec(p + site, x)
 
         def requant_operand(x, scale, dynamic, site, unsigned=False, mantissa=None):

@@ -109,10 +109,19 @@ def _hist(a: np.ndarray) -> np.ndarray:
 class Calibration:
     """Per-tensor statistics of the FP32 model over calibration sentences."""
 
-    def __init__(self, stats: dict, sentences: int, tokens: int, residual=()):
+    def __init__(self, stats: dict, sentences: int, tokens: int, residual=(), inputs=None):
         self.stats: dict[str, TensorStats] = stats
         self.sentences, self.tokens = sentences, tokens
         self.residual = tuple(residual)     # residual-stream tensors (the outlier report's)
+        self.inputs = inputs                # [(ids, mask)] the batches it ran (a rounding reruns them), or None
+
+    def batches(self) -> list:
+        """The calibration batches ``[(ids, mask)]`` (numpy), for a build step that runs the integer model
+        on the calibration text (``weight_rounding = "gptq"``)."""
+        if self.inputs is None:
+            raise GQAError("calibration", "kept no input batches",
+                           "calibrate with intsim.calibration.calibrate (or calibrate_batches)")
+        return self.inputs
 
     def tensor(self, name: str) -> TensorStats:
         if name not in self.stats:
@@ -234,6 +243,7 @@ def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=
     where: list = []     # (sequence, position, token id) of every real token, in row order
     current = {}
     n_seq = 0
+    inputs = []
 
     def make_hook(name, side):
         def hook(mod, inp, out):
@@ -247,6 +257,7 @@ def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=
     try:
         with torch.inference_mode():
             for ids, mask in batches:
+                inputs.append((np.asarray(ids), np.asarray(mask)))
                 current.clear()
                 forward(model, torch.from_numpy(ids), torch.from_numpy(mask))
                 sel = mask.astype(bool)
@@ -282,4 +293,4 @@ def calibrate_batches(model, batches, sites, id_to_token, top: int = 5, forward=
                                   token_max_p50=float(np.median(tmax)), top=topv,
                                   channel_hi=x.max(0), channel_lo=x.min(0), token_maxima=tmax.astype(np.float32),
                                   fine_hist=fine_hist(a, float(a.max())), sample=sample)
-    return Calibration(stats, n_seq, len(where), residual=sites.residual(model))
+    return Calibration(stats, n_seq, len(where), residual=sites.residual(model), inputs=inputs)

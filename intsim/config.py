@@ -92,6 +92,7 @@ class SimConfig:
     act_bits: int = 8               # GEMM operands (activations), signed
     weight_bits: int = 8            # weights, signed, symmetric
     weight_scales: str = "per_channel"
+    weight_rounding: str = "nearest"  # or "gptq": codes chosen against each linear's calibration operands
     embed_bits: int = 8             # embedding tables (lookups, not GEMM operands), per-row scales
     act_scales: str = "dyadic"      # activation scales: absmax/(2**(b-1)-1), or rounded up to a power of two
     residual_bits: int = 16         # the residual stream (LayerNorm inputs, residual copies)
@@ -198,9 +199,11 @@ class SimConfig:
     def describe(self) -> str:
         g = f"{self.gelu}" + (f"({self.gelu_table.entries})" if self.gelu == "pwl" else "")
         s = f"{self.softmax}" + (f"(exp {self.exp_table.entries}, {self.reciprocal})" if self.softmax == "pwl" else "")
-        return (f"W{self.weight_bits}A{self.act_bits} {self.weight_scales}, residual {self.residual_bits}b, "
+        w = self.weight_scales + ("" if self.weight_rounding == "nearest" else f" {self.weight_rounding}")
+        return (f"W{self.weight_bits}A{self.act_bits} {w}, residual {self.residual_bits}b, "
                 f"gelu {g}, softmax {s}, layernorm {self.layernorm}, outliers {self.outliers}"
-                + (f" (m={self.token_mantissa_bits})" if "token_mantissa" in OUTLIERS.parse(self.outliers) else ""))
+                + (f" (m={self.token_mantissa_bits})" if OUTLIERS.parse(self.outliers) & {"token_mantissa", "norm_mantissa"}
+                   else ""))
 
 
 def load_table(spec, field_name: str) -> PWLTable:

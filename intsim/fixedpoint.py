@@ -585,10 +585,24 @@ class RowScale:
     shift: np.ndarray
     bits: int
 
+    # ``ndarray + RowScale`` must reach ``__radd__`` whole, not be broadcast element by element
+    __array_ufunc__ = None
+
     def __add__(self, t):
         return RowScale(self.mantissa, self.shift + np.asarray(t, np.int64).reshape(self.shift.shape), self.bits)
 
     __radd__ = __add__
+
+    @classmethod
+    def power_of_two(cls, shift):
+        """Row scales ``2**shift`` (signed) as a RowScale: mantissa 1, no fraction bits."""
+        shift = np.asarray(shift, np.int64)
+        return cls(np.ones(shift.shape, np.int64), shift, 0)
+
+    @property
+    def exponent(self) -> np.ndarray:
+        """``shift - bits``: the row scale is ``mantissa * 2**exponent``."""
+        return self.shift - self.bits
 
     @property
     def shape(self):

@@ -25,7 +25,8 @@ Round to nearest minimises each term alone; GPTQ quantizes the columns in order 
 (the Cholesky form of OBQ's rank-one downdates ``H^-1 <- H^-1 - H^-1_:i H^-1_i: / H^-1_ii``);
 :func:`gptq_round_reference` computes the same by those downdates, the test's reference. The
 float arithmetic decides the codes, so GPTQ codes are reproducible (numpy, fixed order) but a
-rounding decision at an exact tie of two codes may differ between the two forms.
+rounding decision at an exact tie of two codes may differ between the two forms (and between
+block sizes of the lazy updates).
 """
 
 from __future__ import annotations
@@ -60,21 +61,41 @@ def _damped(w, H, damp):
     return w, H
 
 
-def gptq_round(w, H, scale, bits: int = 8, damp: float = 0.01) -> np.ndarray:
-    """GPTQ codes (int64, (N, K)) of ``w`` at the per-row ``scale`` (the module docstring)."""
-    w, H, scale, top = _checked(w, H, scale, bits)
-    w, H = _damped(w, H, damp)
+def _inverse_cholesky(H) -> np.ndarray:
+    """The upper triangular ``U`` with ``U^T U = H^-1``, without forming ``H^-1``: ``H = R R^T`` with
+    ``R`` upper triangular (the Cholesky factor of ``H`` with rows and columns reversed, reversed
+    back), then ``U = R^-1`` (``R^-T R^-1 = (R R^T)^-1``; the factor is unique, so this is
+    ``chol(H^-1)^T`` of the module docstring)."""
+    from scipy.linalg import solve_triangular
+
     try:
-        U = np.linalg.cholesky(np.linalg.inv(H)).T
+        L = np.linalg.cholesky(H[::-1, ::-1])
     except np.linalg.LinAlgError:
         raise GQAError("H", "is not positive definite after damping", "raise damp") from None
-    q = np.empty(w.shape, np.int64)
-    for i in range(w.shape[1]):
-        qi = np.clip(np.rint(w[:, i] / scale), -top, top)
-        q[:, i] = qi
-        e = (w[:, i] - qi * scale) / U[i, i]
-        w[:, i + 1:] -= np.outer(e, U[i, i + 1:])
-    return q
+    R = np.ascontiguousarray(L[::-1, ::-1])
+    return solve_triangular(R, np.eye(H.shape[0]), lower=False)
+
+
+def gptq_round(w, H, scale, bits: int = 8, damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """GPTQ codes (int64, (N, K)) of ``w`` at the per-row ``scale`` (the module docstring), the updates
+    of the columns after each ``block`` of columns applied at once (GPTQ's lazy batch updates: the
+    same sums in another order, one matrix product instead of ``block`` outer products)."""
+    w, H, scale, top = _checked(w, H, scale, bits)
+    w, H = _damped(w, H, damp)
+    U = _inverse_cholesky(H)
+    wt = np.ascontiguousarray(w.T)      # (K, N): column i of w is row i here (contiguous)
+    q = np.empty(wt.shape, np.int64)
+    K = wt.shape[0]
+    for a in range(0, K, block):        # GPTQ's lazy batches: the columns after a block updated once
+        z = min(a + block, K)
+        E = np.empty((z - a, wt.shape[1]))
+        for i in range(a, z):
+            qi = np.clip(np.rint(wt[i] / scale), -top, top)
+            q[i] = qi
+            E[i - a] = e = (wt[i] - qi * scale) / U[i, i]
+            wt[i + 1:z] -= np.outer(U[i, i + 1:z], e)
+        wt[z:] -= U[a:z, z:].T @ E
+    return q.T.copy()
 
 
 def gptq_round_reference(w, H, scale, bits: int = 8, damp: float = 0.01) -> np.ndarray:
@@ -100,4 +121,98 @@ def output_error(w, q, scale, H) -> float:
     """``sum_n (w_n - s_n q_n) H (w_n - s_n q_n)^T``: the layer's squared output error over the
     calibration inputs whose ``H = X X^T`` is given."""
     d = np.asarray(w, np.float64) - np.asarray(q, np.float64) * np.asarray(scale, np.float64)[:, None]
-    return float(np.einsum("nk,kl,nl->", d, np.asarray(H, np.float64), d))
+    return float(np.sum((d @ np.asarray(H, np.float64)) * d))
+
+
+# --- an integer model's linears, rounded against their own operands --------------------------------
+
+def linears(model) -> list:
+    """Every :class:`~intsim.layers.IntLinear` reachable from ``model``'s attributes (lists, tuples and
+    dicts followed; only intsim objects entered), each once, in attribute order."""
+    from .layers import IntLinear
+
+    found, seen, stack = [], set(), [model]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, IntLinear):
+            found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(reversed(obj))
+        elif isinstance(obj, dict):
+            stack.extend(reversed(list(obj.values())))
+        elif type(obj).__module__.startswith("intsim.") and hasattr(obj, "__dict__"):
+            stack.extend(reversed(list(vars(obj).values())))
+    return found
+
+
+def row_factors(row_shift, rows: int) -> np.ndarray:
+    """The real factor of each operand row's scale (rows,): ``g_r`` of a
+    :class:`~intsim.fixedpoint.RowScale`, ``2**t_r`` of a power-of-two row shift, 1 without either."""
+    from .fixedpoint import RowScale
+
+    if row_shift is None:
+        return np.ones(rows)
+    if isinstance(row_shift, RowScale):
+        return row_shift.factor().reshape(rows)
+    return np.exp2(np.asarray(row_shift, np.float64).reshape(rows))
+
+
+class HessianObserver:
+    """``H = X^T X`` of what a linear's weights multiply, in real units, over the rows ``rows`` selects:
+    ``x_r = codes_r * s_in * g_r + shift`` (the operand scale, the row's scale, a zero-point shift
+    folded with the codes: :meth:`~intsim.layers.IntLinear.operand_shift`); padding rows are left out."""
+
+    def __init__(self, linear):
+        self.linear = linear
+        self.H = None
+        self.rows = None          # (M,) bool: the rows of the next operands that are real tokens
+        self.shift = linear.operand_shift()
+
+    def __call__(self, x2, row_shift):
+        x = x2.astype(np.float64) * (self.linear.in_scale * row_factors(row_shift, x2.shape[0]))[:, None]
+        x = (x + self.shift)[self.rows] if self.rows is not None else x + self.shift
+        h = x.T @ x
+        self.H = h if self.H is None else self.H + h
+
+
+def operand_hessians(model, batches, forward) -> list[tuple[object, np.ndarray]]:
+    """``[(linear, H)]`` of every linear of ``model``: ``forward(ids, mask)`` run on each ``(ids, mask)``
+    of ``batches``, the operands of real tokens (``mask == 1``) observed."""
+    lins = linears(model)
+    obs = [HessianObserver(lin) for lin in lins]
+    try:
+        for lin, o in zip(lins, obs):
+            lin.observer = o
+        for ids, mask in batches:
+            rows = np.asarray(mask).reshape(-1).astype(bool)
+            for o in obs:
+                o.rows = rows
+            forward(ids, mask)
+    finally:
+        for lin in lins:
+            lin.observer = None
+    return [(lin, o.H) for lin, o in zip(lins, obs) if o.H is not None]
+
+
+def gptq_model(model, batches, forward, damp: float = 0.01, progress: bool = False) -> int:
+    """Re-round every linear of the built integer ``model`` by GPTQ (:func:`gptq_round`) against the
+    Hessian of its own integer operands over ``batches`` (:func:`operand_hessians`; the model as built,
+    round to nearest, gives them: one pass, not layer by layer). Scales, multipliers and widths stay;
+    only the codes and the biases that fold with them change. -> the number of linears re-rounded.
+
+    Each linear must have kept its folded real weights (built with ``weight_rounding`` other than
+    ``"nearest"``); they are released afterwards."""
+    from tqdm.auto import tqdm
+
+    pairs = operand_hessians(model, batches, forward)
+    for lin, H in tqdm(pairs, desc="gptq", unit="linear", disable=not progress):
+        if lin.folded_weights is None:
+            raise GQAError("weight_rounding", "the linears kept no real weights to re-round",
+                           "build the model with weight_rounding = 'gptq'")
+        lin.set_codes(gptq_round(lin.folded_weights, H, lin.weight_scale, lin.weight_bits, damp))
+    for lin in linears(model):
+        lin.folded_weights = None
+    return len(pairs)

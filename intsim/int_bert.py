@@ -34,7 +34,7 @@ from .config import SimConfig
 from .errors import GQAError
 from .layers import (PROB_BITS, ActivationSite, IntAttention, IntEmbedding, IntLinear, ModelSites, NormSite,
                      Scope, Site, act_scale, multipliers, operand_scale, quantize_weight)
-from .registry import ACTIVATIONS, NORMS, WEIGHT_SCALES
+from .registry import ACTIVATIONS, NORMS, WEIGHT_ROUNDINGS, WEIGHT_SCALES
 
 __all__ = ["SITES", "IntBert", "IntBlock", "build", "embed_int", "PROB_BITS", "IntLinear", "act_scale",
            "multipliers", "operand_scale", "quantize_weight"]
@@ -138,6 +138,7 @@ class IntBert:
             self.blocks.append(blk_int)
             site = blk_int.ln2
         cfg.check_sites([blk.name + "gelu" for blk in self.blocks], activation="gelu")   # names, table
+        WEIGHT_ROUNDINGS.impl(cfg.weight_rounding)(self, calib, lambda ids, mask: self.hidden(ids, mask))
 
     def hidden(self, ids, mask, stats=None, trace=None):
         """Integer forward: (B, T) token ids and mask -> last residual copy (B, T, C), integer codes."""

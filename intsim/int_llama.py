@@ -46,11 +46,12 @@ from tqdm.auto import tqdm
 from .calibration import Calibration, calibrate_stream
 from .config import SimConfig
 from .errors import GQAError
+from .fixedpoint import RowScale
 from .gemm import Constant, int_gemm
 from .layers import (fold_columns, ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
                      OperandRequant, Scope, Site, act_scale, outlier_methods, quantize_weight)
 from .llama import Llama, LlamaConfig, check_generation
-from .registry import ACTIVATIONS, NORMS, OUTLIERS, WEIGHT_SCALES
+from .registry import ACTIVATIONS, NORMS, OUTLIERS, WEIGHT_ROUNDINGS, WEIGHT_SCALES
 
 __all__ = ["SITES", "IntLlama", "IntLogits", "build", "calibration", "default_config", "DECODER_DEFAULTS", "WEIGHTS",
            "CALIB_TEXT"]
@@ -139,6 +140,13 @@ class IntLogits:
         else:
             acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
         scale = self.scale[None, :]
+        if isinstance(row_shift, RowScale):                 # mu * 2**(k - m): exact in float64 (a few-bit mantissa)
+            g = row_shift.factor().reshape(-1, 1)
+            bias = 0.0 if self.layer is not None or self.bias is None else self.bias[None, :]
+            if stats is not None and self.layer is None:
+                stats.mac(name, acc.size * self.wt.shape[0])
+                stats.accumulator(f"{name}.acc", int(np.abs(acc).max()) if acc.size else 0, 32)
+            return acc.reshape(*lead, -1), ((acc * g + bias) * scale).reshape(*lead, -1)
         if self.layer is None and self.bias is not None:    # W z of a channel shift, in base-scale codes (int64)
             acc = acc.astype(np.int64)
             if row_shift is not None:                       # a per-token row at 2**t: exact left shift first
@@ -224,6 +232,7 @@ class IntLlama:
             head = IntQ4Linear(open_gguf().quant_blocks(name), None, self.norm.gemm_scale, cfg, 1.0, 32)
         self.output = IntLogits(w_out, self.norm.gemm_scale, cfg, col_factor=self.norm.factor, layer=head)
         cfg.check_sites([blk.name + "silu" for blk in self.layers])           # pwl_input_exp names
+        WEIGHT_ROUNDINGS.impl(cfg.weight_rounding)(self, calib, lambda ids, mask: self.logits(ids))
 
     def new_cache(self) -> IntKVCache:
         return IntKVCache(len(self.layers))

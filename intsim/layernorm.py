@@ -25,6 +25,17 @@ Specification, per row ``x`` of ``C`` integer codes (any scale: both norms are s
    A *dynamic* output (per-token scaling) shifts each row by ``T + t_r`` instead, ``t_r >= 0`` the
    smallest with ``max_c |z_c G_c + H_c| >> (T + t_r) <= 2**(bits-1) - 2`` (so rounding cannot
    saturate); the row's real scale is ``s_o * 2**t_r`` and the kernel returns ``t``.
+   A dynamic output with a mantissa (``mantissa_bits = m``, outliers ``norm_mantissa``) scales row
+   ``r`` by ``g = mu * 2**(k - m)`` instead (as :func:`intsim.fixedpoint.requantize_rows`): with
+   ``v_c = z_c G_c + H_c`` and ``G = ROW_GUARD`` (8), the peak ``P = RDBPOT(max_c |v_c|, T - G)``
+   (a left shift when ``T < G``), ``(mu, k)`` the smallest ``g`` with ``mu * hi * 2**(k - m + G) >= P``
+   (``k`` in ``[-8, 15]``; a larger peak keeps the largest ``g``, its codes saturate), then
+   ``p = max(0, -k)``, ``w_c = RDBPOT(v_c, T - G - p)`` (a left shift when negative; saturated to
+   ``+-(2**32 - 1)``, which only a row beyond the largest ``g`` reaches) and
+   ``y_c = saturate(RDBPOT(w_c * R[mu], 30 + G + p + k), s{bits})`` with
+   ``R[mu] = round_half_up(2**(30+m) / mu)`` (:func:`intsim.fixedpoint.row_reciprocals`): ``w`` holds
+   at least 8 fraction bits of an output code, so the double rounding is at ``2**-8`` of a code or
+   finer. The kernel returns the row scales (a :class:`~intsim.fixedpoint.RowScale`).
    ``T`` is the largest shift in ``[0, 62 - Z]`` keeping every ``|G_c| < 2**(g_bits-1)``
    (``g_bits = max(16, output bits)``)
    and ``T <= 51 - ceil(log2 max|beta_c / s_o|)`` (``H`` is then an exactly rounded float64 product).
@@ -50,20 +61,24 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .fixedpoint import ROW_BLOCK, rdbpot_bf, round_half_up_bf
+from .fixedpoint import (ROW_BLOCK, ROW_GUARD, ROW_K_MIN, RowScale, _row_pick, rdbpot_bf, round_half_up_bf,
+                         row_reciprocals)
 from .illm import isqrt_bitwise
 from .rangereduce import MantissaTable, isqrt_newton, msb, rsqrt1
 
 RSQRTS = ("pwl", "newton", "bitwise")
 Z_FRAC = 14
+ROW_K_MAX_NORM = 15       # a norm row's scale exponent at most (w_c * R[mu] then fits int64)
+W_MAX = (1 << 32) - 1     # |w_c| of a mantissa row
 
 
 class LNOutput:
     """Integer gamma/beta of one LayerNorm output at real scale ``scale`` (per channel allowed)."""
 
     def __init__(self, gamma, beta, scale, bits: int, g_bits: int | None = None, z_frac: int = Z_FRAC,
-                 dynamic: bool = False):
+                 dynamic: bool = False, mantissa_bits: int | None = None):
         self.dynamic = dynamic
+        self.mantissa_bits = mantissa_bits if dynamic else None   # a dynamic row's scale mu * 2**k
         g_bits = g_bits or max(16, bits)   # gamma carries at least the output's precision
         gamma = np.asarray(gamma, np.float64)
         C = gamma.shape[0]
@@ -90,7 +105,7 @@ class LNOutput:
 
 @numba.njit(cache=True, parallel=True)
 def _layernorm(x, center, eps_v, d_bits, z_frac, sqrt_mode, rs_u, e_r, f_r, G1, H1, T1, lo1, hi1, out1,
-               G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks):
+               G2, H2, T2, lo2, hi2, out2, two, dyn1, row_shift, peaks, mant1, recip1, mant_out):
     # the module docstring's steps; every rounding a branch-free shift (round_half_up_bf: steps 2
     # and 3, rdbpot_bf = half away from zero: step 4) so the channel loops vectorise
     rows, C = x.shape
@@ -134,19 +149,38 @@ def _layernorm(x, center, eps_v, d_bits, z_frac, sqrt_mode, rs_u, e_r, f_r, G1, 
                 for c in range(C):
                     d[c] = round_half_up_bf(d[c] * rr, rsh - z_frac)
             t1 = T1
+            sat = np.int64(0)
             if dyn1:   # per-token: the smallest extra shift that fits the row (a leading-one detector)
                 vmax = np.int64(0)
                 for c in range(C):
                     vmax = max(vmax, abs(d[c] * G1[c] + H1[c]))
-                while t1 < 62 and (vmax >> t1) > hi1 - 1:
-                    t1 += 1
-                row_shift[r] = t1 - T1
-            sat = np.int64(0)
-            for c in range(C):
-                y = rdbpot_bf(d[c] * G1[c] + H1[c], t1)
-                yc = min(max(y, lo1), hi1)
-                sat += yc != y
-                out1[r, c] = yc
+                if mant1 < 0:
+                    while t1 < 62 and (vmax >> t1) > hi1 - 1:
+                        t1 += 1
+                    row_shift[r] = t1 - T1
+            if dyn1 and mant1 >= 0:   # the row scale mu * 2**(k - m) (module docstring, step 4)
+                e = T1 - ROW_GUARD
+                peak = rdbpot_bf(vmax, e) if e >= 0 else vmax << -e
+                mu, k = _row_pick(peak, hi1, mant1, ROW_GUARD, ROW_K_MIN, ROW_K_MAX_NORM)
+                row_shift[r] = k
+                mant_out[r] = mu
+                rr = recip1[mu - (1 << mant1)]
+                p = max(0, -k)
+                sw = T1 - ROW_GUARD - p
+                for c in range(C):
+                    v = d[c] * G1[c] + H1[c]
+                    w = rdbpot_bf(v, sw) if sw >= 0 else v << -sw
+                    w = min(max(w, -W_MAX), W_MAX)
+                    y = rdbpot_bf(w * rr, 30 + ROW_GUARD + p + k)
+                    yc = min(max(y, lo1), hi1)
+                    sat += yc != y
+                    out1[r, c] = yc
+            else:
+                for c in range(C):
+                    y = rdbpot_bf(d[c] * G1[c] + H1[c], t1)
+                    yc = min(max(y, lo1), hi1)
+                    sat += yc != y
+                    out1[r, c] = yc
             if two:
                 for c in range(C):
                     y = rdbpot_bf(d[c] * G2[c] + H2[c], T2)
@@ -198,18 +232,26 @@ class IntLayerNorm:
         y2 = np.empty(x2.shape if out2 is not None else (1, 1), o2.dtype)
         peaks = np.empty((rows, 4), np.int64)
         row_shift = np.zeros(rows, np.int64)
+        mant = np.zeros(rows, np.int64)
+        m = -1 if out1.mantissa_bits is None else int(out1.mantissa_bits)
+        recip = row_reciprocals(max(m, 0))
         t = self.table
         dummy = (np.zeros(1, np.int64),) * 3 + (np.zeros(7, np.int64),)
         _layernorm(x2, self.center, np.int64(eps_code), self.d_bits, Z_FRAC, RSQRTS.index(self.rsqrt), t.unit if t else dummy, t.e if t else 0,
                    t.frac if t else 0, out1.G, out1.H, out1.T, out1.lo, out1.hi, y1,
-                   o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks)
+                   o2.G, o2.H, o2.T, o2.lo, o2.hi, y2, out2 is not None, out1.dynamic, row_shift, peaks, m, recip, mant)
         if stats is not None and x2.size:
             self._count(stats, name, rows, C, peaks, x2, 1 + (out2 is not None))
             if out1.dynamic:
                 stats.count("compare", f"{name}.token_max", rows * C, bits=32)
+            if m >= 0:      # the row scale's pick and the per-element multiply by R[mu] (OperandRequant's names)
+                stats.count("shift", f"{name}.row_lod", rows, bits=32)
+                stats.count("compare", f"{name}.row_pick", rows << m, bits=out1.bits + m + 1)
+                stats.count("mul", f"{name}.row_mult", rows * C, a_bits=33, b_bits=31)
         y1 = y1.reshape(shape)
         if out1.dynamic:
-            y1 = (y1, row_shift.reshape(shape[:-1]))
+            lead = shape[:-1]
+            y1 = (y1, row_shift.reshape(lead) if m < 0 else RowScale(mant.reshape(lead), row_shift.reshape(lead), m))
         return (y1, y2.reshape(shape)) if out2 is not None else y1
 
     def _count(self, stats, name, rows, C, peaks, x2, n_out):

@@ -266,41 +266,63 @@ class IntLinear:
     def __init__(self, w, b, in_scale, cfg: SimConfig, out_scale, out_bits: int, col_factor=None):
         w = np.asarray(w, np.float64)
         self.expand, self.in_bits = None, cfg.act_bits
-        b_given = b
-        w, b = fold_columns(w, b, col_factor)
+        self.in_scale, self.weight_bits, self.col_factor = in_scale, cfg.weight_bits, col_factor
+        self._b_given = b
+        w, self._b_folded = fold_columns(w, b, col_factor)
         if isinstance(col_factor, OperandTransform):
             self.in_bits = col_factor.bits
             self.expand = col_factor.expand if col_factor.splits else None
-        q, sw = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
-        if isinstance(col_factor, OperandTransform) and col_factor.quantized_fold:
-            b = col_factor.bias_quantized(q.astype(np.float64) * sw[:, None], b_given)
-        self.wt = Constant(q.T)     # (out, in) -> (in, out): the GEMM's right operand, converted once per backend
-        self.acc_scale = in_scale * sw
-        b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
-        self.bias = np.rint(b / self.acc_scale).astype(np.int64)
-        if np.abs(self.bias).max() >= 2**31:
-            raise GQAError("bias", "does not fit int32 at the accumulator's scale", "use coarser activation scales")
+        q, self.weight_scale = quantize_weight(w, cfg.weight_bits, WEIGHT_SCALES.impl(cfg.weight_scales))
+        self.acc_scale = in_scale * self.weight_scale
+        # the folded real weights, kept only for a rounding that re-chooses the codes (intsim.gptq)
+        self.folded_weights = w if cfg.weight_rounding != "nearest" else None
+        self.observer = None        # observer(x2, row_shift) of every operand (intsim.gptq's Hessians)
+        self.set_codes(q)
         self.m0, self.n = multipliers(self.acc_scale / np.broadcast_to(out_scale, self.acc_scale.shape))
         self.out_bits, self.backend = out_bits, cfg.gemm_backend
 
-    def _gemm(self, x8):
+    def set_codes(self, q) -> None:
+        """Weight codes ``q`` (out, in) at the fixed per-row scales: the GEMM operand and the integer bias
+        (a zero-point shift folds with these codes, :meth:`~intsim.outliers.OperandTransform.bias_quantized`)."""
+        q = np.asarray(q)
+        b = self._b_folded
+        if isinstance(self.col_factor, OperandTransform) and self.col_factor.quantized_fold:
+            b = self.col_factor.bias_quantized(q.astype(np.float64) * self.weight_scale[:, None], self._b_given)
+        self.wt = Constant(q.T.astype(np.int8 if self.weight_bits <= 8 else np.int16))   # (out, in) -> (in, out)
+        b = np.zeros(q.shape[0]) if b is None else np.asarray(b, np.float64)
+        self.bias = np.rint(b / self.acc_scale).astype(np.int64)
+        if np.abs(self.bias).max() >= 2**31:
+            raise GQAError("bias", "does not fit int32 at the accumulator's scale", "use coarser activation scales")
+
+    def operand_shift(self) -> np.ndarray | float:
+        """What the weights multiply beyond the operand's real value (in K): a zero-point shift folded with
+        the codes (``repeat(z / (g T), T)``, :meth:`set_codes`), else 0."""
+        f = self.col_factor
+        if isinstance(f, OperandTransform) and f.quantized_fold:
+            return np.repeat(f.shift / f.divisor, f.repeats)
+        return 0.0
+
+    def _gemm(self, x8, row_shift=None):
         if self.expand is not None:                                   # split channels: (..., C) -> (..., K)
             x8 = self.expand(x8)
         x2 = x8.reshape(-1, x8.shape[-1])                            # (..., in) -> (M, in)
+        if self.observer is not None:
+            self.observer(x2, row_shift)
         # (M, out) int32 values; a float backend's exact float copy is read as is (no conversion pass)
         return int_gemm(x2, self.wt, self.backend, float_out=True)
 
-    def accumulator(self, x8, stats=None, name="linear"):
+    def accumulator(self, x8, stats=None, name="linear", row_shift=None):
         """The GEMM alone: the int32 ``x @ W^T`` (..., out), no bias and no requantization (for a
-        consumer that requantizes it its own way, e.g. per token)."""
-        acc = self._gemm(x8)
+        consumer that requantizes it its own way, e.g. per token; ``row_shift``: the operand's row
+        scales, which only an observer reads)."""
+        acc = self._gemm(x8, row_shift)
         if stats is not None:
             stats.mac(name, acc.size * self.wt.shape[0], a_bits=self.in_bits)
             stats.accumulator(f"{name}.acc", int(np.abs(acc).max(initial=0)), 32)
         return acc.reshape(*x8.shape[:-1], -1)                      # (M, out) -> (..., out)
 
     def __call__(self, x8, stats=None, name="linear", residual=None, row_shift=None):
-        acc = self._gemm(x8)
+        acc = self._gemm(x8, row_shift)
         y, sat, ovf, peak = requantize_channels(acc, self.bias, self.m0, self.n, self.out_bits,
                                                 residual=None if residual is None else residual.reshape(acc.shape),
                                                 row_shift=row_shift)
@@ -401,7 +423,9 @@ class NormSite:
                 # (unsmoothed statistics; the per-row shift absorbs any error in this estimate)
                 k = math.floor(math.log2(max(calib.absmax(site, percentile) / calib.token_max(site), 1.0)))
                 self.gemm_scale *= 2.0**-k
-            self.gemm = LNOutput(gamma, beta - t.shift, self.gemm_scale * t.divisor, bits, dynamic=dynamic)
+            mantissa = cfg.token_mantissa_bits if dynamic and "norm_mantissa" in methods else None
+            self.gemm = LNOutput(gamma, beta - t.shift, self.gemm_scale * t.divisor, bits, dynamic=dynamic,
+                                 mantissa_bits=mantissa)
         self.res_scale = res_scale
         self.res = None if res_scale is None else LNOutput(gamma, beta, res_scale, cfg.residual_bits)
         if self.gemm is None and self.res is None:
@@ -677,7 +701,7 @@ class ActivationSite:
     def _up_per_token(self, x8, t8, stats, name):
         """u int8 per token: the up projection's int32 accumulator requantized dynamically (the same
         multipliers, then a per-row shift); its row shifts include the operand's."""
-        acc = self.up.accumulator(x8, stats, name)                                # (B, T, F) int32 values
+        acc = self.up.accumulator(x8, stats, name, row_shift=t8)                  # (B, T, F) int32 values
         u, t_u = requantize_dynamic(acc, self.up.m0, self.up.n, self.act_bits)
         if stats is not None:
             stats.count("mul", f"{name}.requant", acc.size, a_bits=32, b_bits=32)
@@ -708,9 +732,17 @@ class ActivationSite:
             r = a.astype(np.int64) + self.offset                                 # >= 0 for every input code
             if stats is not None:
                 stats.count("add", p + ".offset", a.size, bits=32)
+        if isinstance(t_u, RowScale):
+            # norm_mantissa: u's row mantissa multiplies the product, only its exponent carries over
+            r = r.astype(np.int64) * t_u.mantissa[..., None]                    # (B, T, F) int64, <= 45 bits
+            if stats is not None:
+                stats.count("mul", p + ".up_mantissa", a.size, a_bits=40, b_bits=t_u.bits + 1)
+            t_u = t_u.exponent                                                    # (B, T) signed
         a_q, t_a, sat = self.requant(r, stats, p)
         if t_u is not None:                                                       # u's row scales carry over
             t_a = t_u if t_a is None else t_a + t_u
+            if not isinstance(t_a, RowScale) and t_a.size and t_a.min() < 0:     # signed: a RowScale
+                t_a = RowScale.power_of_two(t_a)
         if stats is not None:
             stats.count("mul", p + ".requant", a.size, a_bits=32, b_bits=32)
             stats.accumulator(p + ".out", int(np.abs(a).max()) if a.size else 0, 32)

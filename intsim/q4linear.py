@@ -282,9 +282,10 @@ class IntQ4Linear:
             stats.accumulator(f"{name}.group", peak_g, self.group_bits)
         stats.accumulator(f"{name}.block_acc", peak_a, ACC_BITS)
 
-    def accumulator(self, x8, stats=None, name="linear"):
+    def accumulator(self, x8, stats=None, name="linear", row_shift=None):
         """The GEMM alone: ``A32`` (..., N), no bias and no requantization (as
-        :meth:`intsim.layers.IntLinear.accumulator`)."""
+        :meth:`intsim.layers.IntLinear.accumulator`; ``row_shift`` is not read: the file's codes are
+        never re-rounded, so no observer watches them)."""
         x2 = x8.reshape(-1, x8.shape[-1])                                      # (..., K) -> (R, K)
         acc, peak_g, peak_a = self.accumulate(x2, peaks=stats is not None)
         if stats is not None:

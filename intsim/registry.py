@@ -196,6 +196,7 @@ OUTLIERS = Composable("outlier method", "outliers")
 CLIPS = Registry("clipping range", "act_clip")
 ACT_SCALES = Registry("activation scale", "act_scales")
 WEIGHT_SCALES = Registry("weight scale", "weight_scales")
+WEIGHT_ROUNDINGS = Registry("weight rounding", "weight_rounding")
 
 
 @ACTIVATIONS.register("pwl", "the PWL unit on the slot's table (power-of-two input scale)",
@@ -287,6 +288,10 @@ OUTLIERS.register("token_mantissa", "per_token's row scale of a requantized oper
                   "context) as mu * 2**k, mu with token_mantissa_bits fraction bits: the row fills the range; the next "
                   "requantizer multiplies by mu", "token_mantissa", requires=("per_token",))
 
+OUTLIERS.register("norm_mantissa", "per_token's row scale of a norm's GEMM copy as mu * 2**k (token_mantissa_bits "
+                  "fraction bits) instead of a power of two, picked inside the norm kernel", "norm_mantissa",
+                  requires=("per_token",))
+
 CLIPS.register("percentile", "the calib_percentile of |x| (a transformed norm copy: its max)", "percentile")
 CLIPS.register("mse", "the clip minimising the tensor's quantization MSE (fine histogram)", "mse")
 CLIPS.register("token", "Outlier Suppression's token-wise clipping: quantiles of the token maxima, refined", "token")
@@ -336,6 +341,21 @@ def _mse_range(w: np.ndarray, bits: int) -> np.ndarray:
     return best
 
 
+# a weight rounding: (integer model, its calibration, forward(ids, mask)) -> re-chooses the codes of its
+# linears after the build (intsim.gptq); the scales, hence every multiplier, stay
+@WEIGHT_ROUNDINGS.register("nearest", "round to nearest at the per-row scales (the codes quantize_weight gives)")
+def _nearest(model, calib, forward) -> None:
+    return None
+
+
+@WEIGHT_ROUNDINGS.register("gptq", "GPTQ (Frantar et al. 2023): each linear's rounding error compensated in its "
+                           "later columns, H from the linear's own integer operands over the calibration text")
+def _gptq(model, calib, forward) -> None:
+    from .gptq import gptq_model
+
+    gptq_model(model, calib.batches(), forward)
+
+
 def gemm_backends() -> tuple[str, ...]:
     from .gemm import BACKENDS
     return tuple(BACKENDS)
@@ -343,7 +363,8 @@ def gemm_backends() -> tuple[str, ...]:
 
 def choices() -> dict[str, tuple[str, ...]]:
     """Config field -> its allowed values, from the registries (what SimConfig validates against)."""
-    return {"weight_scales": WEIGHT_SCALES.names(), "act_scales": ACT_SCALES.names(),
+    return {"weight_scales": WEIGHT_SCALES.names(), "weight_rounding": WEIGHT_ROUNDINGS.names(),
+            "act_scales": ACT_SCALES.names(),
             "gelu": ACTIVATIONS.names_for("gelu"), "silu": ACTIVATIONS.names_for("silu"), "softmax": SOFTMAXES.names(),
             "reciprocal": RECIPROCALS.names(), "layernorm": NORMS.names(), "outliers": OUTLIERS.choices(),
             "act_clip": CLIPS.names(), "gemm_backend": gemm_backends()}
@@ -352,7 +373,8 @@ def choices() -> dict[str, tuple[str, ...]]:
 def describe() -> str:
     """Every registry as text (``gqa sim --options``, docs)."""
     lines = []
-    for reg in (ACTIVATIONS, SOFTMAXES, RECIPROCALS, NORMS, OUTLIERS, CLIPS, ACT_SCALES, WEIGHT_SCALES):
+    for reg in (ACTIVATIONS, SOFTMAXES, RECIPROCALS, NORMS, OUTLIERS, CLIPS, ACT_SCALES, WEIGHT_SCALES,
+                WEIGHT_ROUNDINGS):
         lines.append(f"{reg.field} ({reg.kind}):")
         lines += [f"  {e.name:<12} {e.doc}" + (f" [{', '.join(reg.functions(e.name))}]"
                                                 if isinstance(reg, ActivationRegistry) else "") for e in reg]

@@ -590,14 +590,17 @@ def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
     return probs, low, sat, Z
 
 
-def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = True, eps: int = 0):
+def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = True, eps: int = 0, row_scales=None):
     """One row of intsim.layernorm's specification (``center=False``: RMSNorm, ``d = x``; ``eps``:
     the integer epsilon ``E``, added to ``V`` as ``round_half_up(E / 2**(2r))``).
 
     ``rsqrt_fn(V)`` gives ``(R, sh)`` (None: Newton isqrt and a divider; ``"bitwise"``: DI-Norm's
     bit-wise isqrt and the same divider); ``outs`` is a list of
-    ``(G, H, T, bits)`` or ``(G, H, T, bits, dynamic)``; a dynamic output's row uses shift
-    ``T + t`` (``t`` per the spec) and the returned row is ``(values, t)``'s values. Returns ``(list of output rows, |S|, V, saturations, Newton iterations)``.
+    ``(G, H, T, bits)``, ``(G, H, T, bits, dynamic)`` or ``(G, H, T, bits, True, m)``; a dynamic output's
+    row uses shift ``T + t`` (``t`` per the spec) and the returned row is ``(values, t)``'s values; with
+    a mantissa ``m`` the row scale ``mu * 2**(k - m)`` of the spec (:func:`norm_row_scale`), whose
+    ``(mu, k)`` are appended to ``row_scales`` when given. Returns ``(list of output rows, |S|, V,
+    saturations, Newton iterations)``.
     """
     x = [int(v) for v in x]
     C = len(x)
@@ -620,6 +623,14 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = Tr
     ys, sat = [], 0
     for spec in outs:
         G, H, T, bits = spec[:4]
+        if len(spec) > 5 and spec[5] is not None:     # a mantissa row scale
+            v = [z[c] * int(G[c]) + int(H[c]) for c in range(C)]
+            row, hit, mu, k = norm_row_scale(v, T, bits, spec[5])
+            sat += hit
+            ys.append(row)
+            if row_scales is not None:
+                row_scales.append((mu, k))
+            continue
         if len(spec) > 4 and spec[4]:   # dynamic (per-token): the smallest extra shift that fits
             vmax = max(abs(z[c] * int(G[c]) + int(H[c])) for c in range(C))
             t = T
@@ -634,6 +645,36 @@ def layernorm_row(x, d_bits: int, z_frac: int, rsqrt_fn, outs, center: bool = Tr
             row.append(y)
         ys.append(row)
     return ys, abs(S), V, sat, it
+
+
+def norm_row_scale(v, T: int, bits: int, m: int, k_max: int = 15):
+    """intsim.layernorm's mantissa row (module docstring, step 4) on Python integers: ``v`` the row's
+    ``z G + H`` at ``2**T`` per output code. ``P = round_half_away(max|v| / 2**(T - 8))``, ``(mu, k)``
+    enumerated as :func:`row_pick` (``k`` in ``[-8, k_max]``), ``p = max(0, -k)``, ``w`` = ``v``
+    rounded to ``2**-(8 + p)`` nominal codes (saturated to ``+-(2**32 - 1)``), ``y = saturate(round_half_away(w R / 2**(38 + p + k)))``
+    with ``R = round_half_up(2**(30+m) / mu)``. Returns ``(row, saturations, mu, k)``."""
+    hi = 2 ** (bits - 1) - 1
+    peak = round_fraction(Fraction(max(abs(a) for a in v)) / Fraction(2) ** (T - ROW_GUARD), "half_away")
+    mu, k = 2 ** (m + 1) - 1, k_max
+    found = False
+    for kk in range(ROW_K_MIN, k_max + 1):
+        for mm in range(2**m, 2 ** (m + 1)):
+            if Fraction(mm * hi) * Fraction(2) ** (kk - m + ROW_GUARD) >= peak:
+                mu, k, found = mm, kk, True
+                break
+        if found:
+            break
+    r = round_fraction(Fraction(2 ** (30 + m), mu), "half_up")
+    p = max(0, -k)
+    row, sat = [], 0
+    for a in v:
+        w = round_fraction(Fraction(a) / Fraction(2) ** (T - ROW_GUARD - p), "half_away")
+        w = max(-(2**32 - 1), min(2**32 - 1, w))
+        y = round_fraction(Fraction(w * r, 2 ** (30 + ROW_GUARD + p + k)), "half_away")
+        y, hit = saturate(y, bits)
+        sat += hit
+        row.append(y)
+    return row, sat, mu, k
 
 
 def isqrt_floor(n: int) -> int:

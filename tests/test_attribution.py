@@ -248,3 +248,32 @@ def test_act_offset_mirror_off_is_fp32_and_on_tracks_the_integer_model(mirror_of
     assert torch.allclose(off["blocks.1.ffn_mid"], off["blocks.1.gelu"] + c)     # the operand is a + c
     codes = one["blocks.1.ffn_mid"] / ffn.out_scale                             # code * 2**t
     assert codes.min() >= 0 and not torch.equal(one["blocks.1.ffn_mid"], off["blocks.1.ffn_mid"])
+
+
+def test_norm_mantissa_mirror_tracks_the_integer_model_and_its_row_scales(model, calib, batch):
+    """``norm_mantissa``: every site off is FP32, every site on tracks the integer model, and the
+    qkv_in site alone holds each token at its own scale ``s * mu * 2**(k - m)``: the kernel's row
+    scales, for almost every token (float64 before the pick can move a row at a boundary)."""
+    from intsim.config import SimConfig
+    from intsim.int_bert import IntBert
+
+    enc = IntBert(model, calib, SimConfig(outliers="smooth+per_token+act_offset+token_mantissa+norm_mantissa"))
+    mirror = A.Mirror(enc, model)
+    ids, mask = batch
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert np.abs(mirror(ids, mask, frozenset()) - ref).max() < 1e-5
+    on = mirror(ids, mask, frozenset(A.site_names(mirror.n_layers)))
+    emb_int = enc.embed(ids, mask)
+    int_err, on_err = 1 - cosine_rows(emb_int, ref).mean(), 1 - cosine_rows(on, ref).mean()
+    assert abs(on_err - int_err) < 0.15 * int_err
+    trace = {}
+    mirror(ids, mask, frozenset({"blocks.0.qkv_in"}), trace=trace)
+    real = trace["blocks.0.qkv_in"].numpy()                                # (B, T, C)
+    x = enc.embeddings(ids, np.arange(ids.shape[1]))
+    _, x8, g = enc.emb_ln(x)
+    scale = enc.emb_ln.gemm_scale * np.asarray(A._smoothing(enc.emb_ln.factor, 1))
+    step = scale * g.factor()[..., None]                                   # the kernel's per-token step
+    codes = real / step
+    same = np.all(np.abs(codes - np.rint(codes)) < 1e-6, axis=-1)[mask.astype(bool)]
+    assert same.mean() > 0.9, same.mean()

@@ -105,6 +105,7 @@ def test_op_stats(encoder, tok, model):
     dict(gelu="ivit", softmax="ivit"),
     dict(reciprocal="divider"),
     dict(outliers="none"), dict(outliers="smooth"), dict(outliers="per_token"),
+    dict(outliers="smooth+per_token+act_offset+token_mantissa+norm_mantissa"),
     dict(act_scales="pot", weight_scales="per_tensor"), dict(weight_scales="mse"),
     dict(residual_bits=8, _min_cos=0.3),   # the 220 [CLS] outlier in 8 bits: measured 0.54
     dict(residual_bits=32, ln_d_bits=20),

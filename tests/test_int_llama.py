@@ -290,3 +290,32 @@ def test_ffn_smoothing_of_the_down_operand(int_llama2):
     cos = (got[0] * ref).sum(1) / (np.linalg.norm(got[0], axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.min() > 0.98 and (got[0].argmax(1) == ref.argmax(1)).mean() >= 0.8   # measured 0.87 (2 layers)
     assert IntLlama(fm, calib, cfg, weights="q4_1").cfg.ffn_smooth_alpha == 0.0
+
+
+def test_norm_mantissa_and_gptq_in_the_decoder(int_llama2):
+    """``norm_mantissa`` reaches the RMSNorm GEMM copies and the final norm's row scales reach the
+    logits (IntLogits with a RowScale); ``weight_rounding = "gptq"`` re-rounds the decoder's w8
+    linears against their own operands; incremental decoding stays bit-identical to the full sequence."""
+    from intsim.fixedpoint import RowScale
+    from intsim.gptq import linears
+    from intsim.int_llama import IntLlama, calibration, default_config
+
+    im0, fm, tok = int_llama2
+    cfg = default_config(outliers=im0.cfg.outliers + "+norm_mantissa", weight_rounding="gptq")
+    im = IntLlama(fm, calibration(2), cfg)
+    ids = _ids(tok)
+    x = im.embeddings(ids)
+    h, _, _ = im.to_stream(x)
+    _, _, g = im.layers[0].attention_norm(h)
+    assert isinstance(g, RowScale) and g.bits == cfg.token_mantissa_bits
+    a, b = linears(im0), linears(im)
+    assert len(a) == len(b) == 2 * 5 and all(np.array_equal(u.m0, v.m0) for u, v in zip(a, b))
+    assert sum(not np.array_equal(u.wt.array, v.wt.array) for u, v in zip(a, b)) == len(a)
+    with torch.no_grad():
+        ref = fm(torch.from_numpy(ids))[0].double().numpy()
+    got = im.logits(ids)[0]
+    cos = ((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).mean()
+    assert cos > 0.995 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.7, cos
+    cache = im.new_cache()
+    steps = [im.logits(ids[:, :6], cache)] + [im.logits(ids[:, j:j + 1], cache) for j in range(6, 9)]
+    assert np.array_equal(np.concatenate(steps, axis=1)[0], got[:9])

@@ -1643,3 +1643,39 @@ def test_causal_mask_is_a_per_query_key_mask(kernel):
     assert np.array_equal(kernel(scores, None), kernel(scores, np.ones((B, Tk), np.uint8)))
     with pytest.raises(GQAError, match="causal"):
         kernel(np.zeros((1, 1, 3, 2), np.int32), None, causal=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 4), C=st.integers(2, 24), seed=st.integers(0, 2**32 - 1),
+       mag=st.sampled_from([1, 100, 30000, 2**24]), m=st.sampled_from([0, 3, 4]),
+       scale=st.sampled_from([1e-7, 0.002, 0.05, 0.5, 4.0]), bits=st.sampled_from([4, 8]),
+       rsqrt=st.sampled_from(["pwl", "newton"]))
+def test_layernorm_mantissa_row_scale_matches_reference(rows, C, seed, mag, m, scale, bits, rsqrt):
+    """``norm_mantissa``: the GEMM copy's row scale mu * 2**(k - m), picked and applied in the kernel,
+    against the Python-integer specification (tests/reference_int.norm_row_scale); scales from rows
+    far finer than nominal (k = -8) to rows beyond the largest scale (saturating)."""
+    from intsim.fixedpoint import RowScale
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-mag, mag + 1, (rows, C)).astype(np.int32)
+    x[0, 0] = mag
+    gamma, beta = rng.uniform(-2, 2, C), rng.uniform(-1, 1, C)
+    tbl = table("rsqrt_mantissa16")
+    ln = IntLayerNorm(rsqrt, tbl if rsqrt == "pwl" else None)
+    o1 = LNOutput(gamma, beta, scale, bits, dynamic=True, mantissa_bits=m)
+    o2 = LNOutput(gamma, beta, 2.0**-10, 16)
+    stats = OpStats()
+    (y1, g), y2 = ln(x, o1, o2, stats=stats)
+    assert isinstance(g, RowScale) and g.bits == m
+    e_r = ref.mantissa_scale(tbl, "rsqrt")
+    rs = (lambda v: ref.rsqrt(v, tbl, e_r)) if rsqrt == "pwl" else None
+    sats = 0
+    for r in range(rows):
+        got = []
+        spec = [(o1.G.tolist(), o1.H.tolist(), o1.T, bits, True, m), (o2.G.tolist(), o2.H.tolist(), o2.T, 16)]
+        ys, _, _, sat, _ = ref.layernorm_row(x[r].tolist(), 16, Z_FRAC, rs, spec, row_scales=got)
+        sats += sat
+        assert y1[r].tolist() == ys[0] and y2[r].tolist() == ys[1]
+        assert (int(g.mantissa[r]), int(g.shift[r])) == got[0]
+    assert stats.saturations.get("layernorm.out", 0) == sats
+    assert sum(n for (_, op, _), n in stats._ops.items() if op == "layernorm.row_mult") == rows * C

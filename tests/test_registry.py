@@ -53,9 +53,10 @@ def test_registry_errors():
 def test_outlier_methods_compose():
     assert OUTLIERS.choices()[:4] == ("none", "smooth", "per_token", "gamma_migration")
     n = len(OUTLIERS.names())
-    assert OUTLIERS.requires("token_mantissa") == ("per_token",)
-    # every combination, but token_mantissa (which refines per_token) only with per_token
-    assert "smooth+per_token" in OUTLIERS.choices() and len(OUTLIERS.choices()) == 2**n - 2 ** (n - 2)
+    assert OUTLIERS.requires("token_mantissa") == OUTLIERS.requires("norm_mantissa") == ("per_token",)
+    # every combination, but token_mantissa and norm_mantissa (which refine per_token) only with per_token:
+    # 2**(n - 1) with per_token, 2**(n - 3) without it
+    assert "smooth+per_token" in OUTLIERS.choices() and len(OUTLIERS.choices()) == 2 ** (n - 1) + 2 ** (n - 3)
     assert "token_mantissa" not in OUTLIERS.choices() and "per_token+token_mantissa" in OUTLIERS.choices()
     with pytest.raises(GQAError, match="token_mantissa refines per_token") as ei:
         OUTLIERS.canonical("smooth+token_mantissa")
