@@ -17,7 +17,7 @@ genre's first ``--attribute-n`` sentences.
 
 Costs beside the accuracy (issue 15: a wider unit input or per-site width only with its area and
 power reported beside the all-INT8 preset's accuracy): per config, the GELU unit of its table
-(``hw_models`` ``estimate``: 28 nm, 500 MHz, paper-calibrated), the widest GEMM operand and the
+(``hw_models`` ``estimate``: 28 nm, 500 MHz, paper-calibrated) and its exp unit, the widest GEMM operand and the
 energy per inference of the whole integer datapath (``hw_models.model_energy`` of the op counts
 over the first ``--cost-n`` technical sentences).
 """
@@ -74,8 +74,8 @@ def measure(model, tok, configs, calib, genres, n=None, batch=64):
 
 
 def costs(model, tok, configs, calib, sentences):
-    """Per config: ``{config, gelu_table, gelu_in_bits, unit_um2, unit_mw, max_operand_bits, energy_nj,
-    gemm_nj, nonlinear_nj}`` (module docstring)."""
+    """Per config: ``{config, gelu_table, gelu_in_bits, unit_um2, unit_mw, exp_table, exp_um2, exp_mw,
+    max_operand_bits, energy_nj, gemm_nj, nonlinear_nj}`` (module docstring)."""
     from hw_models import UnitConfig, model_energy
     from hw_models.pwl_unit import estimate
 
@@ -90,9 +90,11 @@ def costs(model, tok, configs, calib, sentences):
         d = stats.to_dict()
         e = model_energy(d)["int"]
         unit = estimate(UnitConfig.from_table(cfg.gelu_table, None))
+        exp_unit = estimate(UnitConfig.from_table(cfg.exp_table, None))
         n = len(sentences)
         out.append(dict(config=label, gelu_table=cfg.to_dict()["gelu_table"], gelu_in_bits=enc.blocks[0].gelu.in_bits,
                         unit_um2=unit.area_um2, unit_mw=unit.power_mw,
+                        exp_table=cfg.to_dict()["exp_table"], exp_um2=exp_unit.area_um2, exp_mw=exp_unit.power_mw,
                         max_operand_bits=max(m["a_bits"] for m in d["mac"]),
                         energy_nj=e["total_pj"] / n * 1e-3, gemm_nj=e["gemm_pj"] / n * 1e-3,
                         nonlinear_nj=e["nonlinear_pj"] / n * 1e-3))
@@ -101,10 +103,11 @@ def costs(model, tok, configs, calib, sentences):
 
 def costs_markdown(rows) -> str:
     base = rows[0]
-    out = ["| config | GELU table (input bits) | GELU unit um2 | mW | widest GEMM operand | energy / inference nJ "
-           "(GEMM + non-linear) | vs first |", "|---|---|---|---|---|---|---|"]
+    out = ["| config | GELU table (input bits) | GELU unit um2 | mW | exp table | exp unit um2 | mW | widest GEMM operand "
+           "| energy / inference nJ (GEMM + non-linear) | vs first |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['config']} | {r['gelu_table']} ({r['gelu_in_bits']}) | {r['unit_um2']:.0f} | {r['unit_mw']:.3f} "
+                   f"| {r['exp_table']} | {r['exp_um2']:.0f} | {r['exp_mw']:.3f} "
                    f"| {r['max_operand_bits']} b | {r['energy_nj']:.0f} ({r['gemm_nj']:.0f} + {r['nonlinear_nj']:.0f}) "
                    f"| {100 * (r['energy_nj'] / base['energy_nj'] - 1):+.2f}% |")
     return "\n".join(out)

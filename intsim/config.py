@@ -92,8 +92,8 @@ class SimConfig:
     act_bits: int = 8               # GEMM operands (activations), signed
     weight_bits: int = 8            # weights, signed, symmetric
     weight_scales: str = "per_channel"
-    weight_rounding: str = "nearest"  # or "gptq": codes chosen against each linear's calibration operands
-    embed_bits: int = 8             # embedding tables (lookups, not GEMM operands), per-row scales
+    weight_rounding: str = "gptq"   # or "nearest": GPTQ codes, chosen against each linear's own calibration operands
+    embed_bits: int = 10            # embedding tables (lookups, not GEMM operands), per-row scales
     act_scales: str = "dyadic"      # activation scales: absmax/(2**(b-1)-1), or rounded up to a power of two
     residual_bits: int = 16         # the residual stream (LayerNorm inputs, residual copies)
     gelu: str = "pwl"
@@ -102,16 +102,17 @@ class SimConfig:
     silu_table: object = "silu16"
     softmax: str = "pwl"
     softmax_clip: float = 15.0      # I-LLM's DI-ClippedSoftmax: the score range kept below the row max
-    exp_table: object = "exp16"
+    exp_table: object = "exp16_c12"  # 12-bit coefficients (issue 15: exp unit +32% area, 1 - cos -4..10%)
     reciprocal: str = "pwl"         # softmax normalisation: range-reduced PWL reciprocal or an integer divider
     recip_table: object = "recip_mantissa16"
     layernorm: str = "pwl"          # rsqrt by range-reduced PWL, or I-BERT's Newton isqrt + divider
     rsqrt_table: object = "rsqrt_mantissa16"
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction
     rope_bits: int = 16             # RoPE's cos/sin constants, signed (rope_bits - 1 fraction bits)
-    outliers: str = "smooth+per_token+act_offset+token_mantissa"  # smooth: LayerNorm-output outliers migrate
-    #                                 into the weights; per_token: dynamic scale per token for the GELU output and
-    #                                 context (token_mantissa: mu * 2**k, not only a power of two);
+    outliers: str = "smooth+per_token+act_offset+token_mantissa+norm_mantissa"  # smooth: LayerNorm-output
+    #                                 outliers migrate into the weights; per_token: dynamic scale per token for the
+    #                                 GEMM operands (token_mantissa: mu * 2**k, not only a power of two, for the GELU
+    #                                 output and context; norm_mantissa: the same for the LayerNorm copies);
     #                                 act_offset: the GELU output an unsigned (uint8) operand, its offset in the bias
     token_mantissa_bits: int = 3    # outliers token_mantissa: the per-token scale mu * 2**k, mu = 1.m with m bits
     smooth_alpha: float = 0.7

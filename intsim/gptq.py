@@ -31,6 +31,7 @@ block sizes of the lazy updates).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .errors import GQAError
@@ -89,13 +90,28 @@ def gptq_round(w, H, scale, bits: int = 8, damp: float = 0.01, block: int = 128)
     for a in range(0, K, block):        # GPTQ's lazy batches: the columns after a block updated once
         z = min(a + block, K)
         E = np.empty((z - a, wt.shape[1]))
-        for i in range(a, z):
-            qi = np.clip(np.rint(wt[i] / scale), -top, top)
-            q[i] = qi
-            E[i - a] = e = (wt[i] - qi * scale) / U[i, i]
-            wt[i + 1:z] -= np.outer(U[i, i + 1:z], e)
+        _quantize_block(wt, q, E, U, scale, float(top), a, z)
         wt[z:] -= U[a:z, z:].T @ E
     return q.T.copy()
+
+
+@numba.njit(cache=True)
+def _quantize_block(wt, q, E, U, scale, top, a, z):
+    """Columns ``a .. z-1`` of one lazy batch (rows of ``wt``), each rounded and its error spread
+    over the batch's later columns: per column ``i``, ``q_i = clip(rint(w_i / s))``, ``E_i = (w_i -
+    s q_i) / U_ii``, ``w_j -= U_ij E_i`` for ``i < j < z`` (one multiply and one subtract per element,
+    as numpy's ``w_j - outer(U_i, E_i)``)."""
+    N = wt.shape[1]
+    for i in range(a, z):
+        d = U[i, i]
+        for n in range(N):
+            qi = min(max(np.rint(wt[i, n] / scale[n]), -top), top)
+            q[i, n] = np.int64(qi)
+            E[i - a, n] = (wt[i, n] - qi * scale[n]) / d
+        for j in range(i + 1, z):
+            u = U[i, j]
+            for n in range(N):
+                wt[j, n] -= u * E[i - a, n]
 
 
 def gptq_round_reference(w, H, scale, bits: int = 8, damp: float = 0.01) -> np.ndarray:
@@ -172,9 +188,12 @@ class HessianObserver:
         self.shift = linear.operand_shift()
 
     def __call__(self, x2, row_shift):
-        x = x2.astype(np.float64) * (self.linear.in_scale * row_factors(row_shift, x2.shape[0]))[:, None]
-        x = (x + self.shift)[self.rows] if self.rows is not None else x + self.shift
-        h = x.T @ x
+        f = self.linear.in_scale * row_factors(row_shift, x2.shape[0])
+        if self.rows is not None:
+            x2, f = x2[self.rows], f[self.rows]
+        # float32 (relative error ~1e-7 per product, far below the 1% damping), summed in float64 per batch
+        x = x2.astype(np.float32) * f.astype(np.float32)[:, None] + np.asarray(self.shift, np.float32)
+        h = (x.T @ x).astype(np.float64)
         self.H = h if self.H is None else self.H + h
 
 

@@ -560,3 +560,165 @@ def test_bad_limits(kw, field):
     with pytest.raises(GQAError) as exc:
         exact_optimum(Objective(get_function("gelu"), 4, PWLDatapath(), [0]), **kw)
     assert exc.value.field == field and "must be" in str(exc.value)     # refused before the search runs
+
+
+def brute_segment_costs(fn, dp, scales, starts, metric="mse", slope_codes=None, icpt_codes=None):
+    """Every segment's cost between candidate rows ``starts`` (M, S) by brute force: the best over every
+    ``(K, B)`` code pair, each through intsim's accumulator and output stage, on the codes
+    ``[starts[a, s], starts[b, s])`` of each scale (unweighted: ``1/(S n_e)`` per code)."""
+    kf, bf = dp.slope_format, dp.icpt_format
+    K = np.arange(kf.min_int, kf.max_int + 1) if slope_codes is None else np.asarray(slope_codes, np.int64)
+    B = np.arange(bf.min_int, bf.max_int + 1) if icpt_codes is None else np.asarray(icpt_codes, np.int64)
+    per = []
+    for e in scales:
+        q = scale_points(fn.domain, e, dp)
+        acc = (K[:, None, None] * q << dp.slope_shift(e)) + (B[None, :, None] << dp.icpt_shift(e))
+        out = pwl_output(acc.reshape(-1, q.size), e, dp).reshape(acc.shape)
+        frac = dp.acc_frac(e) if dp.out_bits is None else dp.out_frac
+        d = out * 2.0**-frac - fn(q * 2.0**-e)
+        per.append((q[0], d * d / q.size / len(scales) if metric == "mse" else np.abs(d)))
+    M = starts.shape[0]
+    cost = np.zeros((M, M))
+    for a in range(M):
+        for b in range(a + 1, M):
+            err = np.concatenate([e[:, :, starts[a, s] - q0:starts[b, s] - q0] for s, (q0, e) in enumerate(per)], axis=2)
+            cost[a, b] = (err.sum(-1) if metric == "mse" else err.max(-1)).min()
+    return cost
+
+
+def exponent_codes(bits, lo, hi):
+    """The wide codes a per-segment exponent format reaches: every ``bits``-bit code shifted by 0..hi-lo."""
+    narrow = np.arange(-(1 << (bits - 1)), 1 << (bits - 1))
+    return np.unique(np.concatenate([narrow << (hi - f) for f in range(lo, hi + 1)]))
+
+
+# (function, domain, scales, metric, datapath fields, per-segment exponents (slope bits, fracs, icpt bits, fracs)
+# or None); each found by searching random problems for segment costs that a mutant of a scan changes
+SEGMENT_CASES = [
+    # one-x segments far from the prefix sums' origin: the exact one-x statistics (without them the
+    # prefix differences leave ~1e-14 of noise in costs near 1e-9)
+    ("sigmoid", (-2.5, 0.0), [2, 3], "mse", dict(in_bits=6, slope_bits=4, slope_frac=-1, icpt_bits=7, icpt_frac=5,
+                                                 segment_rule="gt"), None),
+    # three scales, a segment empty at two of them: only the non-empty scales' codes give its x range
+    ("sigmoid", (0.0, 1.0), [-1, 0, 1], "mse", dict(in_bits=4, slope_bits=5, slope_frac=1, icpt_bits=3, icpt_frac=3),
+     None),
+    # rounded outputs, MSE: the intercept scan's bound (the squared norm of the line minus f)
+    ("gelu", (-0.5, 1.5), [0], "mse", dict(in_bits=4, slope_bits=2, slope_frac=1, icpt_bits=2, icpt_frac=-1,
+                                            out_bits=8, out_frac=3, out_rounding="half_even"), None),
+    # the intercept scan upward from the rounded real minimiser, downward from the code below it
+    ("hswish", (-2.0, -0.5), [0], "mse", dict(in_bits=4, slope_bits=2, slope_frac=0, icpt_bits=3, icpt_frac=4,
+                                               out_bits=11, out_frac=0, out_rounding="floor"), None),
+    # several formats: a later format's slope scan starts from its own rounded optimum, with the best of
+    # the earlier formats as the bound to beat
+    ("gelu", (1.0, 2.0), [0], "mse", dict(in_bits=4, out_bits=12, out_frac=4, out_rounding="half_up",
+                                           segment_rule="gt"), (4, (1, 2), 4, (2, 2))),
+    # several formats, max |err|: the outward scan starts at the half-range's integer minimiser
+    ("gelu", (-0.5, 1.0), [1, 2], "max_abs", dict(in_bits=4), (3, (2, 4), 3, (2, 4))),
+    # ... there the walk to that minimiser goes both ways, one code at a time, to the end (from a start
+    # that is not the minimiser the scan can stop at the earlier formats' best before reaching it)
+    ("exp", (-1.0, 1.5), [0, 1], "max_abs", dict(in_bits=4), (6, (2, 4), 5, (2, 3))),
+    ("tanh", (-1.5, 0.5), [0, 1], "max_abs", dict(in_bits=4, segment_rule="gt"), (5, (3, 4), 3, (3, 4))),
+    # floor: a whole output LSB of allowance
+    ("exp", (-2.5, -0.5), [2], "max_abs", dict(in_bits=4, out_bits=8, out_frac=2, out_rounding="floor"),
+     (4, (1, 3), 2, (2, 4))),
+]
+
+
+@pytest.mark.parametrize("case", range(len(SEGMENT_CASES)),
+                         ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(SEGMENT_CASES)])
+def test_segment_costs_equal_brute_force(case):
+    """Every segment cost (module docstring, step 3: the minimum over every slope and intercept code) equals
+    brute force over every code pair, with one coefficient format or several (per-segment exponents)."""
+    from gqa_lut.segexp import SegmentExponents
+
+    func, domain, scales, metric, fields, spec = SEGMENT_CASES[case]
+    fn = get_function(func).with_domain(domain)
+    formats, codes = None, {}
+    if spec is None:
+        dp = PWLDatapath(**fields)
+    else:
+        fmt = SegmentExponents(*spec)
+        dp, formats = fmt.wide_datapath(**fields), fmt.formats()
+        codes = dict(slope_codes=exponent_codes(spec[0], *spec[1]), icpt_codes=exponent_codes(spec[2], *spec[3]))
+    obj = Objective(fn, 3, dp, scales, metric=metric)
+    prob = ExactProblem(obj, formats=formats)
+    cost = prob.costs()
+    ref = brute_segment_costs(fn, dp, obj.scales, prob.cand.starts, metric, **codes)
+    iu = np.triu_indices_from(cost, 1)
+    assert cost[iu] == pytest.approx(ref[iu], rel=1e-9, abs=1e-15)
+
+
+def test_the_default_candidate_limit_is_3000():
+    """docs/datapath.md: the exact search takes up to 3000 breakpoint candidates by default. One scale with
+    n codes in the domain has n + 1 candidates: 2999 codes fit the default, 3000 do not."""
+    import inspect
+
+    dp = PWLDatapath(in_bits=12)
+    fits = Objective(get_function("gelu").with_domain((-1000.0, 1998.0)), 4, dp, [0])
+    assert ExactProblem(fits).size == 3000
+    with pytest.raises(ExactTooLarge) as exc:
+        ExactProblem(Objective(get_function("gelu").with_domain((-1000.0, 1999.0)), 4, dp, [0]))
+    assert exc.value.field == "max_candidates" and "needs 3001 breakpoint candidates" in str(exc.value)
+    for f in (exact_optimum, exact_table, lower_bound, gqa_lut.search):
+        assert inspect.signature(f).parameters["max_candidates"].default == 3000
+
+
+@pytest.mark.parametrize("domain, scales", [((-1.0, 0.9), [0, 1]), ((-2.0, 1.9), [0, 1, 2])])
+def test_candidates_of_a_domain_ending_between_grid_points(domain, scales):
+    """A domain whose top end is no grid point: the top candidate's behaviour (every scale past its last
+    code) is reached inside the domain (0.75 and 0.875 for [-1, 0.9] at scales 0, 1), so its
+    representative is in the domain, not the coarser 1.0 just past its end."""
+    test_candidates_are_complete_and_represented("gelu", domain, scales)
+    cand = candidates(Objective(get_function("gelu").with_domain(domain), 3, PWLDatapath(in_bits=6), scales))
+    assert cand.reals[-1] <= domain[1]
+
+
+@pytest.mark.parametrize("metric", ["mse", "max_abs"])
+@pytest.mark.parametrize("out", [{}, dict(out_bits=10, out_frac=3)])
+def test_segment_costs_are_zero_on_the_diagonal(metric, out):
+    """``costs``: the segment from a candidate to itself holds no code and costs 0 (the DP's empty
+    segment), for both metrics, with and without an output stage."""
+    fn, dp = small("gelu", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=2, icpt_bits=4, icpt_frac=2, **out)
+    cost = ExactProblem(Objective(fn, 3, dp, [0, 1], metric=metric)).costs()
+    assert np.array_equal(np.diag(cost), np.zeros(cost.shape[0]))
+    assert np.all(cost[np.triu_indices_from(cost, 1)] >= 0)
+
+
+def test_the_relaxed_costs_are_the_full_precision_mse_ones():
+    """``relaxed``: full-precision output and the MSE metric (the fast pass that caps the exact one): the
+    relaxed costs of a max |err| problem with rounded outputs are the costs of the same problem as MSE
+    without an output stage."""
+    fn, dp = small("tanh", -1.0, 1.0, in_bits=4, slope_bits=4, slope_frac=3, icpt_bits=4, icpt_frac=3, out_bits=8,
+                   out_frac=3, out_rounding="half_away")
+    prob = ExactProblem(Objective(fn, 3, dp, [0, 1, 2], metric="max_abs"))
+    plain = ExactProblem(Objective(fn, 3, dataclasses.replace(dp, out_bits=None, out_frac=None), [0, 1, 2]))
+    assert np.array_equal(prob.cand.starts, plain.cand.starts)
+    assert np.array_equal(prob.costs(relaxed=True), plain.costs())
+    assert not np.array_equal(prob.costs(), plain.costs())
+    a, b = 0, prob.size - 1
+    assert prob.segment(a, b, relaxed=True) == plain.segment(a, b)
+
+
+def test_the_cost_time_limit_counts_from_its_start():
+    """``costs(time_limit, t0)``: the clock starts at ``t0`` (the exact search's own start), or at the call
+    without one."""
+    import time
+
+    prob = ExactProblem(Objective(get_function("gelu"), 4, PWLDatapath(), [0]))
+    with pytest.raises(ExactTooLarge) as exc:
+        prob.costs(time_limit=1e-9)                                   # from the call: any machine takes longer
+    assert exc.value.field == "time_limit"
+    with pytest.raises(ExactTooLarge):
+        prob.costs(time_limit=60.0, t0=time.perf_counter() - 3600.0)  # a search that started an hour ago
+    assert prob.costs(time_limit=3600.0).shape == (prob.size, prob.size)
+
+
+def test_the_lower_bound_takes_the_longest_prefix_that_fits():
+    """With three scales and a limit that two coarsest scales fit but three do not, the exact prefix is the
+    first two scales (not one): every prefix length is tried, longest first."""
+    fn, dp = get_function("gelu"), PWLDatapath()
+    c01 = candidates(Objective(fn, 6, dp, [0, 1])).reals.size
+    assert candidates(Objective(fn, 6, dp, [0, 1, 2])).reals.size > c01
+    lb = lower_bound(Objective(fn, 6, dp, range(3)), max_candidates=c01)
+    assert lb["exact_scales"] == [0, 1] and sorted(lb["per_scale"]) == ["2"]
+    assert lb["subset_optimum"] == pytest.approx(exact_optimum(Objective(fn, 6, dp, [0, 1])).value, rel=1e-12)

@@ -668,7 +668,7 @@ def softmax_cases(draw):
 
 
 @SLOW
-@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]),
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8", "exp16_c12"]), st.sampled_from(["pwl", "divider"]),
        st.sampled_from(["padding", "causal", "padding+causal", "none"]))
 def test_softmax_matches_reference(case, exp_name, recip, policy):
     scores, mask, in_scale = case
@@ -1546,7 +1546,7 @@ def test_softmax_empty_rows_with_stats():
 
 
 @SLOW
-@given(softmax_cases(), st.sampled_from(["exp16", "exp8"]), st.sampled_from(["pwl", "divider"]), st.booleans())
+@given(softmax_cases(), st.sampled_from(["exp16", "exp8", "exp16_c12"]), st.sampled_from(["pwl", "divider"]), st.booleans())
 def test_softmax_difference_table_equals_the_per_element_path(case, exp_name, recip, causal):
     """The tabulated E(d) kernel and the per-element kernel give the same bytes and counts (either mask policy)."""
     import intsim.softmax as smod

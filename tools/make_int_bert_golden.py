@@ -40,8 +40,9 @@ SENTENCES = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy d
 TRACE_SENTENCES = 2
 CALIB_SENTENCES = 48
 
-# the SimConfig defaults the file was recorded under (issue 15 changed these two defaults since)
-RECORDED_DEFAULTS = {"outliers": "smooth+per_token", "gelu_table": "gelu16"}
+# the SimConfig defaults the file was recorded under (issue 15 changed these defaults since)
+RECORDED_DEFAULTS = {"outliers": "smooth+per_token", "gelu_table": "gelu16", "weight_rounding": "nearest",
+                     "exp_table": "exp16", "embed_bits": 8}
 
 # name -> SimConfig keyword arguments over RECORDED_DEFAULTS
 CONFIGS = {
