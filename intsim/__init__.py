@@ -21,6 +21,20 @@ from .functions import FUNCTIONS, Function, get_function
 from .pwl import pwl_accumulate, pwl_accumulate_population, pwl_output
 from .table import PWLTable, TableError, scale_points
 
+# numpy's and scipy's OpenBLAS are a third pool of spinning threads (GPTQ's Hessians and
+# factorizations, intsim/gptq.py, are its main users here): on one thread a MiniLM build with GPTQ
+# took 2.2 s against 2.9 s idle and 2-6x less than with its default pool on a busy 2-core machine
+# (a 2-process sweep, the notebooks). torch's own BLAS is not affected. A user's own
+# OPENBLAS_NUM_THREADS is kept.
+if "OPENBLAS_NUM_THREADS" not in _os.environ:
+    import sys as _sys
+
+    _os.environ["OPENBLAS_NUM_THREADS"] = "1"        # an OpenBLAS loaded from now on reads it
+    if "numpy" in _sys.modules:                       # numpy's, loaded before intsim: set at run time
+        from threadpoolctl import threadpool_limits as _threadpool_limits
+
+        _threadpool_limits(limits=1, user_api="blas")
+
 __all__ = [
     "PWLDatapath", "GQAError", "QFormat", "SaturationCounter", "quantize_multiplier", "requantize",
     "round_real", "round_shift", "saturate", "FUNCTIONS", "Function", "get_function", "pwl_accumulate",

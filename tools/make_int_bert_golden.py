@@ -61,6 +61,11 @@ CONFIGS = {
     # the default since issue 15's per-token mantissa scales (added with --add)
     "default_token_mantissa": dict(outliers="smooth+per_token+act_offset+token_mantissa", gelu_table="gelu16_in12",
                                    token_mantissa_bits=3),
+    # the default's datapath since GPTQ and norm_mantissa (2026-12-03, added with --add) with round-to-nearest
+    # codes: GPTQ re-chooses codes by float arithmetic (BLAS), which may differ between CPUs, never the datapath
+    "default_norm_mantissa": dict(outliers="smooth+per_token+act_offset+token_mantissa+norm_mantissa",
+                                  gelu_table="gelu16_in12", token_mantissa_bits=3, exp_table="exp16_c12",
+                                  embed_bits=10),
 }
 
 
@@ -69,7 +74,7 @@ def config(name: str):
     from intsim.config import SimConfig
 
     return SimConfig(**{**RECORDED_DEFAULTS, **CONFIGS[name]})
-STATS_CONFIGS = ("default", "ibert", "default_act_offset", "default_token_mantissa")
+STATS_CONFIGS = ("default", "ibert", "default_act_offset", "default_token_mantissa", "default_norm_mantissa")
 CALIB_FIELDS = ("absmax", "token_max_p50", "kurtosis")
 
 
