@@ -643,37 +643,66 @@ def _row_pick(peak, hi, m, guard, k_min, k_max):
 
 
 @numba.njit(cache=True, parallel=True)
-def _requantize_rows(acc, m0, n, bits, m, recip, out, mant, shifts, sats):
+def _requantize_rows(acc, offset, m0, n, bits, m, recip, floor, out, mant, shifts, sats):
     rows, cols = acc.shape
     hi = (1 << (bits - 1)) - 1
+    uniform = True          # one (M0, n) for every column (a per-tensor nominal scale): see below
+    for c in range(cols):
+        uniform = uniform and m0[c] == m0[0] and n[c] == n[0]
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
             peak = np.int64(0)
-            for c in range(cols):
-                a = min(max(np.int64(acc[r, c]), INT32_MIN), INT32_MAX)
-                peak = max(peak, abs(_requantize_bf(a, m0[c], n[c] - ROW_GUARD)))
+            if uniform:
+                # the requantizer is non-decreasing in a, so max |f(a_c)| is |f| at the row's extreme
+                # registers: two evaluations instead of one per element (the same peak)
+                a_lo, a_hi = np.int64(INT32_MAX), np.int64(INT32_MIN)
+                for c in range(cols):
+                    a = min(max(np.int64(acc[r, c]) + offset, INT32_MIN), INT32_MAX)
+                    a_lo, a_hi = min(a_lo, a), max(a_hi, a)
+                if cols:
+                    peak = max(abs(_requantize_bf(a_lo, m0[0], n[0] - ROW_GUARD)),
+                               abs(_requantize_bf(a_hi, m0[0], n[0] - ROW_GUARD)))
+            else:
+                for c in range(cols):
+                    a = min(max(np.int64(acc[r, c]) + offset, INT32_MIN), INT32_MAX)
+                    peak = max(peak, abs(_requantize_bf(a, m0[c], n[c] - ROW_GUARD)))
             mu, k = _row_pick(peak, hi, m, ROW_GUARD, ROW_K_MIN, ROW_K_MAX)
             mant[r] = mu
             shifts[r] = k
             rr = recip[mu - (1 << m)]
             st = np.int64(0)
+            if uniform and cols:        # the row's multiplier and shifts, once per row
+                nr = n[0] + k - 1
+                pre = max(ROW_FRAC - nr, 0)
+                mr = _srdhm_bf(np.int64(m0[0]), rr)
+                for c in range(cols):
+                    a = min(max(np.int64(acc[r, c]) + offset, INT32_MIN), INT32_MAX)
+                    a = min(max(a << min(pre, 32), INT32_MIN), INT32_MAX)
+                    y = _requantize_bf(a, mr, nr + pre)
+                    yc = min(max(y, -hi - 1), hi)
+                    st += yc != y
+                    out[r, c] = max(yc, floor)
+                sats[r] = st
+                continue
             for c in range(cols):
-                a = min(max(np.int64(acc[r, c]), INT32_MIN), INT32_MAX)
+                a = min(max(np.int64(acc[r, c]) + offset, INT32_MIN), INT32_MAX)
                 nr = n[c] + k - 1
                 pre = max(ROW_FRAC - nr, 0)          # SRDHM's rounding 2**-ROW_FRAC of a code below the output's
                 a = min(max(a << min(pre, 32), INT32_MIN), INT32_MAX)
                 y = _requantize_bf(a, _srdhm_bf(np.int64(m0[c]), rr), nr + pre)
                 yc = min(max(y, -hi - 1), hi)
                 st += yc != y
-                out[r, c] = yc
+                out[r, c] = max(yc, floor)
             sats[r] = st
 
 
-def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int = 3):
+def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int = 3, offset: int = 0,
+                    unsigned: bool = False):
     """Per-token (per-row) scaling by a mantissa and an exponent: the row fills the operand's range.
 
-    The nominal requantization ``(M0_c, n_c)`` maps the register ``a`` (int32 values; wider ones
-    saturate to int32 first, as in :func:`requantize1`) to codes at the nominal scale ``s``. Per row:
+    The nominal requantization ``(M0_c, n_c)`` maps the register ``a = acc + offset`` (the integer
+    ``offset`` added exactly, in int64; then int32 values, wider ones saturating to int32 first,
+    as in :func:`requantize1`) to codes at the nominal scale ``s``. Per row:
 
     1. the row's peak at ``G = ROW_GUARD`` (8) fractional bits below the nominal code (a 32-bit register):
        ``P = max_c |RDBPOT(SRDHM(a_c, M0_c), n_c - G)|`` (negative shift: left first, int32-saturated);
@@ -693,7 +722,8 @@ def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int 
        at most ``hi`` codes, so ``|a'| < 2**20``).
 
     Row ``r``'s real scale is ``s * g_r``. Returns ``(y, RowScale(mu, k, m), saturated)``, ``y`` int8
-    (bits <= 8) or int16. ``mantissa_bits = 0`` is a power-of-two row scale (then ``k`` may be
+    (bits <= 8) or int16; ``unsigned``: ``max(y, 0)`` as uint8 (``bits <= 9``: the unsigned operand of
+    ``act_offset``, whose register the offset keeps non-negative; a negative code, not counted, is 0). ``mantissa_bits = 0`` is a power-of-two row scale (then ``k`` may be
     negative too: a token smaller than the nominal one gains resolution, unlike
     :func:`requantize_dynamic`). The consumer applies ``g_r``: :func:`requantize_channels` with
     ``row_shift=RowScale``.
@@ -712,10 +742,14 @@ def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int 
     if np.any(n > 62 - ROW_K_MAX) or np.any(n < -31) or np.any(m0 < 1) or np.any(m0 > INT32_MAX):
         raise GQAError("multipliers", f"need positive int32 M0 and shifts in [-31, {62 - ROW_K_MAX}]",
                        "use dyadic_multiplier")
-    out = np.empty(a2.shape, np.int8 if bits <= 8 else np.int16)
+    if unsigned and bits > 9:
+        raise GQAError("bits", f"{bits} signed bits have no uint8 half", "unsigned codes take bits <= 9")
+    out = np.empty(a2.shape, np.uint8 if unsigned else np.int8 if bits <= 8 else np.int16)
     rows = a2.shape[0]
     mant, k, sats = np.empty(rows, np.int64), np.empty(rows, np.int64), np.zeros(rows, np.int64)
-    _requantize_rows(a2, m0, n, bits, int(mantissa_bits), row_reciprocals(int(mantissa_bits)), out, mant, k, sats)
+    floor = 0 if unsigned else -(1 << (bits - 1))
+    _requantize_rows(a2, np.int64(offset), m0, n, bits, int(mantissa_bits), row_reciprocals(int(mantissa_bits)),
+                     np.int64(floor), out, mant, k, sats)
     return out.reshape(shape), RowScale(mant.reshape(shape[:-1]), k.reshape(shape[:-1]), int(mantissa_bits)), \
         int(sats.sum())
 
@@ -727,6 +761,9 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
     sat = np.zeros(rows, np.int64)
     ovf = np.zeros(rows, np.int64)
     peak = np.zeros(rows, np.int64)
+    n_min = np.int64(62)
+    for c in range(cols):
+        n_min = min(n_min, np.int64(n[c]))
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         bt = np.empty(cols, np.int64)      # Bq_c * 2**s for the current row's s
         s_now = np.int64(1 << 40)
@@ -740,6 +777,20 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
             pk = np.int64(0)
             st = np.int64(0)
             ov = np.int64(0)
+            if n_min + s >= 0:        # every column shifts right: the loop below without its branch
+                for c in range(cols):
+                    a = np.int64(acc[r, c])
+                    pk = max(pk, abs(a))
+                    ac = min(max(a, INT32_MIN), INT32_MAX)
+                    ov += ac != a
+                    y = rdbpot_bf(_srdhm_bf(ac, np.int64(m0[c])) * mu + bt[c], n[c] + s)
+                    yc, hit = _add_residual_saturate(y, residual, r, c, has_res, lo, hi)
+                    st += hit
+                    out[r, c] = yc
+                sat[r] = st
+                ovf[r] = ov
+                peak[r] = pk
+                continue
             for c in range(cols):
                 a = np.int64(acc[r, c])
                 pk = max(pk, abs(a))

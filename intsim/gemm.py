@@ -14,7 +14,10 @@ Backends (the registry :data:`REGISTRY`; ``backend="auto"`` picks one by measure
   chunk of ``Kc`` products is an integer of magnitude ``<= Kc * max|a*b|``; float32 holds every
   integer up to ``2**24`` exactly, so with ``Kc = floor(2**24 / max|a*b|)`` (1024 for
   int8 x int8, 514 for uint8 x int8) each chunk's product is exact whatever order BLAS sums in;
-  the chunks' int32 results are then added exactly. Any K, batched (attention) included.
+  the chunks' int32 results are then added exactly. Any K, batched (attention) included. A
+  longer K takes one product when the operands' own bound allows it: every partial sum of row
+  ``i`` is at most ``sum_k |a_ik| * max|b|``, so ``max_i sum_k |a_ik| * max|b| <= 2**24`` is exact
+  too (a row-sum pass costs far less than a second product; typical activations pass it).
 - ``f64``: float64 BLAS, exact below ``2**53`` (every K that fits int32).
 - ``numpy``: int64 ``matmul``, the slow reference; never picked by ``auto``.
 
@@ -158,11 +161,26 @@ def _column_sums(b):
     return torch.from_numpy(b.sum(axis=0, dtype=np.int64).astype(np.int32))
 
 
+def _abs_max(b) -> int:
+    """``max |b|`` (computed once for a constant)."""
+    if isinstance(b, Constant):
+        if "absmax" not in b._tensors:
+            b._tensors["absmax"] = int(np.abs(b.array.astype(np.int16)).max(initial=0))
+        return b._tensors["absmax"]
+    return int(np.abs(b.astype(np.int16)).max(initial=0))
+
+
 def _run_f32(a, b, float_out=False):
     import torch
 
     ta, tb = _as(a, torch.float32), _as(b, torch.float32)
     k, kc = a.shape[-1], f32_chunk(a.dtype, b.dtype)
+    if k > kc and ta.numel():
+        # the operands' own bound: every partial sum of row i is at most sum_k |a_ik| * max|b| (exact
+        # float32 sums of integers below 2**24), so one product is exact whenever that stays <= 2**24
+        l1 = float(ta.abs().sum(-1).max()) if _array(a).dtype != np.uint8 else float(ta.sum(-1).max())
+        if l1 * _abs_max(b) <= F32_EXACT:
+            kc = k
     if k <= kc:
         c = torch.matmul(ta, tb)
         return (c if float_out else c.to(torch.int32)).numpy()

@@ -45,6 +45,7 @@ from .config import SimConfig
 from .errors import GQAError
 from .fixedpoint import (RowScale, dyadic_multiplier, requantize_channels, requantize_dynamic, requantize_rows,
                          rounding_divide_by_pot)
+from .fused_attention import fused_attention, supports as supports_fused
 from .gemm import Constant, int_gemm
 from .layernorm import LNOutput
 from .outliers import OperandTransform, activation_offset, norm_transform, static_range
@@ -365,11 +366,12 @@ class OperandRequant:
         self.bits, self.per_token, self.unsigned = bits, per_token, unsigned
         self.mantissa_bits = mantissa_bits if per_token else None
 
-    def __call__(self, acc, stats=None, name="operand"):
-        """-> ``(codes, row shifts (or a RowScale) or None, saturations)``."""
+    def __call__(self, acc, stats=None, name="operand", offset: int = 0):
+        """-> ``(codes, row shifts (or a RowScale) or None, saturations)`` of the register ``acc + offset``."""
         bits = self.bits + self.unsigned
-        if self.mantissa_bits is not None:
-            y, g, sat = requantize_rows(acc, self.m0, self.n, bits, self.mantissa_bits)
+        if self.mantissa_bits is not None:      # the offset and the unsigned codes in the kernel's one pass
+            y, g, sat = requantize_rows(acc, self.m0, self.n, bits, self.mantissa_bits, offset=offset,
+                                        unsigned=self.unsigned)
             if stats is not None:
                 rows = acc.size // max(acc.shape[-1], 1)
                 m = self.mantissa_bits
@@ -378,7 +380,9 @@ class OperandRequant:
                 stats.count("shift", name + ".row_lod", rows, bits=32)                   # leading one of the peak
                 stats.count("compare", name + ".row_pick", rows << m, bits=bits + m + 1)  # P against hi * mu
                 stats.count("mul", name + ".row_mult", rows * self.m0.size, a_bits=32, b_bits=32)  # SRDHM(M0, R)
-            return self._codes(y), g, sat
+            return y, g, sat
+        if offset:
+            acc = np.asarray(acc).astype(np.int64) + offset
         if self.per_token:
             y, t = requantize_dynamic(acc, self.m0, self.n, bits)
             if stats is not None:
@@ -538,6 +542,9 @@ class IntAttention:
         self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
                                   "per_token" in outlier_methods(cfg), mantissa_bits=token_mantissa(cfg))
         self.out = linear("out", wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
+        # the fused kernel runs the same integer arithmetic as the three steps, so it needs only an
+        # exact float backend's freedom: any backend but an explicitly requested one of the others
+        self.fused = cfg.gemm_backend in ("auto", "f32") and supports_fused(self.softmax, self.head_dim)
 
     def __call__(self, x8, t8, x_res, key_mask, stats=None, prefix="", trace=None, positions=None, cache=None):
         """int8 operand (B, T, C) with its row shifts, the residual (B, T, C) -> the sum (B, T, C).
@@ -558,19 +565,26 @@ class IntAttention:
             _record(trace, prefix, q_rope=q, k_rope=k)
         if cache is not None:
             k, v = cache.update(self.layer, k, v, (self.s_k, self.s_v))           # (B, G, S, d): cached + new
-        if G != H:   # grouped KV: each K/V head serves H // G consecutive query heads
-            k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, S, d) -> (B, H, S, d)
         S = k.shape[2]
-        kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, S)
-        scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, S) int32
-        probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8
-        ctx_acc = int_gemm(probs, np.ascontiguousarray(v), self.backend)          # (B, H, T, d) int32
-        ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, H * d)  # (B, T, H d)
+        if self.fused and trace is None:      # one pass per (b, h), bit-identical (intsim.fused_attention)
+            ctx_acc, peaks, score_peak = fused_attention(self.softmax, q, k, v, key_mask, self.causal)
+            if stats is not None and peaks.size:
+                self.softmax.count(stats, prefix + "softmax", B * H * T, S, peaks)
+            scores = probs = None
+        else:
+            if G != H:   # grouped KV: each K/V head serves H // G consecutive query heads
+                k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, S, d) -> (B, H, S, d)
+            kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, S)
+            scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, S) int32
+            probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8
+            ctx_acc = int_gemm(probs, np.ascontiguousarray(v), self.backend)          # (B, H, T, d) int32
+            ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, H * d)  # (B, T, H d)
+            score_peak = int(np.abs(scores).max()) if scores.size else 0
         ctx, t_ctx, sat = self.ctx(ctx_acc, stats, prefix + "context")
         s, _ = self.out(ctx, stats, prefix + "attn_out", residual=x_res, row_shift=t_ctx)   # (B, T, C)
         if stats is not None:
             stats.mac(prefix + "scores", B * H * T * S * d)
-            stats.accumulator(prefix + "scores.acc", int(np.abs(scores).max()), 32)
+            stats.accumulator(prefix + "scores.acc", score_peak, 32)
             stats.mac(prefix + "context", B * H * T * S * d, a_bits=PROB_BITS)
             stats.accumulator(prefix + "context.acc", int(np.abs(ctx_acc).max()), 32)
             stats.count("mul", prefix + "context.requant", ctx_acc.size, a_bits=32, b_bits=32)
@@ -728,17 +742,15 @@ class ActivationSite:
             if stats is not None:
                 stats.count("mul", p + ".gate", a.size, a_bits=32, b_bits=8)
         r = a
-        if self.offset:
-            r = a.astype(np.int64) + self.offset                                 # >= 0 for every input code
-            if stats is not None:
-                stats.count("add", p + ".offset", a.size, bits=32)
+        if self.offset and stats is not None:                                    # r = a + C >= 0 for every input code
+            stats.count("add", p + ".offset", a.size, bits=32)
         if isinstance(t_u, RowScale):
             # norm_mantissa: u's row mantissa multiplies the product, only its exponent carries over
             r = r.astype(np.int64) * t_u.mantissa[..., None]                    # (B, T, F) int64, <= 45 bits
             if stats is not None:
                 stats.count("mul", p + ".up_mantissa", a.size, a_bits=40, b_bits=t_u.bits + 1)
             t_u = t_u.exponent                                                    # (B, T) signed
-        a_q, t_a, sat = self.requant(r, stats, p)
+        a_q, t_a, sat = self.requant(r, stats, p, offset=self.offset)            # of r + C (no offset: r)
         if t_u is not None:                                                       # u's row scales carry over
             t_a = t_u if t_a is None else t_a + t_u
             if not isinstance(t_a, RowScale) and t_a.size and t_a.min() < 0:     # signed: a RowScale

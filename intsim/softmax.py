@@ -66,6 +66,15 @@ def score_rows(scores, key_mask=None, causal: bool = False):
         raise GQAError("scores", f"are {getattr(scores, 'dtype', type(scores))} of shape "
                        f"{getattr(scores, 'shape', '?')}", "give int32 (B, H, Tq, Tk)")
     B, H, Tq, Tk = scores.shape
+    mask, key_offset = mask_policy(key_mask, causal, B, Tq, Tk)
+    rows = np.ascontiguousarray(scores.reshape(B * H * Tq, Tk))    # (B, H, Tq, Tk) -> (B*H*Tq, Tk)
+    return rows, mask, H * Tq, Tq, key_offset                        # Tq = 0: no rows, no r % Tq
+
+
+def mask_policy(key_mask, causal: bool, B: int, Tq: int, Tk: int):
+    """The mask policy of step 0 for ``B`` batch rows of ``Tq`` queries over ``Tk`` keys, checked:
+    ``(mask, key_offset)``, the key mask as contiguous uint8 (B, Tk) (None: every key) and the
+    offset :func:`last_key` adds to a query index (``Tk`` without a causal mask: no limit)."""
     if key_mask is None:
         key_mask = np.ones((B, Tk), np.uint8)
     key_mask = np.asarray(key_mask)
@@ -74,9 +83,7 @@ def score_rows(scores, key_mask=None, causal: bool = False):
                        "one 0/1 flag per batch row and key")
     if causal and Tq > Tk:
         raise GQAError("causal", f"{Tq} queries over {Tk} keys", "a causal mask needs at least as many keys as queries")
-    rows = np.ascontiguousarray(scores.reshape(B * H * Tq, Tk))    # (B, H, Tq, Tk) -> (B*H*Tq, Tk)
-    return (rows, np.ascontiguousarray(key_mask, np.uint8), H * Tq, Tq,     # Tq = 0: no rows, no r % Tq
-            Tk - Tq if causal else Tk)
+    return np.ascontiguousarray(key_mask, np.uint8), Tk - Tq if causal else Tk
 
 
 @numba.njit(cache=True, inline="always")
@@ -179,60 +186,72 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
     return d_lo, table
 
 
+@numba.njit(cache=True, inline="always")
+def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, e, out, peak):
+    """Steps 1-4 of row ``r`` of ``scores`` (any integer or exact-float dtype) with steps 2-3 as one
+    gather from :func:`exp_of_difference`: its probabilities into ``out`` (uint8, one row), the
+    row's ``(Z, saturated low inputs, clipped probabilities)`` into ``peak`` (3 int64); ``e``: an
+    int32 scratch row. Batch row ``b`` of ``mask``; keys ``t >= n_vis`` are invisible (zero).
+
+    Only the visible prefix is read; there the gather index ``1 + d - d_lo`` is ``s - c`` with
+    ``c = mx + d_lo - 1``, clamped to the table (``d < d_lo``: entry 0, counted as saturated; a
+    masked key above the row max: clamped, then zeroed). Shared by :func:`_softmax_lut` and the
+    fused attention kernel (:mod:`intsim.fused_attention`): one definition of the arithmetic.
+    """
+    T = out.shape[0]
+    last = e_of_d.shape[0] - 1
+    c = masked_row_max(scores, mask, r, b, n_vis - 1) + d_lo - 1
+    z = np.int64(0)
+    low = np.int64(0)
+    for t in range(n_vis):
+        m = np.int64(mask[b, t] != 0)
+        i = np.int64(scores[r, t]) - c
+        v = e_of_d[min(max(i, np.int64(0)), last)] * np.int32(m)
+        e[t] = v
+        low += (i <= 0) * m
+        z += v
+    for t in range(n_vis, T):
+        e[t] = 0
+    sat = np.int64(0)
+    if z == 0:
+        for t in range(T):
+            out[t] = 0
+    elif use_divider:
+        for t in range(T):
+            p = (np.int64(e[t]) * 256 + (z >> 1)) // z
+            sat += p > 255
+            out[t] = min(p, 255)
+    else:
+        rr, sh = reciprocal1(z, rec_u, e_r, f_r)
+        rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
+        s = sh - 8
+        if s <= 0:
+            for t in range(T):
+                p = (np.int64(e[t]) * rr32) << -s
+                sat += (p > 255) + (p < 0)
+                out[t] = min(max(p, 0), 255)
+        else:
+            for t in range(T):
+                p = round_half_up_bf(np.int64(e[t]) * rr32, s)
+                sat += (p > 255) + (p < 0)
+                out[t] = min(max(p, 0), 255)
+    peak[0] = z
+    peak[1] = low
+    peak[2] = sat
+
+
 @numba.njit(cache=True, parallel=True)
 def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
                  out, peaks):
-    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical).
-
-    Only the visible prefix ``t <= last`` is read (keys past it are zero); there the gather index
-    ``1 + d - d_lo`` is ``s - c`` with ``c = mx + d_lo - 1`` per row, clamped to the table (``d <
-    d_lo``: entry 0, counted as saturated; a masked key above the row max: clamped, then zeroed).
-    """
+    """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical):
+    :func:`softmax_row_lut` per row."""
     rows, T = scores.shape
-    last = e_of_d.shape[0] - 1
     for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         e = np.empty(T, np.int32)        # E < 2**31 (checked): products below are 32 x 32 -> 64 bits
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
-            b = r // rows_per_batch
             n_vis = max(min(T, last_key(r, q_len, key_offset) + 1), 0)
-            c = masked_row_max(scores, mask, r, b, n_vis - 1) + d_lo - 1
-            z = np.int64(0)
-            low = np.int64(0)
-            for t in range(n_vis):
-                m = np.int64(mask[b, t] != 0)
-                i = np.int64(scores[r, t]) - c
-                v = e_of_d[min(max(i, np.int64(0)), last)] * np.int32(m)
-                e[t] = v
-                low += (i <= 0) * m
-                z += v
-            for t in range(n_vis, T):
-                e[t] = 0
-            sat = np.int64(0)
-            if z == 0:
-                for t in range(T):
-                    out[r, t] = 0
-            elif use_divider:
-                for t in range(T):
-                    p = (np.int64(e[t]) * 256 + (z >> 1)) // z
-                    sat += p > 255
-                    out[r, t] = min(p, 255)
-            else:
-                rr, sh = reciprocal1(z, rec_u, e_r, f_r)
-                rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
-                s = sh - 8
-                if s <= 0:
-                    for t in range(T):
-                        p = (np.int64(e[t]) * rr32) << -s
-                        sat += (p > 255) + (p < 0)
-                        out[r, t] = min(max(p, 0), 255)
-                else:
-                    for t in range(T):
-                        p = round_half_up_bf(np.int64(e[t]) * rr32, s)
-                        sat += (p > 255) + (p < 0)
-                        out[r, t] = min(max(p, 0), 255)
-            peaks[r, 0] = z
-            peaks[r, 1] = low
-            peaks[r, 2] = sat
+            softmax_row_lut(scores, r, mask, r // rows_per_batch, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
+                            e, out[r], peaks[r])
 
 
 class IntSoftmax:
@@ -273,10 +292,11 @@ class IntSoftmax:
             _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
                      self.recip == "divider", rec_u, e_r, f_r, out, peaks)
         if stats is not None and out.size:
-            self._count(stats, name, *s2.shape, peaks)
+            self.count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
 
-    def _count(self, stats, name, rows, T, peaks):
+    def count(self, stats, name, rows, T, peaks):
+        """The operation counts of ``rows`` rows of ``T`` keys, from the rows' ``peaks`` (Z, low, clipped)."""
         n = rows * T
         dp = self.exp_table.datapath
         stats.count("compare", f"{name}.max", n, bits=32)

@@ -169,7 +169,10 @@ def test_attribute_rows_costs_table_and_figure(mirror, model, tok, tmp_path):
     assert [x["site"] for x in r["rows"]] == ["gelu_in", "recip_table"]
     gelu, recip = r["rows"]
     assert gelu["only_int"]["one_minus_cos"] > 10 * recip["only_int"]["one_minus_cos"]
-    assert gelu["only_exact"]["one_minus_cos"] < r["mirror_all_on"]["one_minus_cos"]
+    # exact GELU inputs with every other site integer: no worse than all sites integer, up to the
+    # cancellation between sites' errors (at the default datapath the GELU input's share is small, so
+    # over 8 sentences the total moves by a few percent either way: 0.99x on Intel, 1.009x on Zen 4)
+    assert gelu["only_exact"]["one_minus_cos"] < 1.05 * r["mirror_all_on"]["one_minus_cos"]
     e = model_energy(stats.to_dict())
     A.attach_costs(r, e["int"]["by_op"], e["fp32"]["by_op"])
     assert gelu["energy_int_pj"] > 0 and gelu["energy_fp32_pj"] > 0 and gelu["ops"] == [

@@ -228,6 +228,34 @@ def test_f32_chunks_by_k_whatever_the_row_count():
     assert int_gemm(a[None], b[None], "f32").tolist() == [[[want] * 3] * 2]
 
 
+@FAST
+@given(st.integers(515, 3100), st.integers(0, 127), st.integers(0, 2**32 - 1), st.booleans())
+def test_f32_one_product_when_the_operands_own_bound_allows(k, top, seed, unsigned):
+    """K past the dtype chunk but small activations (``max_i sum_k |a_ik| * max|b| <= 2**24``): one
+    float32 product, still equal to int64 -- and two (chunked) once the bound is exceeded."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0 if unsigned else -top, top + 1, (3, k)).astype(np.uint8 if unsigned else np.int8)
+    b = Constant(rng.integers(-128, 128, (k, 5)).astype(np.int8))
+    expect = a.astype(np.int64) @ b.array.astype(np.int64)
+    calls = []
+    real = torch.matmul
+
+    def counting(x, y):
+        calls.append(x.shape)
+        return real(x, y)
+
+    torch.matmul = counting
+    try:
+        out = int_gemm(a, b, "f32")
+    finally:
+        torch.matmul = real
+    assert np.array_equal(out.astype(np.int64), expect)
+    one = int(np.abs(a.astype(np.int64)).sum(1).max()) * int(np.abs(b.array.astype(np.int64)).max()) <= 2**24
+    assert len(calls) == (1 if one else -(-k // f32_chunk(a.dtype, np.int8)))
+
+
 # --- K at the int32 limit ---------------------------------------------------------------------
 
 def test_k_limit_int8():

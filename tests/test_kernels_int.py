@@ -295,11 +295,44 @@ def test_requantize_rows_matches_reference(rows, cols, bits, m, data):
         m0 = data.draw(st.lists(st.one_of(st.integers(2**30, 2**31 - 1), st.sampled_from([2**30, 2**31 - 1])),
                                 min_size=cols, max_size=cols))
         n = data.draw(st.lists(st.integers(-31, 39), min_size=cols, max_size=cols))
+        if data.draw(st.booleans()):                   # one nominal multiplier for every column (the kernel's fast path)
+            m0, n = [m0[0]] * cols, [n[0]] * cols
     y, g, sat = requantize_rows(acc, np.array(m0), np.array(n), bits, m)
     ey, emu, ek, esat = ref.requantize_rows(acc.tolist(), m0, n, bits, m)
     assert y.dtype == (np.int8 if bits <= 8 else np.int16)
     assert y.tolist() == ey and g.mantissa.tolist() == emu and g.shift.tolist() == ek and sat == esat
     assert g.bits == m
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 5), st.sampled_from([2, 8, 9]), st.integers(0, 8),
+       st.one_of(biased_int32(), st.integers(-300, 300)), st.data())
+def test_requantize_rows_with_an_offset_and_unsigned_codes(rows, cols, bits, m, offset, data):
+    """``offset``: the register ``acc + offset`` (exact, before the int32 saturation); ``unsigned``:
+    ``max(y, 0)`` as uint8 -- the act_offset operand in one pass, equal to adding and clipping apart."""
+    from intsim.fixedpoint import requantize_rows
+
+    acc = np.array(data.draw(st.lists(st.lists(row_registers(), min_size=cols, max_size=cols),
+                                      min_size=rows, max_size=rows)), np.int64)
+    m0 = data.draw(st.lists(st.integers(2**30, 2**31 - 1), min_size=cols, max_size=cols))
+    n = data.draw(st.lists(st.integers(-31, 39), min_size=cols, max_size=cols))
+    if data.draw(st.booleans()):
+        m0, n = [m0[0]] * cols, [n[0]] * cols
+    unsigned = data.draw(st.booleans())
+    y, g, sat = requantize_rows(acc, np.array(m0), np.array(n), bits, m, offset=offset, unsigned=unsigned)
+    ey, emu, ek, esat = ref.requantize_rows((acc + offset).tolist(), m0, n, bits, m)
+    if unsigned:
+        ey = [[max(v, 0) for v in row] for row in ey]
+    assert y.dtype == (np.uint8 if unsigned else np.int8 if bits <= 8 else np.int16)
+    assert y.tolist() == ey and g.mantissa.tolist() == emu and g.shift.tolist() == ek and sat == esat
+
+
+def test_requantize_rows_refuses_unsigned_codes_wider_than_a_byte():
+    from intsim.fixedpoint import requantize_rows
+
+    with pytest.raises(GQAError) as ei:
+        requantize_rows(np.zeros((1, 2), np.int64), 2**30, 0, 10, 3, unsigned=True)
+    assert ei.value.field == "bits"
 
 
 @st.composite
