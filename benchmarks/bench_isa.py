@@ -92,7 +92,8 @@ def bench(name, extra, repeats):
     ratio = float(re.search(r"ratio \(integer / FP32\): ([\d.]+)", out).group(1))
     with tempfile.TemporaryDirectory() as tmp:
         out, wall = run([sys.executable, "-m", "gqa_cli", "sim", "--text", str(REPO / "intsim/data/sentences.txt"),
-                         "--out", str(Path(tmp) / "e.npy"), "--compare-fp32", "-q"], env)
+                         "--out", str(Path(tmp) / "e.npy"), "--compare-fp32", "--report", str(Path(tmp) / "r.json"),
+                         "-q"], env)     # the Makefile's demo line, output paths aside
     print(f"demo's gqa sim step (400 sentences, calibration included): {wall:.1f} s wall")
     print("".join(f"  {line}\n" for line in out.strip().splitlines() if "calibrated" in line or "integer path" in line
                   or "cosine" in line), end="")

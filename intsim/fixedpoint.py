@@ -812,3 +812,31 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
             ovf[r] = ov
             peak[r] = pk
     return sat.sum(), ovf.sum(), peak.max() if rows else 0
+
+
+# --- dequantization of accumulators (a model's float output, e.g. a decoder's logits) ---------------
+
+@numba.njit(cache=True, parallel=True)
+def _dequantize(acc, g, b, scale, out):
+    rows, cols = acc.shape
+    for r in numba.prange(rows):
+        for c in range(cols):
+            out[r, c] = (np.float64(acc[r, c]) * g[r] + b[c]) * scale[c]
+
+
+def dequantize(acc, col_scale, row_factor=None, col_bias=None) -> np.ndarray:
+    """``(acc * g_r + b_c) * s_c`` in float64, element by element in that order (numpy's expression
+    of the same three arrays, bit for bit, in one pass and without its temporaries): integer
+    accumulators (rows, cols), per-column scales ``s``, per-row factors ``g`` (a
+    :class:`RowScale`'s, or ``2**t``: exact in float64; None: 1) and per-column integer biases ``b``
+    in accumulator codes (None: 0)."""
+    acc = np.ascontiguousarray(acc)
+    if acc.ndim != 2 or acc.dtype.kind not in "iu":
+        raise GQAError("acc", f"is {acc.dtype} of shape {acc.shape}", "give integer accumulators (rows, cols)")
+    rows, cols = acc.shape
+    g = np.ones(rows) if row_factor is None else np.asarray(row_factor, np.float64).reshape(rows)
+    b = np.zeros(cols) if col_bias is None else np.asarray(col_bias, np.float64).reshape(cols)
+    s = np.broadcast_to(np.asarray(col_scale, np.float64), (cols,)).copy()
+    out = np.empty((rows, cols), np.float64)
+    _dequantize(acc, g, b, s, out)
+    return out

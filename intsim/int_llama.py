@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .calibration import Calibration, calibrate_stream
 from .config import SimConfig
 from .errors import GQAError
-from .fixedpoint import RowScale
+from .fixedpoint import RowScale, dequantize
 from .gemm import Constant, int_gemm
 from .layers import (fold_columns, ActivationSite, IntAttention, IntEmbedding, IntKVCache, IntLinear, ModelSites, NormSite,
                      OperandRequant, Scope, Site, act_scale, outlier_methods, quantize_weight)
@@ -146,23 +146,25 @@ class IntLogits:
             acc = int_gemm(x8.reshape(-1, x8.shape[-1]), self.wt, self.backend)  # (B T, C) @ (C, V) -> (B T, V) int32
         scale = self.scale[None, :]
         if isinstance(row_shift, RowScale):                 # mu * 2**(k - m): exact in float64 (a few-bit mantissa)
-            g = row_shift.factor().reshape(-1, 1)
-            bias = 0.0 if self.layer is not None or self.bias is None else self.bias[None, :]
+            bias = None if self.layer is not None or self.bias is None else self.bias
             if stats is not None and self.layer is None:
                 stats.mac(name, acc.size * self.wt.shape[0])
                 stats.accumulator(f"{name}.acc", int(np.abs(acc).max()) if acc.size else 0, 32)
-            return acc.reshape(*lead, -1), ((acc * g + bias) * scale).reshape(*lead, -1)
+            logits = dequantize(acc, self.scale, row_shift.factor(), bias)         # (acc g + bias) s
+            return acc.reshape(*lead, -1), logits.reshape(*lead, -1)
         if self.layer is None and self.bias is not None:    # W z of a channel shift, in base-scale codes (int64)
             acc = acc.astype(np.int64)
             if row_shift is not None:                       # a per-token row at 2**t: exact left shift first
                 acc, row_shift = acc << row_shift.reshape(-1, 1).astype(np.int64), None
             acc = acc + self.bias[None, :]
-        if row_shift is not None:
-            scale = scale * np.exp2(row_shift.reshape(-1, 1).astype(np.float64))
         if stats is not None and self.layer is None:
             stats.mac(name, acc.size * self.wt.shape[0])
             stats.accumulator(f"{name}.acc", int(np.abs(acc).max()) if acc.size else 0, 32)
-        return acc.reshape(*lead, -1), (acc * scale).reshape(*lead, -1)
+        if acc.dtype == np.int64:                           # with a channel shift's W z (above)
+            return acc.reshape(*lead, -1), (acc * scale).reshape(*lead, -1)
+        # acc 2**t s: the power of two is exact, so (acc 2**t) s rounds once, as acc (2**t s) does
+        g = None if row_shift is None else np.exp2(np.asarray(row_shift, np.float64).reshape(-1))
+        return acc.reshape(*lead, -1), dequantize(acc, self.scale, g).reshape(*lead, -1)
 
 
 class IntBlock:

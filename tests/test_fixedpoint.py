@@ -391,3 +391,33 @@ def test_math_sanity_of_strategies():
     # the tie strategy really produces ties
     assert ref.round_shift(3 * 2**10 + 2**9, 10, "half_even") == 4
     assert math.isclose(float(ref.dyadic_value(2**30, 0)), 0.5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(0, 2**32 - 1), st.sampled_from(["none", "pot", "mantissa"]),
+       st.booleans(), st.sampled_from([np.int32, np.int64]))
+def test_dequantize_equals_the_numpy_expressions(rows, cols, seed, rows_kind, biased, dtype):
+    """One pass, the same float64 bits as ``(acc * g + b) * s`` -- and, for power-of-two rows, as the
+    ``acc * (s * 2**t)`` the logits head computed before (the power of two is exact either way)."""
+    from intsim.fixedpoint import RowScale, dequantize
+
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-(2**31), 2**31, (rows, cols)).astype(dtype)
+    acc[0, 0] = 0
+    s = rng.uniform(1e-9, 1e-2, cols)
+    b = rng.integers(-(2**20), 2**20, cols) if biased else None
+    g = None
+    if rows_kind == "pot":
+        t = rng.integers(-8, 9, rows)
+        g = np.exp2(t.astype(np.float64))
+        if not biased:
+            assert np.array_equal(dequantize(acc, s, g), acc * (s[None, :] * g[:, None]))
+    elif rows_kind == "mantissa":
+        g = RowScale(rng.integers(8, 16, rows), rng.integers(-8, 9, rows), 3).factor()
+    want = (acc * (1.0 if g is None else g[:, None]) + (0.0 if b is None else b[None, :])) * s[None, :]
+    got = dequantize(acc, s, g, b)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+    with pytest.raises(GQAError) as ei:
+        dequantize(acc.astype(np.float32), s)
+    assert ei.value.field == "acc"
