@@ -119,8 +119,14 @@ class Constant:
 
     def tensor(self, dtype=None):
         if dtype not in self._tensors:
-            t = _tensor(self.array)
-            self._tensors[dtype] = t if dtype is None else t.to(dtype)
+            if dtype is not None and self.array.ndim == 2:
+                # a float copy of a (K, N) weight is kept as the transposed view of its (N, K) rows, the
+                # layout of torch's own linear layers: BLAS's "NT" product is ~10% faster than "NN" for
+                # the encoder's shapes with AVX2 (the same exact integers either way)
+                self._tensors[dtype] = _tensor(np.ascontiguousarray(self.array.T)).to(dtype).t()
+            else:
+                t = _tensor(self.array)
+                self._tensors[dtype] = t if dtype is None else t.to(dtype)
         return self._tensors[dtype]
 
 

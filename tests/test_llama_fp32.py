@@ -297,7 +297,9 @@ def test_perplexity_windows_against_a_direct_computation(llama, llama_tok):
             nll += [-float(logp[j - 1, w[j]]) for j in range(1, len(w))]
             top1 += logp[:-1].argmax(-1).tolist()
     assert r.tokens == len(nll) == len(ids) - math.ceil(len(ids) / 6)
-    assert r.ppl == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+    # text_perplexity's log-softmax is FP32, this one float64: over 49152 logits they part by ~1e-5
+    # relative (1.4e-5 with AVX2 kernels, ONEDNN_MAX_CPU_ISA=AVX2 on a Zen 4)
+    assert r.ppl == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-4)
     assert r.top1.tolist() == top1
     whole = text_perplexity(llama, llama_tok, text, context=len(ids))
     assert whole.windows == 1 and whole.tokens == len(ids) - 1 and whole.ppl < r.ppl   # more context helps
