@@ -754,6 +754,15 @@ def requantize_rows(acc, multipliers, shifts, bits: int = 8, mantissa_bits: int 
         int(sats.sum())
 
 
+@numba.njit(cache=True, inline="always")
+def _scaled_register(acc, r, c, m0c, mu, btc):
+    """Element ``(r, c)`` of :func:`_requantize_channels_rows`: ``(a, 1 if int32 saturation changed
+    it, z = SRDHM(sat32(a), M0_c) * mu + Bt_c)``."""
+    a = np.int64(acc[r, c])
+    ac = min(max(a, INT32_MIN), INT32_MAX)
+    return a, np.int64(ac != a), _srdhm_bf(ac, np.int64(m0c)) * mu + btc
+
+
 @numba.njit(cache=True, parallel=True)
 def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_res, out):
     """The per-element arithmetic of :func:`requantize_channels` with a :class:`RowScale`."""
@@ -777,37 +786,30 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
             pk = np.int64(0)
             st = np.int64(0)
             ov = np.int64(0)
-            if n_min + s >= 0:        # every column shifts right: the loop below without its branch
+            if n_min + s >= 0:        # every column shifts right: the loop without the left-shift branch
                 for c in range(cols):
-                    a = np.int64(acc[r, c])
+                    a, o, z = _scaled_register(acc, r, c, m0[c], mu, bt[c])
                     pk = max(pk, abs(a))
-                    ac = min(max(a, INT32_MIN), INT32_MAX)
-                    ov += ac != a
-                    y = rdbpot_bf(_srdhm_bf(ac, np.int64(m0[c])) * mu + bt[c], n[c] + s)
+                    ov += o
+                    yc, hit = _add_residual_saturate(rdbpot_bf(z, n[c] + s), residual, r, c, has_res, lo, hi)
+                    st += hit
+                    out[r, c] = yc
+            else:
+                for c in range(cols):
+                    a, o, z = _scaled_register(acc, r, c, m0[c], mu, bt[c])
+                    pk = max(pk, abs(a))
+                    ov += o
+                    e = n[c] + s
+                    if e >= 0:
+                        y = rdbpot_bf(z, e)
+                    else:                      # an output finer than the register: left shift, int32-saturated
+                        zc = min(max(z, INT32_MIN), INT32_MAX)
+                        z2 = zc << min(-e, 32)      # |zc| <= 2**31: fits int64; past 32 bits any non-zero saturates
+                        y = min(max(z2, INT32_MIN), INT32_MAX)
+                        ov += (y != z2) | (zc != z)
                     yc, hit = _add_residual_saturate(y, residual, r, c, has_res, lo, hi)
                     st += hit
                     out[r, c] = yc
-                sat[r] = st
-                ovf[r] = ov
-                peak[r] = pk
-                continue
-            for c in range(cols):
-                a = np.int64(acc[r, c])
-                pk = max(pk, abs(a))
-                ac = min(max(a, INT32_MIN), INT32_MAX)
-                ov += ac != a
-                z = _srdhm_bf(ac, np.int64(m0[c])) * mu + bt[c]
-                e = n[c] + s
-                if e >= 0:
-                    y = rdbpot_bf(z, e)
-                else:                      # an output finer than the register: left shift, int32-saturated
-                    zc = min(max(z, INT32_MIN), INT32_MAX)
-                    z2 = zc << min(-e, 32)      # |zc| <= 2**31: fits int64; past 32 bits any non-zero saturates
-                    y = min(max(z2, INT32_MIN), INT32_MAX)
-                    ov += (y != z2) | (zc != z)
-                yc, hit = _add_residual_saturate(y, residual, r, c, has_res, lo, hi)
-                st += hit
-                out[r, c] = yc
             sat[r] = st
             ovf[r] = ov
             peak[r] = pk
