@@ -117,9 +117,7 @@ def fused_attention(softmax, q, k, v, key_mask=None, causal: bool = False):
                        "use the unfused path (intsim.layers.IntAttention does when supports() is False)")
     mask, key_offset = mask_policy(key_mask, causal, B, T, S)
     d_lo, e_of_d = softmax.diff_lut
-    rec = softmax.recip_table
-    rec_u = rec.unit if rec is not None else softmax.exp_unit
-    e_r, f_r = (rec.e, rec.frac) if rec else (0, 0)
+    rec_u, e_r, f_r = softmax.normalizer()
     ctx = np.empty((B, T, H * d), np.int32)
     peaks = np.empty((B * H * T, 3), np.int64)
     score_peak = np.zeros(B * H, np.int64)

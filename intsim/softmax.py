@@ -189,7 +189,8 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
 @numba.njit(cache=True, inline="always")
 def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, e, out, peak):
     """Steps 1-4 of row ``r`` of ``scores`` (any integer or exact-float dtype) with steps 2-3 as one
-    gather from :func:`exp_of_difference`: its probabilities into ``out`` (uint8, one row), the
+    gather from :func:`exp_of_difference`: its probabilities into ``out`` (one row: uint8, or the
+    fused kernel's float32 row holding the same integers), the
     row's ``(Z, saturated low inputs, clipped probabilities)`` into ``peak`` (3 int64); ``e``: an
     int32 scratch row. Batch row ``b`` of ``mask``; keys ``t >= n_vis`` are invisible (zero).
 
@@ -282,9 +283,7 @@ class IntSoftmax:
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         out = np.empty(s2.shape, np.uint8)
         peaks = np.empty((s2.shape[0], 3), np.int64)
-        rec = self.recip_table
-        rec_u = rec.unit if rec is not None else self.exp_unit
-        e_r, f_r = (rec.e, rec.frac) if rec else (0, 0)
+        rec_u, e_r, f_r = self.normalizer()
         if self.diff_lut is not None:
             _softmax_lut(s2, mask, rows_per_batch, q_len, key_offset, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
                          rec_u, e_r, f_r, out, peaks)
@@ -294,6 +293,12 @@ class IntSoftmax:
         if stats is not None and out.size:
             self.count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
+
+    def normalizer(self):
+        """Step 4's constants for the kernels: ``(reciprocal unit, its scale e, its fraction bits)``
+        (the exp unit and zeros as placeholders with the divider)."""
+        rec = self.recip_table
+        return (rec.unit, rec.e, rec.frac) if rec is not None else (self.exp_unit, 0, 0)
 
     def count(self, stats, name, rows, T, peaks):
         """The operation counts of ``rows`` rows of ``T`` keys, from the rows' ``peaks`` (Z, low, clipped)."""
