@@ -31,12 +31,13 @@ ACTIVATION_SLOTS = ("gelu_table", "silu_table")   # tables of activations (the o
 
 # value ranges of the numeric fields ([lo, hi], inclusive) and the hint a refusal gives
 RANGES = {"act_bits": (5, 8), "weight_bits": (2, 8), "embed_bits": (2, 16), "residual_bits": (8, 32),
-          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0),
+          "ln_d_bits": (4, 24), "rope_bits": (4, 23), "prob_bits": (2, 16), "softmax_clip": (0.5, 64.0), "smooth_alpha": (0.0, 1.0),
           "ffn_smooth_alpha": (0.0, 1.0),
           "calib_percentile": (90.0, 100.0), "split_ratio": (1.0, 1e6), "token_mantissa_bits": (0, 8)}
 HINTS = {"act_bits": "activations below 5 bits leave the requantizers' multipliers out of range",
          "rope_bits": "16 (15 fraction bits) is the default; act_bits + rope_bits must stay <= 31",
          "smooth_alpha": "SmoothQuant uses 0.5",
+         "prob_bits": "8 gives UINT8 probabilities; above 8 the context GEMM takes them as two bytes",
          "ffn_smooth_alpha": "0 turns it off; the decoder uses 0.7",
          "token_mantissa_bits": "a per-token scale's fraction bits (3: the consumer multiplies by a 4-bit mantissa)",
          "split_ratio": "channels above split_ratio x the median channel range are split (8 is the default)"}
@@ -105,6 +106,7 @@ class SimConfig:
     exp_table: object = "exp16_c12"  # 12-bit coefficients (issue 15: exp unit +32% area, 1 - cos -4..10%)
     reciprocal: str = "pwl"         # softmax normalisation: range-reduced PWL reciprocal or an integer divider
     recip_table: object = "recip_mantissa16"
+    prob_bits: int = 8              # softmax probabilities, the context GEMM's operand: unsigned, scale 2**-prob_bits
     layernorm: str = "pwl"          # rsqrt by range-reduced PWL, or I-BERT's Newton isqrt + divider
     rsqrt_table: object = "rsqrt_mantissa16"
     ln_d_bits: int = 16             # LayerNorm's centred values after width reduction

@@ -7,8 +7,9 @@ Specification: exactly the three steps of :class:`intsim.layers.IntAttention`, b
 2. ``p[b, h] = softmax(scores[b, h])`` by :class:`intsim.softmax.IntSoftmax`'s tabulated kernel
    (:func:`intsim.softmax.softmax_row_lut`, the same function the unfused softmax runs per row),
    with the same mask policy (:func:`intsim.softmax.mask_policy`) and the same per-row peaks;
-3. ``ctx[b, :, h] = p[b, h] v[b, g]`` (uint8 x int8 -> int32), written straight into the
-   (B, T, H * head_dim) layout of the output projection's operand.
+3. ``ctx[b, :, h] = p[b, h] v[b, g]`` (``P``-bit unsigned x int8 -> int32, ``P`` the softmax's
+   ``out_bits``), written straight into the (B, T, H * head_dim) layout of the output
+   projection's operand.
 
 Why fused: the unfused path writes the (B, H, T, S) int32 scores, reads them back in the softmax,
 writes uint8 probabilities, converts them to float for the second product and transposes the
@@ -20,10 +21,12 @@ Exactness of the float32 products (the argument of the ``f32`` GEMM backend,
 :mod:`intsim.gemm`): every partial sum of ``K`` integer products is an integer of magnitude at
 most ``K * max|a*b|``, and float32 holds every integer up to ``2**24``. The scores sum
 ``d <= 2**24 / 2**14 = 1024`` products of magnitude at most ``2**14``; the context sums
-probabilities (``<= 255``) times values (``>= -128``) over key chunks of at most
-``2**24 // (255 * 128) = 514`` keys, each chunk's exact result converted to int32 and added in
-int32 (``S * 255 * 128 < 2**31``: :func:`intsim.gemm.check_gemm`'s bound). So any summation order
-BLAS takes gives the integers of the Python-integer reference.
+probabilities (``<= 2**P - 1``) times values (``>= -128``) over key chunks of at most
+``2**24 // (255 * 128) = 514`` keys for UINT8 probabilities, each chunk's exact result converted to
+int32 and added in int32 (``S * (2**P - 1) * 128 < 2**31``: :func:`intsim.gemm.check_gemm`'s
+bound). Wider probabilities (``P > 8``: a float32 chunk would hold 32 keys at 12 bits) take the
+context product in float64, exact for ``S * (2**P - 1) * 128 <= 2**53``, i.e. in one product. So
+any summation order BLAS takes gives the integers of the Python-integer reference.
 """
 
 from __future__ import annotations
@@ -32,16 +35,26 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .gemm import F32_EXACT
+from .gemm import F32_EXACT, F64_EXACT
 from .softmax import last_key, mask_policy, softmax_row_lut
 
 SCORE_K_MAX = F32_EXACT // (128 * 128)      # head_dim <= 1024: the scores' float32 partial sums stay exact
-CONTEXT_CHUNK = F32_EXACT // (255 * 128)    # keys per float32 context product (514)
+CONTEXT_CHUNK = F32_EXACT // (255 * 128)    # keys per float32 context product with UINT8 probabilities (514)
+
+
+def context_operands(out_bits: int, keys: int):
+    """``(dtype, keys per exact product)`` of the context product for ``out_bits``-bit probabilities:
+    float32 chunks up to 8 bits (BLAS's fastest), float64 above (module docstring)."""
+    top = (1 << out_bits) - 1
+    if out_bits <= 8:
+        return np.float32, max(1, F32_EXACT // (top * 128))
+    return np.float64, max(1, min(keys, F64_EXACT // (top * 128)))
 
 
 @numba.njit(cache=True, parallel=True)
-def _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, chunk,
-                   ctx, peaks, score_peak):
+def _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, out_bits, chunk,
+                   proto, ctx, peaks, score_peak):
+    """``proto``: an empty array of the context product's float dtype (:func:`context_operands`)."""
     B, H, T, d = q.shape
     G, S = k.shape[1], k.shape[2]
     group = H // G
@@ -51,7 +64,7 @@ def _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, use_divider, rec_u, 
         g = h // group
         qf = np.empty((T, d), np.float32)
         kt = np.empty((d, S), np.float32)                   # k^T: the scores' right operand
-        vf = np.empty((S, d), np.float32)
+        vf = np.empty((S, d), proto.dtype)
         for t in range(T):
             for j in range(d):
                 qf[t, j] = q[b, h, t, j]
@@ -69,16 +82,17 @@ def _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, use_divider, rec_u, 
                 mx = max(mx, abs(np.int64(x)))
         score_peak[bh] = mx
         e = np.empty(S, np.int32)
-        pf = np.empty((T, S), np.float32)                   # the uint8 probabilities, held in float32
+        pf = np.empty((T, S), proto.dtype)                  # the P-bit probabilities, held in float
         for t in range(T):
             r = bh * T + t                                  # the unfused softmax's row (b, h, t)
             n_vis = max(min(S, last_key(t, T, key_offset) + 1), 0)
-            softmax_row_lut(si, t, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, e, pf[t], peaks[r])
+            softmax_row_lut(si, t, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, out_bits, e, pf[t],
+                            peaks[r])
         acc = np.zeros((T, d), np.int32)
         for s0 in range(0, S, chunk):
             s1 = min(S, s0 + chunk)
             if s1 - s0 == S:
-                part = np.dot(pf, vf)                       # (T, d) exact in float32
+                part = np.dot(pf, vf)                       # (T, d) exact in float32 / float64
             else:
                 part = np.dot(np.ascontiguousarray(pf[:, s0:s1]), np.ascontiguousarray(vf[s0:s1]))
             for t in range(T):
@@ -115,6 +129,10 @@ def fused_attention(softmax, q, k, v, key_mask=None, causal: bool = False):
     if not supports(softmax, d):
         raise GQAError("softmax", f"{type(softmax).__name__} (head_dim {d}) has no fused kernel",
                        "use the unfused path (intsim.layers.IntAttention does when supports() is False)")
+    top = (1 << softmax.out_bits) - 1
+    if S * top * 128 >= 2**31:     # the int32 context accumulator, as int_gemm_unsigned bounds it
+        raise GQAError("keys", f"{S} keys of {softmax.out_bits}-bit probabilities times int8 values may exceed "
+                       "the int32 context accumulator", f"at most {(2**31 - 1) // (top * 128)} keys, or fewer prob_bits")
     mask, key_offset = mask_policy(key_mask, causal, B, T, S)
     d_lo, e_of_d = softmax.diff_lut
     rec_u, e_r, f_r = softmax.normalizer()
@@ -122,6 +140,7 @@ def fused_attention(softmax, q, k, v, key_mask=None, causal: bool = False):
     peaks = np.empty((B * H * T, 3), np.int64)
     score_peak = np.zeros(B * H, np.int64)
     if ctx.size or peaks.size:
+        dtype, chunk = context_operands(softmax.out_bits, S)
         _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, softmax.recip == "divider", rec_u, e_r, f_r,
-                       CONTEXT_CHUNK, ctx, peaks, score_peak)
+                       softmax.out_bits, chunk, np.empty(0, dtype), ctx, peaks, score_peak)
     return ctx, peaks, int(score_peak.max()) if score_peak.size else 0

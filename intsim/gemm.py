@@ -438,6 +438,32 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     return choice["backend"]
 
 
+def int_gemm_unsigned(a: np.ndarray, b, bits: int, backend: str = "auto") -> np.ndarray:
+    """``a @ b`` exactly for an unsigned left operand of ``bits`` bits (9 to 16: uint16 codes below
+    ``2**bits``; up to 8: :func:`int_gemm`) and int8 ``b`` -> int32, as an 8-bit MAC array computes it:
+    ``a = hi * 2**8 + lo`` (bytes), ``a @ b = (hi @ b) * 2**8 + lo @ b``, two exact 8-bit products
+    added in int64. The int32 result needs ``K * (2**bits - 1) * max|b| < 2**31`` (refused otherwise,
+    as :func:`check_gemm` refuses 8-bit operands)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise GQAError("bits", f"{bits!r} is outside [1, 16]", "an unsigned operand of 1 to 16 bits")
+    if bits <= 8:
+        return int_gemm(np.asarray(a, np.uint8) if getattr(a, "dtype", None) != np.uint8 else a, b, backend)
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint16:
+        raise GQAError("a", f"is {type(a).__name__} of dtype {getattr(a, 'dtype', '?')}",
+                       f"a {bits}-bit unsigned operand is a numpy uint16 array")
+    k = int(a.shape[-1]) if a.ndim else 0
+    bound = k * ((1 << bits) - 1) * _mag(_array(b).dtype)
+    if bound >= 2**31:
+        raise GQAError("K", f"{k} products of a {bits}-bit unsigned operand and int8 may exceed int32",
+                       f"fewer than {2**31 // (((1 << bits) - 1) * _mag(_array(b).dtype)) + 1} terms, or fewer bits")
+    if a.size and int(a.max()) >> bits:
+        raise GQAError("a", f"holds values of more than {bits} bits", f"codes below 2**{bits}")
+    hi = (a >> 8).astype(np.uint8)
+    lo = (a & 0xFF).astype(np.uint8)
+    out = int_gemm(hi, b, backend).astype(np.int64) * 256 + int_gemm(lo, b, backend)
+    return out.astype(np.int32)
+
+
 def int_gemm(a: np.ndarray, b, backend: str = "auto", float_out: bool = False) -> np.ndarray:
     """``a @ b`` exactly: int8/uint8 arrays (..., M, K) and (..., K, N) -> int32 (..., M, N).
 

@@ -32,11 +32,11 @@ import numpy as np
 from .calibration import Calibration
 from .config import SimConfig
 from .errors import GQAError
-from .layers import (PROB_BITS, ActivationSite, IntAttention, IntEmbedding, IntLinear, ModelSites, NormSite,
+from .layers import (ActivationSite, IntAttention, IntEmbedding, IntLinear, ModelSites, NormSite,
                      Scope, Site, act_scale, multipliers, operand_scale, quantize_weight)
 from .registry import ACTIVATIONS, NORMS, WEIGHT_ROUNDINGS, WEIGHT_SCALES
 
-__all__ = ["SITES", "IntBert", "IntBlock", "build", "embed_int", "PROB_BITS", "IntLinear", "act_scale",
+__all__ = ["SITES", "IntBert", "IntBlock", "build", "embed_int", "IntLinear", "act_scale",
            "multipliers", "operand_scale", "quantize_weight"]
 
 # The tensors calibration observes in the FP32 model (intsim.bert) and the builder reads, by name.

@@ -69,8 +69,13 @@ WEIGHTS = ("w8", "q4_1")
 # smoothed (SmoothQuant, alpha 0.7) in its own requantizer, W2's columns take the factors. The
 # outlier methods are the encoder's, token_mantissa included: the down operand's and the context's
 # per-token scales mu * 2**k lower the perplexity ratio on all four genre texts (docs/llm.md).
+# The softmax probabilities are 12 bits (the context product's left operand, two bytes on an 8-bit
+# MAC array): a causal row holds one large weight (the first token) beside many small ones, which
+# UINT8 rounds to 0 or 2**-8 (FP32 with only the probabilities quantized, 1,024 technical tokens:
+# ppl x1.081 at 8 bits, x1.001 at 12; the integer model: ratio -0.004 to -0.017 on three of four
+# genre texts, docs/llm.md).
 DECODER_DEFAULTS = {"residual_bits": 24, "calib_percentile": 100.0, "silu_table": "silu16_d8",
-                    "ffn_smooth_alpha": 0.7,
+                    "ffn_smooth_alpha": 0.7, "prob_bits": 12,
                     # the encoder's defaults of 2026-12-03 (issue 15) stay off here: GPTQ codes and norm
                     # row mantissas measured no gain on the decoder (docs/llm.md); the 12-bit-coefficient
                     # exp unit and 10-bit embeddings are not measured on it

@@ -46,14 +46,13 @@ from .errors import GQAError
 from .fixedpoint import (RowScale, dyadic_multiplier, requantize_channels, requantize_dynamic, requantize_rows,
                          rounding_divide_by_pot)
 from .fused_attention import fused_attention, supports as supports_fused
-from .gemm import Constant, int_gemm
+from .gemm import Constant, int_gemm, int_gemm_unsigned
 from .layernorm import LNOutput
 from .outliers import OperandTransform, activation_offset, norm_transform, static_range
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
 
 NORM_TRANSFORMS = frozenset({"smooth", "gamma_migration", "os_shift", "os_scale", "split"})  # fold into a norm
 
-PROB_BITS = 8   # softmax probabilities: UINT8, scale 2**-8
 
 
 # --- scales and integer constants --------------------------------------------------------------------
@@ -493,7 +492,7 @@ class IntAttention:
 
     ``q = x Wq^T``, ``k``, ``v`` in one GEMM (int8 out, per-column scales of the sites ``names.q``,
     ``.k``, ``.v``); per head ``scores = q k^T`` (int32), probabilities by the softmax kernel with
-    the mask policy (key padding ``key_mask``; ``causal``), ``ctx = p v`` (uint8 x int8), requantized
+    the mask policy (key padding ``key_mask``; ``causal``), ``ctx = p v`` (``prob_bits``-bit unsigned x int8), requantized
     to the operand ``names.ctx``, then ``out(ctx) + residual``. Grouped KV heads: ``kv_heads``
     divides ``heads`` and query head ``h`` reads K/V head ``h // (heads // kv_heads)``.
     ``weights``: ``(wq, bq, wk, bk, wv, bv, wo, bo)`` (FP32 arrays; biases may be None).
@@ -539,7 +538,7 @@ class IntAttention:
             self.rope_k = rope(s_k, self.s_k, cfg.act_bits)
         self.softmax = SOFTMAXES.make(softmax, cfg, self.s_q * self.s_k / math.sqrt(self.head_dim))
         self.s_ctx, f_ctx = requantized_operand_scale(calib, names.ctx, [wo], cfg)
-        self.ctx = OperandRequant(self.s_v * 2.0**-PROB_BITS / (self.s_ctx * f_ctx), cfg.act_bits,
+        self.ctx = OperandRequant(self.s_v * self.softmax.out_scale / (self.s_ctx * f_ctx), cfg.act_bits,
                                   "per_token" in outlier_methods(cfg), mantissa_bits=token_mantissa(cfg))
         self.out = linear("out", wo, bo, self.s_ctx, cfg, out_scale, cfg.residual_bits, col_factor=f_ctx)
         # the fused kernel runs the same integer arithmetic as the three steps, so it needs only an
@@ -576,8 +575,9 @@ class IntAttention:
                 k, v = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)     # (B, G, S, d) -> (B, H, S, d)
             kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                        # (B, H, d, S)
             scores = int_gemm(np.ascontiguousarray(q), kt, self.backend)              # (B, H, T, S) int32
-            probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8
-            ctx_acc = int_gemm(probs, np.ascontiguousarray(v), self.backend)          # (B, H, T, d) int32
+            probs = self.softmax(scores, key_mask, stats, prefix + "softmax", causal=self.causal)  # uint8/16
+            ctx_acc = int_gemm_unsigned(probs, np.ascontiguousarray(v), self.softmax.out_bits,
+                                        self.backend)                                 # (B, H, T, d) int32
             ctx_acc = np.ascontiguousarray(ctx_acc.transpose(0, 2, 1, 3)).reshape(B, T, H * d)  # (B, T, H d)
             score_peak = int(np.abs(scores).max()) if scores.size else 0
         ctx, t_ctx, sat = self.ctx(ctx_acc, stats, prefix + "context")
@@ -585,7 +585,7 @@ class IntAttention:
         if stats is not None:
             stats.mac(prefix + "scores", B * H * T * S * d)
             stats.accumulator(prefix + "scores.acc", score_peak, 32)
-            stats.mac(prefix + "context", B * H * T * S * d, a_bits=PROB_BITS)
+            stats.mac(prefix + "context", B * H * T * S * d, a_bits=self.softmax.out_bits)
             stats.accumulator(prefix + "context.acc", int(np.abs(ctx_acc).max()), 32)
             stats.count("mul", prefix + "context.requant", ctx_acc.size, a_bits=32, b_bits=32)
             stats.saturated(prefix + "context.out", sat)

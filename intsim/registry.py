@@ -228,25 +228,25 @@ def _illm_activation(cfg, in_absmax: float, site: str, function: str = "silu"):
 @SOFTMAXES.register("pwl", "PWL exp, integer sum, reciprocal (see RECIPROCALS)")
 def _pwl_softmax(cfg, in_scale: float):
     from .softmax import IntSoftmax
-    return IntSoftmax(in_scale, cfg.exp_table, cfg.reciprocal, cfg.recip_table)
+    return IntSoftmax(in_scale, cfg.exp_table, cfg.reciprocal, cfg.recip_table, out_bits=cfg.prob_bits)
 
 
 @SOFTMAXES.register("ibert", "I-BERT's i-exp softmax with an integer divider")
 def _ibert_softmax(cfg, in_scale: float):
     from .ibert import IBertSoftmax
-    return IBertSoftmax(in_scale)
+    return IBertSoftmax(in_scale, out_bits=cfg.prob_bits)
 
 
 @SOFTMAXES.register("ivit", "I-ViT's Shiftmax (ShiftExp, IntDiv)")
 def _ivit_softmax(cfg, in_scale: float):
     from .ivit import Shiftmax
-    return Shiftmax(in_scale)
+    return Shiftmax(in_scale, out_bits=cfg.prob_bits)
 
 
 @SOFTMAXES.register("illm", "I-LLM's DI-ClippedSoftmax (dynamic clipped range, DI-Exp, integer normalisation)")
 def _illm_softmax(cfg, in_scale: float):
     from .illm import DIClippedSoftmax
-    return DIClippedSoftmax(in_scale, cfg.softmax_clip)
+    return DIClippedSoftmax(in_scale, cfg.softmax_clip, out_bits=cfg.prob_bits)
 
 
 RECIPROCALS.register("pwl", "leading one, PWL table on the mantissa, shift", "pwl")

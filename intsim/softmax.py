@@ -1,4 +1,4 @@
-"""Integer-only softmax: row max, exp through a PWL table, integer sum, reciprocal, UINT8 out.
+"""Integer-only softmax: row max, exp through a PWL table, integer sum, reciprocal, unsigned P-bit out.
 
 Specification, per row of int32 scores ``a`` (real value ``a * S``, S the product of the Q and
 K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
@@ -13,12 +13,15 @@ K scales and 1/sqrt(head_dim), fixed offline) with a mask policy:
    codes below ``q_min`` saturate (counted; exp(-8) ~ 3e-4).
 3. ``E_t = max(PWL_exp(u_t), 0)`` (``F_e`` fractional bits; negative PWL tails clamp to zero),
    ``E_t = 0`` for masked keys; ``Z = sum_t E_t`` (``F_e + 1 + log2(T)`` bits).
-4. probabilities, UINT8 with scale 2**-8 (saturated to [0, 255], each clipped one counted; only
-   a reciprocal table with negative outputs gives a ``p < 0``):
+4. probabilities, unsigned ``P = out_bits`` bits with scale ``2**-P`` (``SimConfig.prob_bits``;
+   8: UINT8), saturated to ``[0, 2**P - 1]`` (each clipped one counted; only a reciprocal table
+   with negative outputs gives a ``p < 0``):
    - ``recip="pwl"``:   ``(R, sh) = reciprocal(Z)`` (range reduction, :mod:`intsim.rangereduce`),
-     ``p_t = round_half_up(E_t * R / 2**(sh - 8))``;
-   - ``recip="divider"``: ``p_t = floor((E_t * 2**8 + floor(Z/2)) / Z)`` (an integer divider).
-   A row with every key masked gives zeros.
+     ``p_t = round_half_up(E_t * R / 2**(sh - P))``;
+   - ``recip="divider"``: ``p_t = floor((E_t * 2**P + floor(Z/2)) / Z)`` (an integer divider).
+   A row with every key masked gives zeros. Why wider than 8 bits: with ``T`` keys a flat row's
+   probabilities are ``~1/T``, and a causal decoder's rows hold one large weight (the first token,
+   an attention sink) beside many small ones, which 8 bits round to 0 or ``2**-8`` (docs/llm.md).
 
 Steps 2-3 are a pure, monotone function of ``d`` (``requantize`` is non-decreasing in ``d`` for
 ``M0 > 0``): below ``d_lo``, the smallest ``d`` whose ``u`` reaches ``q_min``, every input saturates
@@ -114,8 +117,9 @@ def masked_row_max(scores, mask, r, b, last):
 
 @numba.njit(cache=True, parallel=True)
 def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r,
-             out, peaks):
+             out_bits, out, peaks):
     rows, T = scores.shape
+    top = (np.int64(1) << out_bits) - 1
     for r in numba.prange(rows):
         b, last, mx = visible_row(scores, mask, r, rows_per_batch, q_len, key_offset)
         e = np.zeros(T, np.int64)
@@ -137,15 +141,15 @@ def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_
                 out[r, t] = 0
         elif use_divider:
             for t in range(T):
-                p = (e[t] * 256 + (z >> 1)) // z
-                sat += p > 255
-                out[r, t] = min(p, 255)
+                p = ((e[t] << out_bits) + (z >> 1)) // z
+                sat += p > top
+                out[r, t] = min(p, top)
         else:
             rr, sh = reciprocal1(z, rec_u, e_r, f_r)
             for t in range(T):
-                p = round_shift1(e[t] * rr, sh - 8, 1)
-                sat += (p > 255) + (p < 0)          # p < 0: a reciprocal table with negative outputs
-                out[r, t] = min(max(p, 0), 255)
+                p = round_shift1(e[t] * rr, sh - out_bits, 1)
+                sat += (p > top) + (p < 0)          # p < 0: a reciprocal table with negative outputs
+                out[r, t] = min(max(p, 0), top)
         peaks[r, 0] = z
         peaks[r, 1] = low
         peaks[r, 2] = sat
@@ -187,10 +191,10 @@ def exp_of_difference(m0: int, n: int, exp_lut: np.ndarray, q_min: int):
 
 
 @numba.njit(cache=True, inline="always")
-def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, e, out, peak):
+def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, out_bits, e, out, peak):
     """Steps 1-4 of row ``r`` of ``scores`` (any integer or exact-float dtype) with steps 2-3 as one
-    gather from :func:`exp_of_difference`: its probabilities into ``out`` (one row: uint8, or the
-    fused kernel's float32 row holding the same integers), the
+    gather from :func:`exp_of_difference`: its ``out_bits``-bit probabilities into ``out`` (one row:
+    uint8/uint16, or the fused kernel's float row holding the same integers), the
     row's ``(Z, saturated low inputs, clipped probabilities)`` into ``peak`` (3 int64); ``e``: an
     int32 scratch row. Batch row ``b`` of ``mask``; keys ``t >= n_vis`` are invisible (zero).
 
@@ -200,6 +204,7 @@ def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u,
     fused attention kernel (:mod:`intsim.fused_attention`): one definition of the arithmetic.
     """
     T = out.shape[0]
+    top = (np.int64(1) << out_bits) - 1
     last = e_of_d.shape[0] - 1
     c = masked_row_max(scores, mask, r, b, n_vis - 1) + d_lo - 1
     z = np.int64(0)
@@ -219,23 +224,23 @@ def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u,
             out[t] = 0
     elif use_divider:
         for t in range(T):
-            p = (np.int64(e[t]) * 256 + (z >> 1)) // z
-            sat += p > 255
-            out[t] = min(p, 255)
+            p = ((np.int64(e[t]) << out_bits) + (z >> 1)) // z
+            sat += p > top
+            out[t] = min(p, top)
     else:
         rr, sh = reciprocal1(z, rec_u, e_r, f_r)
         rr32 = np.int64(np.int32(rr))      # R < 2**31 (checked at build)
-        s = sh - 8
+        s = sh - out_bits
         if s <= 0:
             for t in range(T):
                 p = (np.int64(e[t]) * rr32) << -s
-                sat += (p > 255) + (p < 0)
-                out[t] = min(max(p, 0), 255)
+                sat += (p > top) + (p < 0)
+                out[t] = min(max(p, 0), top)
         else:
             for t in range(T):
                 p = round_half_up_bf(np.int64(e[t]) * rr32, s)
-                sat += (p > 255) + (p < 0)
-                out[t] = min(max(p, 0), 255)
+                sat += (p > top) + (p < 0)
+                out[t] = min(max(p, 0), top)
     peak[0] = z
     peak[1] = low
     peak[2] = sat
@@ -243,7 +248,7 @@ def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u,
 
 @numba.njit(cache=True, parallel=True)
 def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
-                 out, peaks):
+                 out_bits, out, peaks):
     """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical):
     :func:`softmax_row_lut` per row."""
     rows, T = scores.shape
@@ -252,7 +257,7 @@ def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, 
         for r in range(blk * ROW_BLOCK, min(rows, (blk + 1) * ROW_BLOCK)):
             n_vis = max(min(T, last_key(r, q_len, key_offset) + 1), 0)
             softmax_row_lut(scores, r, mask, r // rows_per_batch, n_vis, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
-                            e, out[r], peaks[r])
+                            out_bits, e, out[r], peaks[r])
 
 
 class IntSoftmax:
@@ -260,7 +265,10 @@ class IntSoftmax:
 
     name = "pwl"
 
-    def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None):
+    def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None, out_bits: int = 8):
+        if isinstance(out_bits, bool) or not isinstance(out_bits, (int, np.integer)) or not 1 <= out_bits <= 16:
+            raise GQAError("softmax.out_bits", f"{out_bits!r} is outside [1, 16]", "8 gives UINT8 probabilities")
+        self.out_bits, self.out_scale = int(out_bits), 2.0**-int(out_bits)
         if recip not in RECIPROCALS:
             raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS.names())}")
         if recip == "pwl" and recip_table is None:
@@ -279,17 +287,18 @@ class IntSoftmax:
             self.diff_lut = None        # the tabulated kernel multiplies E by R in 32 x 32 bits
 
     def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
-        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> uint8 probabilities (2**-8)."""
+        """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at ``2**-out_bits``
+        (uint8, or uint16 above 8 bits)."""
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
-        out = np.empty(s2.shape, np.uint8)
+        out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec_u, e_r, f_r = self.normalizer()
         if self.diff_lut is not None:
             _softmax_lut(s2, mask, rows_per_batch, q_len, key_offset, self.diff_lut[0], self.diff_lut[1], self.recip == "divider",
-                         rec_u, e_r, f_r, out, peaks)
+                         rec_u, e_r, f_r, self.out_bits, out, peaks)
         else:
             _softmax(s2, mask, rows_per_batch, q_len, key_offset, self.m0, self.n, self.exp_lut, self.q_min,
-                     self.recip == "divider", rec_u, e_r, f_r, out, peaks)
+                     self.recip == "divider", rec_u, e_r, f_r, self.out_bits, out, peaks)
         if stats is not None and out.size:
             self.count(stats, name, *s2.shape, peaks)
         return out.reshape(scores.shape)
@@ -321,5 +330,5 @@ class IntSoftmax:
         z_bits = 32
         stats.accumulator(f"{name}.sum", int(peaks[:, 0].max()), z_bits)
         stats.saturated(f"{name}.exp_input_low", int(peaks[:, 1].sum()))
-        stats.saturated(f"{name}.prob_255", int(peaks[:, 2].sum()))
+        stats.saturated(f"{name}.prob_{(1 << self.out_bits) - 1}", int(peaks[:, 2].sum()))   # prob_255: UINT8
 

@@ -553,11 +553,12 @@ def visible_keys(key_mask, i: int, q_len: int, causal: bool) -> list[bool]:
     return [bool(m) and (not causal or t <= i + k_len - q_len) for t, m in enumerate(key_mask)]
 
 
-def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
+def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None, out_bits: int = 8):
     """One row of intsim.softmax's specification.
 
     ``exp_out(u)`` is the exp table's output code at its scale; ``recip(Z)`` gives ``(R, sh)``
-    (``recip=None``: the integer divider). Returns ``(probabilities, exp-input saturations,
+    (``recip=None``: the integer divider); probabilities unsigned ``out_bits`` at ``2**-out_bits``.
+    Returns ``(probabilities, exp-input saturations,
     probability saturations, Z)``.
     """
     keys = [int(a) for a, m in zip(scores, mask) if m]
@@ -579,12 +580,12 @@ def softmax_row(scores, mask, m0: int, n: int, exp_out, q_min: int, recip=None):
         return [0] * len(scores), low, 0, 0
     probs, sat = [], 0
     if recip is None:
-        raw = [(v * 2**8 + Z // 2) // Z for v in E]
+        raw = [(v * 2**out_bits + Z // 2) // Z for v in E]
     else:
         R, sh = recip(Z)
-        raw = [round_shift(v * R, sh - 8, "half_up") for v in E]
+        raw = [round_shift(v * R, sh - out_bits, "half_up") for v in E]
     for p in raw:
-        p, hit = saturate(p, 8, signed=False)
+        p, hit = saturate(p, out_bits, signed=False)
         probs.append(p)
         sat += hit
     return probs, low, sat, Z

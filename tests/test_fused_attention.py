@@ -24,9 +24,9 @@ from intsim.softmax import IntSoftmax
 TABLES = Path(intsim.__file__).parent / "tables"
 
 
-def softmax(exp_name="exp16", recip="pwl", in_scale=1 / 64):
+def softmax(exp_name="exp16", recip="pwl", in_scale=1 / 64, out_bits=8):
     rt = PWLTable.load(TABLES / "recip_mantissa16.json") if recip == "pwl" else None
-    return IntSoftmax(in_scale, PWLTable.load(TABLES / f"{exp_name}.json"), recip, rt)
+    return IntSoftmax(in_scale, PWLTable.load(TABLES / f"{exp_name}.json"), recip, rt, out_bits=out_bits)
 
 
 def unfused(sm, q, k, v, key_mask, causal):
@@ -66,10 +66,11 @@ def attention_cases(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(attention_cases(), st.sampled_from([("exp16", "pwl"), ("exp16_c12", "pwl"), ("exp8", "divider")]),
-       st.sampled_from([1 / 64, 1 / 256, 1 / 2048]))
-def test_fused_attention_equals_the_three_steps(case, kernel, in_scale):
+       st.sampled_from([1 / 64, 1 / 256, 1 / 2048]), st.sampled_from([8, 8, 12, 16, 5]))
+def test_fused_attention_equals_the_three_steps(case, kernel, in_scale, out_bits):
+    """Every probability width: UINT8 (float32 chunks), 12 and 16 bits (float64 context products)."""
     q, k, v, mask, causal = case
-    sm = softmax(*kernel, in_scale=in_scale)
+    sm = softmax(*kernel, in_scale=in_scale, out_bits=out_bits)
     assume(supports(sm, q.shape[-1]))
     ctx, peaks, score_peak = fused_attention(sm, q, k, v, mask, causal)
     ectx, scores, stats = unfused(sm, q, k, v, mask, causal)
@@ -89,9 +90,19 @@ def test_fused_attention_over_more_keys_than_one_float32_chunk():
     k = rng.integers(-128, 128, (1, 1, S, 4)).astype(np.int8)
     v = np.full((1, 1, S, 4), -128, np.int8)
     v[..., 1] = 127
-    for sm in (softmax(), softmax("exp8", "divider")):
+    for sm in (softmax(), softmax("exp8", "divider"), softmax(out_bits=12), softmax("exp8", "divider", out_bits=12)):
         ctx, _, _ = fused_attention(sm, q, k, v, None, True)
         assert np.array_equal(ctx, unfused(sm, q, k, v, None, True)[0])
+
+
+def test_fused_attention_refuses_keys_beyond_the_int32_context_accumulator():
+    """``S * (2**P - 1) * 128 < 2**31``: 16-bit probabilities take at most 256 keys, UINT8 ones 65,793."""
+    sm = softmax(out_bits=16)
+    q = np.zeros((1, 1, 1, 4), np.int8)
+    fused_attention(sm, q, np.zeros((1, 1, 256, 4), np.int8), np.zeros((1, 1, 256, 4), np.int8))
+    with pytest.raises(GQAError) as ei:
+        fused_attention(sm, q, np.zeros((1, 1, 257, 4), np.int8), np.zeros((1, 1, 257, 4), np.int8))
+    assert ei.value.field == "keys" and "at most 256 keys" in str(ei.value)
 
 
 def test_fused_attention_refuses_what_it_does_not_compute():

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import reference_int as ref
 from intsim import GQAError
-from intsim.gemm import BACKENDS, Constant, check_gemm, f32_chunk, int_gemm, is_exact
+from intsim.gemm import BACKENDS, Constant, check_gemm, f32_chunk, int_gemm, int_gemm_unsigned, is_exact
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -476,3 +476,30 @@ def test_the_self_test_operands_are_adversarial():
     for dt, lo, hi in (("int8", -128, 127), ("uint8", 0, 255)):
         got = [(a, b) for a, b in rand if a.dtype.name == dt]
         assert got and all(a.min() == lo and a.max() == hi and b.min() == -128 and b.max() == 127 for a, b in got)
+
+
+@FAST
+@given(st.integers(1, 16), st.integers(1, 3), st.integers(1, 40), st.integers(1, 5), st.booleans(),
+       st.integers(0, 2**31), st.sampled_from(["auto", "f32", "f64", "numpy"]))
+def test_int_gemm_unsigned_equals_python_integers(bits, m, k, n, extreme, seed, backend):
+    """A wider unsigned operand (softmax probabilities of ``prob_bits``) as two byte GEMMs: the
+    integers of the Python matmul, for every width 1..16 and backend."""
+    rng = np.random.default_rng(seed)
+    top = (1 << bits) - 1
+    a = (np.full((m, k), top) if extreme else rng.integers(0, top + 1, (m, k))).astype(np.uint16 if bits > 8 else np.uint8)
+    b = (np.full((k, n), -128) if extreme else rng.integers(-128, 128, (k, n))).astype(np.int8)
+    want = [[sum(int(a[i, j]) * int(b[j, c]) for j in range(k)) for c in range(n)] for i in range(m)]
+    got = int_gemm_unsigned(a, b, bits, backend)
+    assert got.dtype == np.int32 and got.tolist() == want
+
+
+def test_int_gemm_unsigned_refuses_what_int32_cannot_hold():
+    a = np.zeros((1, 257), np.uint16)
+    int_gemm_unsigned(a[:, :256], np.zeros((256, 1), np.int8), 16)       # 256 * 65535 * 128 < 2**31
+    for a_, b_, bits, field in ((a, np.zeros((257, 1), np.int8), 16, "K"),           # one term too many
+                                (np.full((1, 2), 4096, np.uint16), np.zeros((2, 1), np.int8), 12, "a"),
+                                (a.astype(np.int16), np.zeros((257, 1), np.int8), 12, "a"),
+                                (a, np.zeros((257, 1), np.int8), 17, "bits")):
+        with pytest.raises(GQAError) as ei:
+            int_gemm_unsigned(a_, b_, bits)
+        assert ei.value.field == field

@@ -702,15 +702,15 @@ def softmax_cases(draw):
 
 @SLOW
 @given(softmax_cases(), st.sampled_from(["exp16", "exp8", "exp16_c12"]), st.sampled_from(["pwl", "divider"]),
-       st.sampled_from(["padding", "causal", "padding+causal", "none"]))
-def test_softmax_matches_reference(case, exp_name, recip, policy):
+       st.sampled_from(["padding", "causal", "padding+causal", "none"]), st.sampled_from([8, 12, 16, 2, 9]))
+def test_softmax_matches_reference(case, exp_name, recip, policy, out_bits):
     scores, mask, in_scale = case
     causal = "causal" in policy
     assume(not causal or scores.shape[2] <= scores.shape[3])
     if "padding" not in policy:
         mask = None
     et, rt = table(exp_name), table("recip_mantissa16")
-    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None, out_bits=out_bits)
     e_x = exp_scale(et)
     m0, n = ref.quantize_multiplier(Fraction(in_scale) * 2**e_x)
     assert (sm.e_x, sm.m0, sm.n) == (e_x, m0, n)
@@ -723,7 +723,7 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
     recip_fn = (lambda z: ref.reciprocal(z, rt, e_r)) if recip == "pwl" else None
     stats = OpStats()
     p = sm(scores, mask, stats=stats, causal=causal)
-    assert p.shape == scores.shape and p.dtype == np.uint8
+    assert p.shape == scores.shape and p.dtype == (np.uint8 if out_bits <= 8 else np.uint16)
     B, H, Tq, Tk = scores.shape
     low = sat = zmax = 0
     for b in range(B):
@@ -731,15 +731,15 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
             for i in range(Tq):
                 row = scores[b, h, i].tolist()
                 seen = ref.visible_keys([1] * Tk if mask is None else mask[b].tolist(), i, Tq, causal)
-                probs, lo_, sa, Z = ref.softmax_row(row, seen, m0, n, exp_out, q_min, recip_fn)
+                probs, lo_, sa, Z = ref.softmax_row(row, seen, m0, n, exp_out, q_min, recip_fn, out_bits)
                 assert p[b, h, i].tolist() == probs, (b, h, i)
                 low, sat, zmax = low + lo_, sat + sa, max(zmax, Z)
                 keys = sum(seen)
                 if keys == 0:
                     assert probs == [0] * Tk
                 elif recip == "divider" and sa == 0:
-                    # a consequence of the spec: each p is 256 E/Z rounded (error in (-1/2, 1/2])
-                    assert abs(sum(probs) - 256) <= keys / 2
+                    # a consequence of the spec: each p is 2**P E/Z rounded (error in (-1/2, 1/2])
+                    assert abs(sum(probs) - 2**out_bits) <= keys / 2
     # op statistics
     rows, nn = B * H * Tq, B * H * Tq * Tk
     tot = stats.totals()
@@ -748,7 +748,7 @@ def test_softmax_matches_reference(case, exp_name, recip, policy):
     else:
         assert tot == {"compare": nn + rows, "add": 2 * nn, "mul": 2 * nn, "lut": nn + rows, "shift": nn}
     assert stats.saturations.get("softmax.exp_input_low", 0) == low
-    assert stats.saturations.get("softmax.prob_255", 0) == sat
+    assert stats.saturations.get(f"softmax.prob_{2**out_bits - 1}", 0) == sat
     assert stats.accumulators["softmax.sum"]["peak_abs"] == zmax
     d = stats.to_dict()
     assert d["total_overflows"] == 0
@@ -791,31 +791,34 @@ def one_row(row):
 
 
 @SLOW
-@given(softmax_cases(), softmax_table_pairs(), st.sampled_from(["pwl", "divider"]), st.booleans())
+@given(softmax_cases(), softmax_table_pairs(), st.sampled_from(["pwl", "divider"]), st.booleans(),
+       st.sampled_from([8, 8, 12, 16, 3]))
 # E = 2, 1, 1, 1: an E of exactly 1; Z = 5, sh = 2: the left-shift path (sh - 8 < 0)
-@example(case=one_row([0, -300, -300, -300]), tables=hand_softmax_tables(2), recip="pwl", causal=False)
+@example(case=one_row([0, -300, -300, -300]), tables=hand_softmax_tables(2), recip="pwl", causal=False, out_bits=8)
 # E = 300, 300, 1: Z = 601, sh = 9: the smallest right shift (1), with a half_up tie on E = 1
-@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300), recip="pwl", causal=False)
+@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300), recip="pwl", causal=False, out_bits=8)
 # E = 300, 1: the divider's p = floor((256 * 300 + 150) / 301) = 255 exactly, not a saturation
-@example(case=one_row([0, -300]), tables=hand_softmax_tables(300), recip="divider", causal=False)
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(300), recip="divider", causal=False, out_bits=8)
 # E = 255, 1: Z = 256, sh = 8, p = 255 exactly through the reciprocal, not a saturation
-@example(case=one_row([0, -300]), tables=hand_softmax_tables(255), recip="pwl", causal=False)
-# E = 1 alone: Z = 1, p = 256 saturates to 255 (Z = 1 is not an empty row)
-@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="pwl", causal=False)
-@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="divider", causal=False)
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(255), recip="pwl", causal=False, out_bits=8)
+# E = 1 alone: Z = 1, p = 256 saturates to 255 (Z = 1 is not an empty row); at 16 bits 65536 -> 65535
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="pwl", causal=False, out_bits=16)
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="divider", causal=False, out_bits=16)
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="pwl", causal=False, out_bits=8)
+@example(case=one_row([0]), tables=hand_softmax_tables(1), recip="divider", causal=False, out_bits=8)
 # R = -1 (found by hypothesis): negative probabilities clip to 0 and count (the kernels had wrapped them)
-@example(case=one_row([0, -300]), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False)
-@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300, r=-1), recip="pwl", causal=False)
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False, out_bits=8)
+@example(case=one_row([0, 0, -300]), tables=hand_softmax_tables(300, r=-1), recip="pwl", causal=False, out_bits=8)
 # E = 255, 1 and R = -1: Z = 256, sh = 8, p = -1 exactly for the small key (clipped to 0, counted)
-@example(case=one_row([0, -300]), tables=hand_softmax_tables(255, r=-1), recip="pwl", causal=False)
+@example(case=one_row([0, -300]), tables=hand_softmax_tables(255, r=-1), recip="pwl", causal=False, out_bits=8)
 # 256 keys of E = 2 and R = -1: Z = 512, sh = 9, the rounding shift by 1 gives p = -1 exactly (clipped, counted)
-@example(case=one_row([0] * 256), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False)
+@example(case=one_row([0] * 256), tables=hand_softmax_tables(2, r=-1), recip="pwl", causal=False, out_bits=8)
 # causal, E = 1: the first query sees one key (p = 256 -> 255); the key after it must stay 0
 @example(case=(np.zeros((1, 1, 2, 2), np.int32), np.ones((1, 2), bool), 2.0**-6), tables=hand_softmax_tables(1),
-         recip="pwl", causal=True)
+         recip="pwl", causal=True, out_bits=8)
 @example(case=(np.zeros((1, 1, 2, 2), np.int32), np.ones((1, 2), bool), 2.0**-6), tables=hand_softmax_tables(1),
-         recip="divider", causal=True)
-def test_softmax_random_tables_match_reference(case, tables, recip, causal):
+         recip="divider", causal=True, out_bits=8)
+def test_softmax_random_tables_match_reference(case, tables, recip, causal, out_bits):
     """Any exp and reciprocal tables, both kernels (the E(d) gather and per element), against
     the reference: probabilities, saturation counts and the sum's peak."""
     scores, mask, in_scale = case
@@ -837,7 +840,7 @@ def test_softmax_random_tables_match_reference(case, tables, recip, causal):
         sh_out = out_shift(rt, e_r)
         assume(sh_out is None or sh_out >= 0)
         assume(rt.datapath.acc_bits(e_r) <= 62 - 31)      # E * R stays in int64 (E < 2**31 below)
-    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None)
+    sm = IntSoftmax(in_scale, et, recip, rt if recip == "pwl" else None, out_bits=out_bits)
     assume(np.abs(sm.exp_lut).max() < 2**24)               # Z of 8 keys and E * R stay in int64
     m0, n = ref.quantize_multiplier(Fraction(in_scale) * 2**e_x)
     q_min = ref.code_range(et.datapath.in_bits)[0]
@@ -849,7 +852,8 @@ def test_softmax_random_tables_match_reference(case, tables, recip, causal):
             for i in range(Tq):
                 seen = ref.visible_keys([1] * Tk if mask is None else mask[b].tolist(), i, Tq, causal)
                 probs, lo_, sa, Z = ref.softmax_row(scores[b, h, i].tolist(), seen, m0, n,
-                                                    lambda u: ref.table_output(u, e_x, et), q_min, recip_fn)
+                                                    lambda u: ref.table_output(u, e_x, et), q_min, recip_fn,
+                                                    out_bits)
                 want.append(probs)
                 low, sat, zmax = low + lo_, sat + sa, max(zmax, Z)
     kernels = [sm.diff_lut, None] if sm.diff_lut is not None else [None]
@@ -860,7 +864,7 @@ def test_softmax_random_tables_match_reference(case, tables, recip, causal):
         p = sm(scores, mask, stats=stats, causal=causal)
         assert p.reshape(-1, Tk).tolist() == want, diff_lut is None
         assert stats.saturations.get("softmax.exp_input_low", 0) == low
-        assert stats.saturations.get("softmax.prob_255", 0) == sat
+        assert stats.saturations.get(f"softmax.prob_{2**out_bits - 1}", 0) == sat
         assert stats.accumulators["softmax.sum"]["peak_abs"] == zmax
 
 

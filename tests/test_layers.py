@@ -56,6 +56,32 @@ def test_grouped_kv_heads_are_repeated_kv_heads(causal, outliers):
         IntAttention((wq, bq, wk, bk, wv, bv, wo, bo), H, 4, 1 / 64, None, SCOPE(), calib, cfg, 2.0**-9, "pwl")
 
 
+@pytest.mark.parametrize("softmax", ["pwl", "ibert", "ivit", "illm"])
+@pytest.mark.parametrize("prob_bits", [8, 12])
+def test_attention_with_wide_probabilities(softmax, prob_bits):
+    """``prob_bits`` reaches every softmax kernel; the fused kernel (no trace) and the unfused steps
+    (trace: uint16 probabilities through int_gemm_unsigned) give the same sums; 12-bit codes are
+    wider than UINT8 and the context requantizer reads them at 2**-12."""
+    rng = np.random.default_rng(1)
+    wq, wo = rng.normal(0, 0.3, (C, C)), rng.normal(0, 0.3, (C, C))
+    wk, wv = rng.normal(0, 0.3, (G * d, C)), rng.normal(0, 0.3, (G * d, C))
+    calib = fake_calibration({"a.q": 3.0, "a.k": 2.5, "a.v": 2.0, "a.ctx": 1.5, "a.x": 1.0})
+    att = IntAttention((wq, None, wk, None, wv, None, wo, None), H, G, 1 / 64, None, SCOPE(), calib,
+                       SimConfig(prob_bits=prob_bits, softmax=softmax), 2.0**-9, softmax, causal=True)
+    assert att.softmax.out_bits == prob_bits
+    x8 = rng.integers(-127, 128, (2, T, C)).astype(np.int8)
+    res = np.zeros((2, T, C), np.int16)
+    mask = np.ones((2, T), np.uint8)
+    trace = {}
+    unfused = att(x8, None, res, mask, trace=trace)
+    assert np.array_equal(att(x8, None, res, mask), unfused)
+    p = trace["probs"]
+    assert p.dtype == (np.uint8 if prob_bits == 8 else np.uint16) and p.max() < 2**prob_bits
+    assert (p.max() > 255) == (prob_bits > 8)
+    with pytest.raises(GQAError, match="prob_bits"):
+        SimConfig(prob_bits=17)
+
+
 def test_norm_site_outputs():
     rng = np.random.default_rng(1)
     gamma, beta = rng.uniform(0.5, 1.5, C), rng.normal(0, 0.1, C)

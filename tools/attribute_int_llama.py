@@ -16,7 +16,7 @@ norm_out    the two norms' GEMM copies and the final norm's: ``x / f``, a per-to
 q_pre/k_pre q and k out of the QKV GEMM, int8 at their static pre-RoPE scales
 q / k       q and k after RoPE (the scores' operands, the cache's keys), int8 static
 v           v out of the QKV GEMM, int8 static
-probs       softmax probabilities UINT8 at ``2**-8``
+probs       softmax probabilities at ``2**-prob_bits`` (the built model's; UINT8: ``--set prob_bits=8``)
 ctx         the context (``p v``), int8 per token (the out-projection's operand)
 silu        the SiLU unit: input codes per token from the table's scale set, the PWL table
 up          the up projection's output, int8 per token
@@ -142,7 +142,8 @@ class Mirror:
                 self.handles[-1].remove()
                 self.handles[-1] = a.softmax.register_forward_hook(lambda m, a_, y, k=sm[0]: self._softmax(a_[0], k))
             elif "probs" in classes:
-                self._hook(a.softmax, lambda y: torch.clamp(torch.round(y * 256), 0, 255) / 256)
+                P = 2.0**ib.attention.softmax.out_bits       # the built model's prob_bits (UINT8: 256)
+                self._hook(a.softmax, lambda y, P=P: torch.clamp(torch.round(y * P), 0, P - 1) / P)
             if "ctx" in classes:
                 self._hook(a.wo, pt(ib.attention.s_ctx), pre=True)
             if "silu" in classes:
