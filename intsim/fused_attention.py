@@ -35,7 +35,7 @@ import numba
 import numpy as np
 
 from .errors import GQAError
-from .gemm import F32_EXACT, F64_EXACT
+from .gemm import F32_EXACT, F64_EXACT, unsigned_terms
 from .softmax import last_key, mask_policy, softmax_row_lut
 
 SCORE_K_MAX = F32_EXACT // (128 * 128)      # head_dim <= 1024: the scores' float32 partial sums stay exact
@@ -129,10 +129,9 @@ def fused_attention(softmax, q, k, v, key_mask=None, causal: bool = False):
     if not supports(softmax, d):
         raise GQAError("softmax", f"{type(softmax).__name__} (head_dim {d}) has no fused kernel",
                        "use the unfused path (intsim.layers.IntAttention does when supports() is False)")
-    top = (1 << softmax.out_bits) - 1
-    if S * top * 128 >= 2**31:     # the int32 context accumulator, as int_gemm_unsigned bounds it
+    if S > unsigned_terms(softmax.out_bits):     # the int32 context accumulator, as int_gemm_unsigned bounds it
         raise GQAError("keys", f"{S} keys of {softmax.out_bits}-bit probabilities times int8 values may exceed "
-                       "the int32 context accumulator", f"at most {(2**31 - 1) // (top * 128)} keys, or fewer prob_bits")
+                       "the int32 context accumulator", f"at most {unsigned_terms(softmax.out_bits)} keys, or fewer prob_bits")
     mask, key_offset = mask_policy(key_mask, causal, B, T, S)
     d_lo, e_of_d = softmax.diff_lut
     rec_u, e_r, f_r = softmax.normalizer()

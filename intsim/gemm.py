@@ -438,6 +438,13 @@ def pick_backend(a, b, bound: int | None = None) -> str:
     return choice["backend"]
 
 
+def unsigned_terms(bits: int, b_dtype=np.int8) -> int:
+    """The most products of a ``bits``-bit unsigned operand and ``b_dtype`` values one int32
+    accumulator sums without the chance of overflow: the largest ``K`` with
+    ``K * (2**bits - 1) * max|b| < 2**31`` (:func:`check_gemm`'s bound for wider operands)."""
+    return (2**31 - 1) // (((1 << bits) - 1) * _mag(b_dtype))
+
+
 def int_gemm_unsigned(a: np.ndarray, b, bits: int, backend: str = "auto") -> np.ndarray:
     """``a @ b`` exactly for an unsigned left operand of ``bits`` bits (9 to 16: uint16 codes below
     ``2**bits``; up to 8: :func:`int_gemm`) and int8 ``b`` -> int32, as an 8-bit MAC array computes it:
@@ -451,11 +458,10 @@ def int_gemm_unsigned(a: np.ndarray, b, bits: int, backend: str = "auto") -> np.
     if not isinstance(a, np.ndarray) or a.dtype != np.uint16:
         raise GQAError("a", f"is {type(a).__name__} of dtype {getattr(a, 'dtype', '?')}",
                        f"a {bits}-bit unsigned operand is a numpy uint16 array")
-    k = int(a.shape[-1]) if a.ndim else 0
-    bound = k * ((1 << bits) - 1) * _mag(_array(b).dtype)
-    if bound >= 2**31:
+    k, k_max = int(a.shape[-1]) if a.ndim else 0, unsigned_terms(bits, _array(b).dtype)
+    if k > k_max:
         raise GQAError("K", f"{k} products of a {bits}-bit unsigned operand and int8 may exceed int32",
-                       f"fewer than {2**31 // (((1 << bits) - 1) * _mag(_array(b).dtype)) + 1} terms, or fewer bits")
+                       f"fewer than {k_max + 1} terms, or fewer bits")
     if a.size and int(a.max()) >> bits:
         raise GQAError("a", f"holds values of more than {bits} bits", f"codes below 2**{bits}")
     hi = (a >> 8).astype(np.uint8)

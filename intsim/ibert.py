@@ -80,7 +80,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
-from .softmax import score_rows, visible_row
+from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -248,8 +248,7 @@ class IBertSoftmax:
         if not (np.isfinite(in_scale) and 0 < in_scale < LN2):
             raise GQAError("softmax.in_scale", f"{in_scale!r} is outside (0, ln 2)",
                            "i-exp needs at least one code per ln 2")
-        if not 1 <= out_bits <= 16:
-            raise GQAError("softmax.out_bits", f"{out_bits} is outside [1, 16]", "8 gives UINT8 probabilities")
+        out_bits = check_prob_bits(out_bits)
         if exp_bits is not None and not 2 <= exp_bits <= 40:
             raise GQAError("softmax.exp_bits", f"{exp_bits} is outside [2, 40]", "16 follows I-BERT's QuantAct(16)")
         S = float(in_scale)
@@ -275,11 +274,11 @@ class IBertSoftmax:
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         Tk = s2.shape[1]
         if scores.size == 0:
-            return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
+            return np.zeros(scores.shape, prob_dtype(self.out_bits))
         if self.e_max * ((1 << self.out_bits) + Tk) >= 1 << 63:
             raise GQAError("softmax.exp_bits", f"the divider's dividend exceeds int64 for {Tk} keys",
                            "set exp_bits (16 follows I-BERT)")
-        out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
+        out = np.empty(s2.shape, prob_dtype(self.out_bits))
         peaks = np.empty((s2.shape[0], 3), np.int64)
         _ibert_softmax(s2, mask, rows_per_batch, q_len, key_offset, self.q_ln2, self.q_b, self.q_c,
                        self.s, self.out_bits, out, peaks)

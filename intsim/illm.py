@@ -73,7 +73,7 @@ from .errors import GQAError
 from .fixedpoint import INT32_MIN, round_half_up_bf
 from .ibert import check_codes, int_codes, signed_width
 from .rangereduce import msb
-from .softmax import score_rows, visible_row
+from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
 LOG2E_FRAC = 14
 LOG2E_M = 23637            # round(log2(e) * 2**14)
@@ -172,8 +172,7 @@ class DIClippedSoftmax:
             raise GQAError("softmax_clip", f"{clip!r} is not a positive number", "I-LLM recommends 15")
         if not 2 <= in_bits <= 16:
             raise GQAError("softmax.in_bits", f"{in_bits} is outside [2, 16]", "8 as in I-LLM")
-        if not 1 <= out_bits <= 16:
-            raise GQAError("softmax.out_bits", f"{out_bits} is outside [1, 16]", "8 gives UINT8 probabilities")
+        out_bits = check_prob_bits(out_bits)
         self.in_scale, self.clip, self.in_bits, self.out_bits = float(in_scale), float(clip), in_bits, out_bits
         self.out_scale = 2.0**-out_bits
         self.m_s, self.k_s = dyadic_scale(self.in_scale, "softmax.in_scale")
@@ -186,7 +185,7 @@ class DIClippedSoftmax:
     def __call__(self, scores, key_mask=None, stats=None, name="softmax", causal=False):
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at 2**-out_bits."""
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
-        dtype = np.uint8 if self.out_bits <= 8 else np.uint16
+        dtype = prob_dtype(self.out_bits)
         if scores.size == 0:
             return np.zeros(scores.shape, dtype)
         out = np.empty(s2.shape, dtype)

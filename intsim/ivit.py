@@ -80,7 +80,7 @@ import numpy as np
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
 from .ibert import check_codes, int_codes, signed_width
-from .softmax import score_rows, visible_row
+from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
 REF_DIV_BITS = 31
 
@@ -169,8 +169,7 @@ class Shiftmax:
     def __init__(self, in_scale: float, out_bits: int = 8, exp_bits: int = 16, div_bits: int = REF_DIV_BITS):
         if not (np.isfinite(in_scale) and in_scale > 0):
             raise GQAError("softmax.in_scale", f"{in_scale!r} is not a positive number")
-        if not 1 <= out_bits <= 16:
-            raise GQAError("softmax.out_bits", f"{out_bits} is outside [1, 16]", "8 gives UINT8 probabilities")
+        out_bits = check_prob_bits(out_bits)
         if not 2 <= exp_bits <= 40:
             raise GQAError("softmax.exp_bits", f"{exp_bits} is outside [2, 40]")
         if not max(out_bits, exp_bits) <= div_bits <= 62:
@@ -188,11 +187,11 @@ class Shiftmax:
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
         Tk = s2.shape[1]
         if scores.size == 0:
-            return np.zeros(scores.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
+            return np.zeros(scores.shape, prob_dtype(self.out_bits))
         if Tk * self.e_max > 1 << self.div_bits:
             raise GQAError("softmax.div_bits", f"{Tk} keys of up to {self.e_max} overflow the {self.div_bits}-bit "
                            "IntDiv numerator", "raise div_bits or lower exp_bits")
-        out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
+        out = np.empty(s2.shape, prob_dtype(self.out_bits))
         peaks = np.empty((s2.shape[0], 3), np.int64)
         _shiftmax(s2, mask, rows_per_batch, q_len, key_offset, self.i0, self.n, self.div_bits,
                   self.out_bits, out, peaks)

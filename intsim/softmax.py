@@ -45,6 +45,19 @@ from .registry import RECIPROCALS
 DIFF_LUT_MAX = 1 << 22      # entries of the E(d) table (int32); beyond it, steps 2-3 per element
 
 
+def check_prob_bits(out_bits) -> int:
+    """A softmax kernel's probability width ``P`` (step 4, every kernel's ``out_bits``): an integer
+    in [1, 16], refused otherwise; the codes are :func:`prob_dtype`."""
+    if isinstance(out_bits, bool) or not isinstance(out_bits, (int, np.integer)) or not 1 <= out_bits <= 16:
+        raise GQAError("softmax.out_bits", f"{out_bits!r} is outside [1, 16]", "8 gives UINT8 probabilities")
+    return int(out_bits)
+
+
+def prob_dtype(out_bits: int):
+    """The array dtype of ``out_bits``-bit probabilities: uint8, or uint16 above 8 bits."""
+    return np.uint8 if out_bits <= 8 else np.uint16
+
+
 def exp_input_scale(table) -> int:
     """Largest scale of the table at which its code range covers the domain's left end."""
     lo = table.domain[0]
@@ -266,9 +279,8 @@ class IntSoftmax:
     name = "pwl"
 
     def __init__(self, in_scale: float, exp_table, recip: str = "pwl", recip_table=None, out_bits: int = 8):
-        if isinstance(out_bits, bool) or not isinstance(out_bits, (int, np.integer)) or not 1 <= out_bits <= 16:
-            raise GQAError("softmax.out_bits", f"{out_bits!r} is outside [1, 16]", "8 gives UINT8 probabilities")
-        self.out_bits, self.out_scale = int(out_bits), 2.0**-int(out_bits)
+        self.out_bits = check_prob_bits(out_bits)
+        self.out_scale = 2.0**-self.out_bits
         if recip not in RECIPROCALS:
             raise GQAError("softmax.reciprocal", f"{recip!r} is unknown", f"use one of {', '.join(RECIPROCALS.names())}")
         if recip == "pwl" and recip_table is None:
@@ -290,7 +302,7 @@ class IntSoftmax:
         """int32 scores (B, H, Tq, Tk), key mask (B, Tk) or None, causal -> probabilities at ``2**-out_bits``
         (uint8, or uint16 above 8 bits)."""
         s2, mask, rows_per_batch, q_len, key_offset = score_rows(scores, key_mask, causal)
-        out = np.empty(s2.shape, np.uint8 if self.out_bits <= 8 else np.uint16)
+        out = np.empty(s2.shape, prob_dtype(self.out_bits))
         peaks = np.empty((s2.shape[0], 3), np.int64)
         rec_u, e_r, f_r = self.normalizer()
         if self.diff_lut is not None:
