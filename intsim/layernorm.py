@@ -256,7 +256,8 @@ class IntLayerNorm:
 
     def _count(self, stats, name, rows, C, peaks, x2, n_out):
         n = rows * C
-        x_bits = int(np.abs(x2).max()).bit_length() + 1            # signed width of the inputs
+        # signed width of the inputs, |x| + sign (from the extremes: np.abs wraps an int8 -128 to -128)
+        x_bits = max(int(x2.max()), -int(x2.min())).bit_length() + 1
         if self.center:
             stats.count("add", f"{name}.sum", n, bits=x_bits + math.ceil(math.log2(C)))
             stats.count("mul", f"{name}.center", n, a_bits=x_bits, b_bits=math.ceil(math.log2(C)) + 1)

@@ -48,7 +48,7 @@ from .fixedpoint import (RowScale, dyadic_multiplier, requantize_channels, requa
 from .fused_attention import fused_attention, supports as supports_fused
 from .gemm import Constant, int_gemm, int_gemm_unsigned
 from .layernorm import LNOutput
-from .outliers import OperandTransform, activation_offset, norm_transform, static_range
+from .outliers import OperandTransform, activation_offset, norm_transform, smoothquant_factors, static_range
 from .registry import ACT_SCALES, OUTLIERS, SOFTMAXES, WEIGHT_SCALES
 
 NORM_TRANSFORMS = frozenset({"smooth", "gamma_migration", "os_shift", "os_scale", "split"})  # fold into a norm
@@ -113,7 +113,7 @@ def smooth_factors(calib: Calibration, name: str, consumers, alpha: float):
     channel maxima and the factors (``wmax``: the consuming weights' input-column maxima)."""
     cmax = np.maximum(calib.channel_max(name), 1e-6).astype(np.float64)
     wmax = np.maximum(np.max([np.abs(np.asarray(w)).max(0) for w in consumers], axis=0), 1e-6)
-    return cmax, cmax**alpha / wmax ** (1 - alpha)
+    return cmax, smoothquant_factors(cmax, wmax, alpha)
 
 
 def smoothed_requantized_scale(calib: Calibration, name: str, consumers, cfg: SimConfig, alpha: float):

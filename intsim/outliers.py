@@ -135,6 +135,19 @@ class OperandTransform:
 
 # --- the methods, one function each --------------------------------------------------------------------
 
+def smoothquant_factors(cmax, wmax, alpha: float) -> np.ndarray:
+    """SmoothQuant's ``f_c = cmax_c**alpha / wmax_c**(1-alpha)`` (Xiao et al. 2023), float64.
+
+    The powers are libm's ``pow`` element by element, not numpy's ``power``: numpy dispatches its
+    array ``power`` to SIMD code chosen by the running CPU (SVML on AVX-512, libm otherwise), whose
+    results differ in the last bits, and a factor one ulp off moves the integer constants folded
+    from it: the same calibration must give the same integers on every machine."""
+    cmax, wmax = np.asarray(cmax, np.float64), np.asarray(wmax, np.float64)
+    num = np.array([math.pow(c, alpha) for c in cmax.ravel().tolist()], np.float64).reshape(cmax.shape)
+    den = np.array([math.pow(w, 1 - alpha) for w in wmax.ravel().tolist()], np.float64).reshape(wmax.shape)
+    return num / den
+
+
 def gamma_migration(gamma) -> np.ndarray:
     """Outlier Suppression's gamma migration factor ``g_c = gamma_c`` (a zero gamma: 1, nothing to move)."""
     g = np.asarray(gamma, np.float64)
@@ -322,7 +335,7 @@ def norm_transform(methods, calib, site: str, gamma, consumers, cfg, bits: int) 
         wmax = np.maximum(np.max([np.abs(m).max(0) for m in consumers], axis=0), 1e-6)
         if np.any(t.scale != 1):
             wmax = wmax * np.abs(t.scale)
-        t.scale = t.scale * (cmax**cfg.smooth_alpha / wmax ** (1 - cfg.smooth_alpha))
+        t.scale = t.scale * smoothquant_factors(cmax, wmax, cfg.smooth_alpha)
     if "split" in methods:
         h, l = ranges()
         t.repeats = split_counts(np.maximum(h, -l), cfg.split_ratio)

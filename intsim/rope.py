@@ -8,7 +8,8 @@ of each head, the GGUF file's layout), for codes ``x`` of shape ``(B, H, T, d)``
 1. constants (offline: a ROM of ``d/2`` cos/sin pairs per position), ``W = rope_bits`` signed,
    ``W - 1`` fractional bits:
    ``theta_i = base ** (-2i / d)`` (float64, Python's ``**``), ``a = p * theta_i`` (float64),
-   ``c = clip(round_half_even(cos(a) * 2**(W-1)), +-(2**(W-1) - 1))``, ``s`` likewise from ``sin(a)``
+   ``c = clip(round_half_even(cos(a) * 2**(W-1)), +-(2**(W-1) - 1))`` (libm's ``cos``), ``s`` likewise
+   from ``sin(a)``
    (the clip only moves ``cos = +-1`` by one code: the format has no ``+1``).
 2. rotation, exact in int64 (``|y| < 2**(in_bits + W - 1)``, within int32 as ``in_bits + W <= 31``
    is checked)::
@@ -28,6 +29,7 @@ input's own range allows (``|o| <= sqrt(2) * 2**(in_bits-1)`` at most: a saturat
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -38,11 +40,22 @@ from .fixedpoint import dyadic_multiplier, requantize_channels
 
 def rope_constants(positions, head_dim: int, base: float, rope_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The fixed-point ``(cos, sin)`` codes of step 1, each int64 ``(T, head_dim/2)``."""
-    theta = np.array([base ** (-(2 * i) / head_dim) for i in range(head_dim // 2)], np.float64)
-    angles = np.asarray(positions, np.float64)[:, None] * theta[None, :]      # (T, d/2)
+    rows = [_rope_row(int(p), head_dim, float(base), rope_bits) for p in np.asarray(positions).tolist()]
+    if not rows:
+        return np.zeros((0, head_dim // 2), np.int64), np.zeros((0, head_dim // 2), np.int64)
+    return np.stack([c for c, _ in rows]), np.stack([s for _, s in rows])       # (T, d/2) each
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _rope_row(p: int, head_dim: int, base: float, rope_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """One position's ROM row. libm's ``cos``/``sin`` per element, not numpy's: numpy dispatches its
+    float64 ``cos``/``sin`` to SIMD code chosen by the running CPU, whose last bits differ, and the
+    constants must be the same integers on every machine."""
     one, top = 2.0 ** (rope_bits - 1), (1 << (rope_bits - 1)) - 1
-    c = np.clip(np.rint(np.cos(angles) * one), -top, top).astype(np.int64)
-    s = np.clip(np.rint(np.sin(angles) * one), -top, top).astype(np.int64)
+    a = [p * base ** (-(2 * i) / head_dim) for i in range(head_dim // 2)]
+    c = np.clip(np.rint(np.array([math.cos(v) for v in a]) * one), -top, top).astype(np.int64)
+    s = np.clip(np.rint(np.array([math.sin(v) for v in a]) * one), -top, top).astype(np.int64)
+    c.flags.writeable = s.flags.writeable = False                      # cached: shared by every call
     return c, s
 
 

@@ -4,6 +4,7 @@ site switches, costs, the figure and the CLI's bad input."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -169,10 +170,13 @@ def test_attribute_rows_costs_table_and_figure(mirror, model, tok, tmp_path):
     assert [x["site"] for x in r["rows"]] == ["gelu_in", "recip_table"]
     gelu, recip = r["rows"]
     assert gelu["only_int"]["one_minus_cos"] > 10 * recip["only_int"]["one_minus_cos"]
-    # exact GELU inputs with every other site integer: no worse than all sites integer, up to the
-    # cancellation between sites' errors (at the default datapath the GELU input's share is small, so
-    # over 8 sentences the total moves by a few percent either way: 0.99x on Intel, 1.009x on Zen 4)
-    assert gelu["only_exact"]["one_minus_cos"] < 1.05 * r["mirror_all_on"]["one_minus_cos"]
+    # exact GELU inputs with every other site integer: the error without the GELU input's own, which the
+    # sites' errors may cancel in either direction (over 8 sentences 0.99x all sites integer on Intel,
+    # 1.009x on Zen 4, 1.12x on Zen 3 since the smoothing factors are float64). To first order the
+    # embedding error is the sum of the sites' errors and sqrt(1 - cos) its norm (the chord between
+    # unit vectors), so Minkowski bounds it: sqrt(only_exact) <= sqrt(all on) + sqrt(GELU input alone)
+    bound = math.sqrt(r["mirror_all_on"]["one_minus_cos"]) + math.sqrt(gelu["only_int"]["one_minus_cos"])
+    assert math.sqrt(gelu["only_exact"]["one_minus_cos"]) < 1.05 * bound
     e = model_energy(stats.to_dict())
     A.attach_costs(r, e["int"]["by_op"], e["fp32"]["by_op"])
     assert gelu["energy_int_pj"] > 0 and gelu["energy_fp32_pj"] > 0 and gelu["ops"] == [

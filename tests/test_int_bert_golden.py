@@ -56,11 +56,6 @@ def test_pooled_sums_are_the_recorded_integers(name, data, model, tok, calib):
         recorded = {k[len("trace/"):]: v for k, v in arrays.items() if k.startswith("trace/")}
         assert len(recorded) > 15
         for k, v in recorded.items():
-            if k.endswith(".ln1_res"):
-                # the recording encoder's trace stored LayerNorm 2's residual copy under this name (a
-                # bug, fixed since): compare against what it held; ln1's real residual copy is
-                # covered by sum2 (= ffn_out + ln1_res) and the pooled sums
-                k = k.replace(".ln1_res", ".ln2_res")
             assert k in trace, k
             assert trace[k].dtype == v.dtype and np.array_equal(trace[k], v), k
 

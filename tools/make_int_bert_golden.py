@@ -19,10 +19,13 @@ Every configuration is built over :data:`RECORDED_DEFAULTS`, the defaults the fi
 under, so a change of ``SimConfig``'s defaults leaves the recorded integers valid; a new default
 is added as its own entry (``--add NAME``: only that entry is recorded, from the file's own
 calibration, every other array kept as it is).
-The committed file was recorded before the encoder was rebuilt from intsim.layers; recording again
-from the same calibration with today's code reproduces every array but ``trace/blocks.0.ln1_res``,
-which the old trace filled with LayerNorm 2's residual copy (a bug fixed with the rebuild; the
-golden test compares that key accordingly).
+Every configuration with SmoothQuant was recorded again (2026-12-04, from the file's calibration)
+when its factors became libm powers in float64 (intsim.outliers.smoothquant_factors): numpy's
+array ``power`` had given other last bits on AVX-512 machines than on AVX2 ones (SVML), so the
+file recorded on a Zen 4 failed on a Zen 3; the configurations without smoothing kept their arrays.
+The same day the op statistics of STATS_CONFIGS were recorded again: LayerNorm's input width had
+been taken from ``np.abs`` of int16 codes, which wraps -32768 (16 bits counted, 17 by the rule
+``|x| + sign`` used everywhere else).
 """
 
 from __future__ import annotations
