@@ -57,6 +57,7 @@ import numba
 import numpy as np
 
 from intsim import GQAError, PWLTable
+from intsim.jit import parallel_njit
 from intsim.pwl import ROUNDING_IDS, output_frac, round_shift1
 
 from .dp import dp_optimum
@@ -328,7 +329,7 @@ def _cost_row(a, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, 
             break
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _cost_rows(r0, r1, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, omode, omin, omax, oscale, has_out,
                dmax, metric, cap, cost):
     M = C.shape[0]
@@ -341,7 +342,7 @@ def _cost_rows(r0, r1, C, xs, G, q_lo, bounds, codes, y, w, fmts, sk, sb, osh, o
                       has_out, dmax, metric, cap, cost)
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _dp(cost, entries, metric):
     M = cost.shape[0]
     D = np.empty((entries + 1, M))

@@ -39,6 +39,7 @@ import numba
 import numpy as np
 
 from .errors import GQAError
+from .jit import parallel_njit
 
 ROUNDING_MODES = ("half_even", "half_up", "half_away", "floor")
 
@@ -362,7 +363,7 @@ def rdbpot_bf(x, t):
     return (x >> t) + ((x & mask) > ((mask >> 1) + ((x >> 63) & 1)))
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _requantize_channels(acc, bias, m0, n, row_shift, lo, hi, residual, has_res, out):
     """The per-element arithmetic of :func:`requantize_channels`: the bias add (int64, saturated to
     int32 and counted), then exactly :func:`requantize1` as :func:`_requantize_bf`; ``m0`` int32.
@@ -520,7 +521,7 @@ def requantize_channels(acc, bias, multipliers, shifts, out_bits: int, residual=
 ROW_BLOCK = 64   # rows per parallel task of the row kernels: one scratch row allocated per block
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _requantize_dynamic(acc, m0, n, bits, out, shifts):
     rows, cols = acc.shape
     hi = (1 << (bits - 1)) - 1
@@ -642,7 +643,7 @@ def _row_pick(peak, hi, m, guard, k_min, k_max):
         k += 1
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _requantize_rows(acc, offset, m0, n, bits, m, recip, floor, out, mant, shifts, sats):
     rows, cols = acc.shape
     hi = (1 << (bits - 1)) - 1
@@ -763,7 +764,7 @@ def _scaled_register(acc, r, c, m0c, mu, btc):
     return a, np.int64(ac != a), _srdhm_bf(ac, np.int64(m0c)) * mu + btc
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_res, out):
     """The per-element arithmetic of :func:`requantize_channels` with a :class:`RowScale`."""
     rows, cols = acc.shape
@@ -818,7 +819,7 @@ def _requantize_channels_rows(acc, bq, m0, n, mant, k, m, lo, hi, residual, has_
 
 # --- dequantization of accumulators (a model's float output, e.g. a decoder's logits) ---------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _dequantize(acc, g, b, scale, out):
     rows, cols = acc.shape
     for r in numba.prange(rows):

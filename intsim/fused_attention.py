@@ -36,6 +36,7 @@ import numpy as np
 
 from .errors import GQAError
 from .gemm import F32_EXACT, F64_EXACT, unsigned_terms
+from .jit import parallel_njit
 from .softmax import last_key, mask_policy, softmax_row_lut
 
 SCORE_K_MAX = F32_EXACT // (128 * 128)      # head_dim <= 1024: the scores' float32 partial sums stay exact
@@ -51,7 +52,7 @@ def context_operands(out_bits: int, keys: int):
     return np.float64, max(1, min(keys, F64_EXACT // (top * 128)))
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r, out_bits, chunk,
                    proto, ctx, peaks, score_peak):
     """``proto``: an empty array of the context product's float dtype (:func:`context_operands`)."""
@@ -140,6 +141,9 @@ def fused_attention(softmax, q, k, v, key_mask=None, causal: bool = False):
     score_peak = np.zeros(B * H, np.int64)
     if ctx.size or peaks.size:
         dtype, chunk = context_operands(softmax.out_bits, S)
+        # C-contiguous operands (a copy of a head-split view: B*H*T*d bytes): one compiled kernel per
+        # probability dtype, not one per layout of q, k and v (each ~7 s of numba)
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
         _attention_lut(q, k, v, mask, key_offset, d_lo, e_of_d, softmax.recip == "divider", rec_u, e_r, f_r,
                        softmax.out_bits, chunk, np.empty(0, dtype), ctx, peaks, score_peak)
     return ctx, peaks, int(score_peak.max()) if score_peak.size else 0

@@ -80,6 +80,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, INT32_MIN
+from .jit import parallel_njit
 from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
 GELU_A, GELU_B, GELU_C = -0.2888, -1.769, 1.0
@@ -113,7 +114,7 @@ def check_codes(bad: int, in_bits: int, name: str) -> None:
 
 # --- i-GELU ----------------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _ibert_gelu(q, lo, hi, q_b, q_c, t, q_1, out, peaks):
     n = q.shape[0]
     chunks = peaks.shape[0]
@@ -205,7 +206,7 @@ class IBertGelu:
 
 # --- i-softmax -------------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _ibert_softmax(scores, mask, rows_per_batch, q_len, key_offset, q_ln2, q_b, q_c, s, out_bits, out, peaks):
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1

@@ -72,6 +72,7 @@ import numpy as np
 from .errors import GQAError
 from .fixedpoint import INT32_MIN, round_half_up_bf
 from .ibert import check_codes, int_codes, signed_width
+from .jit import parallel_njit
 from .rangereduce import msb
 from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
@@ -128,7 +129,7 @@ def _count_di_exp(stats, op, n, u_bits, m_bits, k):
 
 # --- DI-ClippedSoftmax -------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _clipped_softmax(scores, mask, rows_per_batch, q_len, key_offset, m_s, k_s, c_clip, in_bits, out_bits,
                      out, peaks):
     rows, T = scores.shape
@@ -236,7 +237,7 @@ def isqrt_bitwise(v):
 
 # --- DI-SiLU -----------------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _di_silu(x, lo, hi, m_s, k_s, k_sig, out, peaks):
     n = x.shape[0]
     chunks = peaks.shape[0]

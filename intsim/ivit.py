@@ -80,6 +80,7 @@ import numpy as np
 from .errors import GQAError
 from .fixedpoint import INT32_MIN
 from .ibert import check_codes, int_codes, signed_width
+from .jit import parallel_njit
 from .softmax import check_prob_bits, prob_dtype, score_rows, visible_row
 
 REF_DIV_BITS = 31
@@ -130,7 +131,7 @@ def _count_shift_exp(stats, op, n, in_bits, i0, e_bits):
 
 # --- Shiftmax --------------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _shiftmax(scores, mask, rows_per_batch, q_len, key_offset, i0, n_exp, m_div, out_bits, out, peaks):
     rows, T = scores.shape
     top = (np.int64(1) << out_bits) - 1
@@ -218,7 +219,7 @@ class Shiftmax:
 
 # --- ShiftGELU -------------------------------------------------------------------------------
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _shift_gelu(x, lo, hi, i0, n_exp, m_div, k, out, peaks):
     rows, C = x.shape
     for r in numba.prange(rows):

@@ -22,6 +22,7 @@ import numpy as np
 from .datapath import PWLDatapath
 from .errors import GQAError
 from .fixedpoint import SaturationCounter, round_shift, saturate
+from .jit import parallel_njit
 
 
 def _check_shapes(bp_codes, slopes, icpts):
@@ -215,7 +216,7 @@ def unit_constants(table, e: int) -> tuple:
             np.asarray(table.intercepts, np.int64), params)
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _pwl_map(q, u, out):
     flat_q = q.ravel()
     flat_o = out.ravel()
@@ -236,7 +237,7 @@ def unit_lut(u, code_min, code_max):
     return lut
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _gather(q, lut, offset, out):
     flat_q = q.ravel()
     flat_o = out.ravel()

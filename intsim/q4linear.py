@@ -66,6 +66,7 @@ from .config import SimConfig
 from .errors import GQAError
 from .fixedpoint import INT32_MAX, RowScale, rdbpot_bf, requantize_channels, round_shift
 from .gemm import Constant, int_gemm
+from .jit import parallel_njit
 from .layers import multipliers
 from .outliers import OperandTransform
 
@@ -138,7 +139,7 @@ def _shift_for(bound: np.ndarray) -> np.ndarray:
     return np.argmax(fits, axis=0).astype(np.int64)    # the first t that fits (t = ACC_BITS - 32 always does)
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _combine(g, s, dd, mm, t, out):
     """``group``: ``A = sum_b D G + M S`` per (row, column), then ``A32 = RDBPOT(A, t_c)``.
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import GQAError
 from .fixedpoint import INT32_MIN, ROW_BLOCK, quantize_multiplier, requantize1, round_half_up_bf
+from .jit import parallel_njit
 from .pwl import round_shift1, unit_constants, unit_lut
 from .rangereduce import MantissaTable, reciprocal1
 from .registry import RECIPROCALS
@@ -128,7 +129,7 @@ def masked_row_max(scores, mask, r, b, last):
     return mx
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _softmax(scores, mask, rows_per_batch, q_len, key_offset, m0, n, exp_lut, q_min, use_divider, rec_u, e_r, f_r,
              out_bits, out, peaks):
     rows, T = scores.shape
@@ -259,7 +260,7 @@ def softmax_row_lut(scores, r, mask, b, n_vis, d_lo, e_of_d, use_divider, rec_u,
     peak[2] = sat
 
 
-@numba.njit(cache=True, parallel=True)
+@parallel_njit
 def _softmax_lut(scores, mask, rows_per_batch, q_len, key_offset, d_lo, e_of_d, use_divider, rec_u, e_r, f_r,
                  out_bits, out, peaks):
     """:func:`_softmax` with steps 2-3 as one gather from :func:`exp_of_difference` (bit-identical):

@@ -17,7 +17,13 @@ import os
 
 import pytest
 
-import intsim  # noqa: F401  (first: its OpenMP wait policy must be set before any test module imports torch)
+# serial numba kernels (intsim/jit.py): the suite compiles every kernel once per worker and runs it
+# on small inputs, so threads only cost compilation (numba's parallel passes ~4x) on cores the other
+# worker uses; the subprocesses of the CLI, sweep and notebook tests inherit it. tests/test_jit.py
+# checks a parallel compile against the serial one. A developer's own setting is kept.
+os.environ.setdefault("GQA_NUMBA_PARALLEL", "0")
+
+import intsim  # noqa: E402, F401  (first: its OpenMP wait policy must be set before any test module imports torch)
 
 CI_REQUIRED = "CI-required: "
 

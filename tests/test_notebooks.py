@@ -43,9 +43,10 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     # the kernel inherits this environment: the small budget, figures into the temporary directory
     monkeypatch.setenv("GQA_NB_BUDGET", "small")
     monkeypatch.setenv("GQA_FIGURES_DIR", str(figures))
-    # the model notebooks sweep in this process: the suite's workers already hold every core, and a
-    # pool's processes would each load and calibrate the model again (test_sweep tests the pools)
-    monkeypatch.setenv("GQA_NB_WORKERS", "0" if name in NEEDS_MODEL | NEEDS_LLM else "2")
+    # every notebook sweeps in this process: the suite's workers already hold every core, and a pool's
+    # processes would each compile the kernels (and load and calibrate the model) again at once
+    # (test_sweep tests the pools)
+    monkeypatch.setenv("GQA_NB_WORKERS", "0")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(work / src.name, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
