@@ -169,6 +169,13 @@ def os_error(field: str, p: Path, exc: OSError) -> GQAError:
     return GQAError(field, f"cannot write {p}: {exc.strerror or exc} (the previous file, if any, is unchanged)", fix)
 
 
+def user_cache_dir() -> Path:
+    """Where gqa-sim keeps what it can recompute (GEMM backend choices, parsed GGUF indexes, serial
+    numba kernels): ``GQA_CACHE_DIR``, else ``$XDG_CACHE_HOME/gqa-sim``, else ``~/.cache/gqa-sim``."""
+    return Path(os.environ.get("GQA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gqa-sim"))
+
+
 def atomic_write_bytes(path, data: bytes, field: str = "output") -> Path:
     p = check_writable(path, field)
     clean_stale_temporaries(p)

@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import GQAError
+from .fileio import user_cache_dir
 
 F32_EXACT = 2**24
 F64_EXACT = 2**53
@@ -273,11 +274,9 @@ def cache_path(fingerprint: dict | None = None) -> Path | None:
     """The on-disk cache of this machine's choices, or None when ``GQA_GEMM_CACHE=off``."""
     if os.environ.get("GQA_GEMM_CACHE", "").lower() in ("off", "0", "no"):
         return None
-    root = os.environ.get("GQA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gqa-sim")
     fp = fingerprint or machine_fingerprint()
     digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(root) / f"gemm_backends-{digest}.json"
+    return user_cache_dir() / f"gemm_backends-{digest}.json"
 
 
 _CHOICES: dict[str, dict] = {}     # operand class -> {"backend": name, "seconds": {name: s}}

@@ -15,7 +15,8 @@ parallel compile against the serial one).
 
 numba's on-disk cache does not key on ``parallel`` (its index holds the signature, the CPU and the
 bytecode), so a serial build caches under a directory of its own: ``serial/`` inside
-``NUMBA_CACHE_DIR``, or ``~/.cache/gqa-sim/numba/serial``; it never stands in for the parallel one.
+``NUMBA_CACHE_DIR``, or ``numba/serial`` in :func:`intsim.fileio.user_cache_dir`; it never stands
+in for the parallel one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numba
 from numba.core import config as _numba_config
 
 from .errors import GQAError
+from .fileio import user_cache_dir
 
 ENV = "GQA_NUMBA_PARALLEL"
 
@@ -40,9 +42,7 @@ def _parallel_from_env() -> bool:
 PARALLEL = _parallel_from_env()
 
 if not PARALLEL:
-    _base = _numba_config.CACHE_DIR or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gqa-sim", "numba")
-    _numba_config.CACHE_DIR = os.path.join(_base, "serial")
+    _numba_config.CACHE_DIR = os.path.join(_numba_config.CACHE_DIR or user_cache_dir() / "numba", "serial")
 
 
 def parallel_njit(fn):

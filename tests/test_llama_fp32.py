@@ -149,6 +149,37 @@ def test_bad_file_is_an_error(tmp_path):
         GGUFModel(tmp_path / "missing.gguf")
 
 
+def test_gguf_index_cache_reproduces_the_reader(tmp_path, monkeypatch):
+    """GGUFModel reads gguf's parse from its on-disk cache: the same metadata and the same tensor bytes,
+    dtypes and shapes as GGUFReader's; a damaged cache is parsed again, another file gets its own."""
+    gguf = pytest.importorskip("gguf")
+    from intsim import gguf_model
+    monkeypatch.setenv("GQA_CACHE_DIR", str(tmp_path / "cache"))
+    path = gguf_model.default_gguf_path()
+    reader = gguf.GGUFReader(str(path))
+    first = gguf_model.GGUFModel(path)                          # parses the file, writes the cache
+    (cached,) = (tmp_path / "cache" / "gguf").glob("*.json")
+    parses = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda p: parses.append(p) or reader)
+    second = gguf_model.GGUFModel(path)                         # reads the cache only
+    assert parses == []
+    for m in (first, second):
+        assert m.tensor_names == [t.name for t in reader.tensors]
+        assert all(m.meta(k) == f.contents() for k, f in reader.fields.items())
+        for t in reader.tensors:
+            d = m._tensor(t.name).data
+            assert (d.dtype, d.shape, m.qtype(t.name)) == (t.data.dtype, t.data.shape, t.tensor_type.name), t.name
+            assert np.array_equal(d, t.data), t.name
+    cached.write_text("{ not json")
+    gguf_model.GGUFModel(path)
+    assert parses == [str(path.resolve())]                      # parsed again, and the cache rewritten
+    assert cached.read_text().startswith('{"key"')
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(path.read_bytes()[:4096])                   # another file: never the cached parse
+    gguf_model.GGUFModel(copy)
+    assert parses[-1] == str(copy.resolve())
+
+
 # --- against transformers -------------------------------------------------------------------
 
 def test_tokenizer_equals_transformers(llama_tok, hf_tok):
