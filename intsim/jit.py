@@ -14,9 +14,10 @@ already use. The results are the same integers: every ``prange`` loop writes onl
 parallel compile against the serial one).
 
 numba's on-disk cache does not key on ``parallel`` (its index holds the signature, the CPU and the
-bytecode), so a serial build caches under a directory of its own: ``serial/`` inside
-``NUMBA_CACHE_DIR``, or ``numba/serial`` in :func:`intsim.fileio.user_cache_dir`; it never stands
-in for the parallel one.
+bytecode, not the flags nor ``NUMBA_OPT``), so a serial build caches under a directory of its
+own, named with its LLVM level: ``serial-O3/`` (say) inside ``NUMBA_CACHE_DIR``, or ``numba/`` of
+:func:`intsim.fileio.user_cache_dir`; it never stands in for the parallel one. (The test suite
+compiles serially at ``NUMBA_OPT=1``: tests/conftest.py.)
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _parallel_from_env() -> bool:
 PARALLEL = _parallel_from_env()
 
 if not PARALLEL:
-    _numba_config.CACHE_DIR = os.path.join(_numba_config.CACHE_DIR or user_cache_dir() / "numba", "serial")
+    _numba_config.CACHE_DIR = os.path.join(_numba_config.CACHE_DIR or user_cache_dir() / "numba",
+                                           f"serial-O{os.environ.get('NUMBA_OPT', '').strip() or 3}")
 
 
 def parallel_njit(fn):

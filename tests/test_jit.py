@@ -35,15 +35,16 @@ def _probe(parallel: str, cache_dir) -> list[str]:
 def test_this_process_compiles_as_the_switch_says():
     assert fixedpoint._requantize_dynamic.targetoptions["parallel"] is jit.PARALLEL
     if not jit.PARALLEL:   # a serial build never writes where numba keeps the parallel kernels
-        assert os.path.basename(numba.core.config.CACHE_DIR) == "serial"
+        assert os.path.basename(numba.core.config.CACHE_DIR) == f"serial-O{os.environ.get('NUMBA_OPT', '').strip() or 3}"
 
 
 def test_parallel_and_serial_kernels_give_the_same_integers(tmp_path):
     threaded = _probe("1", tmp_path / "cache")
-    serial = _probe("0", tmp_path / "cache")     # the same NUMBA_CACHE_DIR: serial/ inside it, no mix-up
+    serial = _probe("0", tmp_path / "cache")     # the same NUMBA_CACHE_DIR: serial-O*/ inside it, no mix-up
     assert threaded[:2] == ["True", "True"] and serial[:2] == ["False", "False"]
     assert threaded[2] == serial[2]
-    assert (tmp_path / "cache" / "serial").is_dir()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith("serial")] == [
+        f"serial-O{os.environ.get('NUMBA_OPT', '').strip() or 3}"]
 
 
 @pytest.mark.parametrize("value", ["yes", "2", ""])
