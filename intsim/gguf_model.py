@@ -117,7 +117,7 @@ class GGUFModel:
     """A GGUF file: its metadata, FP32 weights (dequantized once, then cached) and quantized blocks.
 
     The metadata and the tensor table come from gguf's ``GGUFReader`` once per file version and are
-    then read from :func:`gguf_index`'s cache (the reader's parse took 11 s here: it builds one
+    then read from :func:`gguf_index`'s cache (the reader's parse took 5-11 s here: it builds one
     array per element of the 49,152-token vocabulary and the merges); the tensors are views of one
     memory map of the file at the offsets, dtypes and shapes the reader gave."""
 
