@@ -42,9 +42,11 @@ def _parallel_from_env() -> bool:
 
 PARALLEL = _parallel_from_env()
 
+# the serial build's cache directory, inside NUMBA_CACHE_DIR (or the user cache's numba/)
+SERIAL_CACHE_NAME = f"serial-O{os.environ.get('NUMBA_OPT', '').strip() or 3}"
+
 if not PARALLEL:
-    _numba_config.CACHE_DIR = os.path.join(_numba_config.CACHE_DIR or user_cache_dir() / "numba",
-                                           f"serial-O{os.environ.get('NUMBA_OPT', '').strip() or 3}")
+    _numba_config.CACHE_DIR = os.path.join(_numba_config.CACHE_DIR or user_cache_dir() / "numba", SERIAL_CACHE_NAME)
 
 
 def parallel_njit(fn):

@@ -142,10 +142,8 @@ def smoothquant_factors(cmax, wmax, alpha: float) -> np.ndarray:
     array ``power`` to SIMD code chosen by the running CPU (SVML on AVX-512, libm otherwise), whose
     results differ in the last bits, and a factor one ulp off moves the integer constants folded
     from it: the same calibration must give the same integers on every machine."""
-    cmax, wmax = np.asarray(cmax, np.float64), np.asarray(wmax, np.float64)
-    num = np.array([math.pow(c, alpha) for c in cmax.ravel().tolist()], np.float64).reshape(cmax.shape)
-    den = np.array([math.pow(w, 1 - alpha) for w in wmax.ravel().tolist()], np.float64).reshape(wmax.shape)
-    return num / den
+    libm_pow = np.vectorize(math.pow, otypes=[np.float64])      # one Python call per element: libm's pow
+    return libm_pow(np.asarray(cmax, np.float64), alpha) / libm_pow(np.asarray(wmax, np.float64), 1 - alpha)
 
 
 def gamma_migration(gamma) -> np.ndarray:
